@@ -1,0 +1,227 @@
+//! Consistency of reads: deciding where and how a read is served (linearizable on a leader
+//! that confirmed its leadership with a quorum, forwarded once to the leader, or eventual
+//! from local state), the consistency marker that says which, and the provenance headers.
+
+use std::time::Duration;
+
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Uri};
+use axum::response::{IntoResponse, Response};
+use openraft::error::{CheckIsLeaderError, RaftError};
+use raft_store::{NodeId, StoreError, StoreReader};
+use serde::Serialize;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::cluster::{await_leadership, leadership, Leadership};
+use crate::forward::{is_forwarded, LeaderAddr};
+
+/// The consistency marker of a read answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Marker {
+    /// `linearizable` or `eventual`.
+    pub level: &'static str,
+    /// The node that answered.
+    pub served_by: NodeId,
+    /// Log index the answering state had applied when read.
+    pub applied_index: u64,
+    /// The leader known to the answering node.
+    pub leader_id: Option<NodeId>,
+    /// Committed entries known to exist that the answer may not reflect.
+    pub lag_entries: u64,
+    /// Milliseconds since the answering node last heard from the leader; on the leader, since
+    /// a quorum last acknowledged it (0 for a linearizable answer).
+    pub last_leader_contact_ms: Option<u64>,
+    /// Term of the serving node (for the `X-Raft-Term` header only).
+    #[serde(skip)]
+    pub term: u64,
+}
+
+/// How a read is to be served.
+pub(crate) enum Plan {
+    /// Here, at this level.
+    Local {
+        /// Whether leadership was confirmed first.
+        linearizable: bool,
+    },
+    /// By the leader.
+    Forward { id: NodeId, addr: String },
+}
+
+pub(crate) fn parse_level(v: Option<&str>) -> Result<Option<bool>, ApiError> {
+    match v {
+        None | Some("") => Ok(None),
+        Some("linearizable") => Ok(Some(true)),
+        Some("eventual") => Ok(Some(false)),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "consistency must be linearizable or eventual, not {other:?}"
+        ))),
+    }
+}
+
+/// Decides where and how to read, confirming leadership for a linearizable read.
+pub(crate) async fn plan(
+    st: &AppState,
+    requested: Option<bool>,
+    headers: &HeaderMap,
+) -> Result<Plan, ApiError> {
+    let silence = st.quorum_silence_ms();
+    let forwarded = is_forwarded(headers);
+    let current = leadership(&st.raft.metrics().borrow(), silence);
+    let linearizable = requested.unwrap_or(current == Leadership::Local);
+    if !linearizable {
+        return Ok(Plan::Local {
+            linearizable: false,
+        });
+    }
+    let lead = if forwarded || current != Leadership::Unknown {
+        current
+    } else {
+        await_leadership(&st.raft, silence, st.limits.leader_wait).await
+    };
+    match lead {
+        Leadership::Local => {
+            let confirm =
+                tokio::time::timeout(st.limits.write_timeout, st.raft.ensure_linearizable());
+            match confirm.await {
+                Ok(Ok(_)) => Ok(Plan::Local { linearizable: true }),
+                Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)))) => {
+                    match f.leader_id.zip(f.leader_node) {
+                        Some((id, node)) if !forwarded && id != st.id => Ok(Plan::Forward {
+                            id,
+                            addr: node.addr,
+                        }),
+                        _ => Err(ApiError::unavailable("leadership changed; retry")
+                            .with_leader(f.leader_id)),
+                    }
+                }
+                Ok(Err(e)) => Err(ApiError::unavailable(format!(
+                    "cannot confirm leadership: {e}"
+                ))),
+                Err(_) => Err(ApiError::unavailable(
+                    "cannot confirm leadership in time (no quorum?)",
+                )),
+            }
+        }
+        Leadership::Remote { id, addr } if !forwarded => Ok(Plan::Forward { id, addr }),
+        Leadership::Remote { id, .. } => Err(ApiError::unavailable(format!(
+            "node {} is not the leader and does not forward twice (leader is {id})",
+            st.id
+        ))
+        .with_leader(Some(id))),
+        Leadership::Unknown => Err(ApiError::unavailable(
+            "no leader is known; a linearizable read is impossible now",
+        )),
+    }
+}
+
+/// Builds the marker for a local read of state applied up to `applied`.
+pub(crate) async fn marker(st: &AppState, linearizable: bool, applied: u64) -> Marker {
+    let (leader, term, is_leader, quorum_ack_ms) = {
+        let m = st.raft.metrics();
+        let m = m.borrow();
+        (
+            m.current_leader,
+            m.current_term,
+            m.current_leader == Some(st.id),
+            m.millis_since_quorum_ack,
+        )
+    };
+    let (lag, contact) = if linearizable {
+        (0, Some(0))
+    } else if is_leader {
+        let committed = st
+            .raft
+            .with_raft_state(|s| s.committed.map_or(0, |c| c.index))
+            .await
+            .unwrap_or(applied);
+        // The leader's own freshness: how long since a quorum last acknowledged it.
+        (committed.saturating_sub(applied), quorum_ack_ms.or(Some(0)))
+    } else {
+        (
+            st.contact.leader_commit().saturating_sub(applied),
+            st.contact.millis_since(),
+        )
+    };
+    Marker {
+        level: if linearizable {
+            "linearizable"
+        } else {
+            "eventual"
+        },
+        served_by: st.id,
+        applied_index: applied,
+        leader_id: leader,
+        lag_entries: lag,
+        last_leader_contact_ms: contact,
+        term,
+    }
+}
+
+/// Adds the provenance headers (`X-Served-By`, `X-Raft-Term`, `X-Applied-Index`, `X-Consistency`).
+pub(crate) fn with_provenance(body: Vec<u8>, m: &Marker) -> Response {
+    let mut r = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        HeaderName::from_static("x-served-by"),
+        HeaderValue::from(m.served_by),
+    );
+    h.insert(
+        HeaderName::from_static("x-raft-term"),
+        HeaderValue::from(m.term),
+    );
+    h.insert(
+        HeaderName::from_static("x-applied-index"),
+        HeaderValue::from(m.applied_index),
+    );
+    h.insert(
+        HeaderName::from_static("x-consistency"),
+        HeaderValue::from_static(m.level),
+    );
+    r
+}
+
+/// Runs a blocking store read off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    reader: &StoreReader,
+    f: impl FnOnce(&StoreReader) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let reader = reader.clone();
+    match tokio::task::spawn_blocking(move || f(&reader)).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(ApiError::internal(format!("store read failed: {e}"))),
+        Err(e) => Err(ApiError::internal(format!("store read task failed: {e}"))),
+    }
+}
+
+pub(crate) async fn forward_read(
+    st: &AppState,
+    id: NodeId,
+    addr: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let pq = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    st.forwarder
+        .forward(
+            LeaderAddr { id, addr },
+            Method::GET,
+            pq,
+            headers,
+            Default::default(),
+            Duration::from_secs(10),
+        )
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_parse_strictly() {
+        assert_eq!(parse_level(None).unwrap(), None);
+        assert_eq!(parse_level(Some("linearizable")).unwrap(), Some(true));
+        assert_eq!(parse_level(Some("eventual")).unwrap(), Some(false));
+        assert!(parse_level(Some("strong")).is_err());
+    }
+}

@@ -1,0 +1,298 @@
+//! Reads: `GET /events`, `GET /stats`, `GET /digest` — query parsing, the store reads and
+//! the answer bodies. Where and how consistently each read is served is decided in
+//! [`consistency`](super::consistency).
+
+use std::collections::BTreeMap;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Uri};
+use axum::response::Response;
+use raft_store::{LamportStamp, NodeId, ProducerStats};
+use serde::{Deserialize, Serialize};
+
+use super::consistency::{
+    blocking, forward_read, marker, parse_level, plan, with_provenance, Marker, Plan,
+};
+use super::error::ApiError;
+use super::AppState;
+use crate::cluster::role_name;
+
+/// Largest page of `/events`.
+pub const MAX_LIMIT: usize = 1000;
+/// Page size when `limit` is not given.
+pub const DEFAULT_LIMIT: usize = 100;
+
+/// Query of `/events`.
+#[derive(Debug, Deserialize)]
+pub struct EventsQuery {
+    topic: Option<String>,
+    source: Option<String>,
+    after: Option<String>,
+    limit: Option<String>,
+    consistency: Option<String>,
+}
+
+/// `GET /events?topic=T|source=S&after=CURSOR&limit=N&consistency=...`
+pub async fn events(
+    State(st): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    q: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q?;
+    let by = match (q.topic, q.source) {
+        (Some(t), None) if !t.is_empty() => By::Topic(t),
+        (None, Some(s)) if !s.is_empty() => By::Source(s),
+        _ => {
+            return Err(ApiError::bad_request(
+                "give exactly one of topic= or source=",
+            ))
+        }
+    };
+    let after = match q.after.as_deref() {
+        None | Some("") => None,
+        Some(c) => Some(LamportStamp(c.parse().map_err(|_| {
+            ApiError::bad_request(format!("after={c:?} is not a cursor from a previous page"))
+        })?)),
+    };
+    let limit = match q.limit.as_deref() {
+        None | Some("") => DEFAULT_LIMIT,
+        Some(l) => match l.parse::<usize>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "limit must be an integer from 1 to {MAX_LIMIT}"
+                )))
+            }
+        },
+    };
+    let linearizable = match plan(&st, parse_level(q.consistency.as_deref())?, &headers).await? {
+        Plan::Forward { id, addr } => return forward_read(&st, id, &addr, &uri, &headers).await,
+        Plan::Local { linearizable } => linearizable,
+    };
+    let (applied, page) = blocking(&st.reader, move |r| {
+        let applied = r.last_applied()?.map_or(0, |l| l.index);
+        let page = match &by {
+            By::Topic(t) => r.events_by_topic(t, after, limit)?,
+            By::Source(s) => r.events_by_source(s, after, limit)?,
+        };
+        Ok((applied, page))
+    })
+    .await?;
+    let m = marker(&st, linearizable, applied).await;
+    Ok(with_provenance(render_events(&page, &m), &m))
+}
+
+enum By {
+    Topic(String),
+    Source(String),
+}
+
+/// Writes the `/events` body by hand so stored payload text is emitted verbatim.
+fn render_events(page: &raft_store::EventPage, m: &Marker) -> Vec<u8> {
+    let approx: usize = page
+        .events
+        .iter()
+        .map(|e| e.event.payload.len() + 200)
+        .sum();
+    let mut out = Vec::with_capacity(approx + 256);
+    out.extend_from_slice(b"{\"events\":[");
+    for (i, se) in page.events.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let e = &se.event;
+        out.extend_from_slice(b"{\"topic\":");
+        push_json(&mut out, &e.topic);
+        out.extend_from_slice(b",\"event_id\":");
+        push_json(&mut out, &e.event_id);
+        out.extend_from_slice(b",\"timestamp\":");
+        push_json(&mut out, &e.timestamp);
+        out.extend_from_slice(b",\"source\":");
+        push_json(&mut out, &e.source);
+        out.extend_from_slice(b",\"payload\":");
+        // Validated JSON text at publish time, stored verbatim.
+        out.extend_from_slice(e.payload.as_bytes());
+        out.extend_from_slice(b",\"seq\":");
+        push_json(&mut out, &e.seq);
+        out.extend_from_slice(b",\"producer_lamport\":");
+        push_json(&mut out, &e.lamport);
+        out.extend_from_slice(b",\"lamport\":");
+        push_json(&mut out, &se.lamport.0);
+        out.extend_from_slice(b",\"log_index\":");
+        push_json(&mut out, &se.log_index);
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"],\"next\":");
+    push_json(&mut out, &page.next.map(|n| n.0.to_string()));
+    out.extend_from_slice(b",\"consistency\":");
+    push_json(&mut out, m);
+    out.push(b'}');
+    out
+}
+
+fn push_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
+    // Writing plain data to a Vec cannot fail; keep the output well-formed regardless.
+    if serde_json::to_writer(&mut *out, v).is_err() {
+        out.extend_from_slice(b"null");
+    }
+}
+
+/// Query of `/stats` and `/digest`.
+#[derive(Debug, Deserialize)]
+pub struct LevelQuery {
+    consistency: Option<String>,
+}
+
+#[derive(Serialize)]
+struct StatsBody<'a> {
+    received: u64,
+    unique_processed: u64,
+    duplicate_dropped: u64,
+    topics: Vec<&'a str>,
+    uptime_seconds: u64,
+    queue_size: usize,
+    node_id: NodeId,
+    role: &'static str,
+    leader_id: Option<NodeId>,
+    topic_counts: &'a BTreeMap<String, u64>,
+    producers: &'a BTreeMap<String, ProducerStats>,
+    raft: RaftBody,
+    digest: String,
+    consistency: &'a Marker,
+}
+
+#[derive(Serialize)]
+struct RaftBody {
+    term: u64,
+    last_log_index: Option<u64>,
+    committed_index: Option<u64>,
+    applied_index: Option<u64>,
+}
+
+/// `GET /stats[?consistency=...]`
+pub async fn stats(
+    State(st): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    q: Result<Query<LevelQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q?;
+    let linearizable = match plan(&st, parse_level(q.consistency.as_deref())?, &headers).await? {
+        Plan::Forward { id, addr } => return forward_read(&st, id, &addr, &uri, &headers).await,
+        Plan::Local { linearizable } => linearizable,
+    };
+    let s = blocking(&st.reader, |r| r.stats()).await?;
+    let applied = s.last_applied.map_or(0, |l| l.index);
+    let m = marker(&st, linearizable, applied).await;
+    let committed = st
+        .raft
+        .with_raft_state(|s| s.committed.map(|c| c.index))
+        .await
+        .ok()
+        .flatten();
+    let (role, raft) = {
+        let mx = st.raft.metrics();
+        let mx = mx.borrow();
+        (
+            role_name(mx.state),
+            RaftBody {
+                term: mx.current_term,
+                last_log_index: mx.last_log_index,
+                committed_index: committed,
+                applied_index: mx.last_applied.map(|l| l.index),
+            },
+        )
+    };
+    let body = StatsBody {
+        received: s.counters.received,
+        unique_processed: s.counters.unique_processed,
+        duplicate_dropped: s.counters.duplicate_dropped,
+        topics: s.topic_counts.keys().map(String::as_str).collect(),
+        uptime_seconds: st.started.elapsed().as_secs(),
+        queue_size: st.batcher.queued_events(),
+        node_id: st.id,
+        role,
+        leader_id: m.leader_id,
+        topic_counts: &s.topic_counts,
+        producers: &s.producers,
+        raft,
+        digest: s.digest.hex(),
+        consistency: &m,
+    };
+    let bytes = serde_json::to_vec(&body).map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(with_provenance(bytes, &m))
+}
+
+#[derive(Serialize)]
+struct DigestBody {
+    node_id: NodeId,
+    applied_index: u64,
+    count: u64,
+    digest: String,
+}
+
+/// `GET /digest`: this node's own applied state, never forwarded.
+pub async fn digest(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let (applied, d) = blocking(&st.reader, |r| r.digest()).await?;
+    let applied = applied.map_or(0, |l| l.index);
+    let m = marker(&st, false, applied).await;
+    let body = DigestBody {
+        node_id: st.id,
+        applied_index: applied,
+        count: d.count,
+        digest: d.hex(),
+    };
+    let bytes = serde_json::to_vec(&body).map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(with_provenance(bytes, &m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft_store::{Event, EventPage, StoredEvent};
+
+    #[test]
+    fn events_page_is_valid_json_with_raw_payloads() {
+        let page = EventPage {
+            events: vec![StoredEvent {
+                event: Event {
+                    topic: "t".into(),
+                    event_id: "id \"q\"".into(),
+                    timestamp: "2024-01-01T00:00:00Z".into(),
+                    source: "s".into(),
+                    payload: r#"{"k": [1, 2.5, null]}"#.into(),
+                    seq: Some(3),
+                    lamport: None,
+                },
+                lamport: LamportStamp(9),
+                log_index: 4,
+            }],
+            next: Some(LamportStamp(9)),
+        };
+        let m = Marker {
+            level: "eventual",
+            served_by: 2,
+            applied_index: 4,
+            leader_id: Some(1),
+            lag_entries: 0,
+            last_leader_contact_ms: Some(5),
+            term: 3,
+        };
+        let v: serde_json::Value = serde_json::from_slice(&render_events(&page, &m)).unwrap();
+        assert_eq!(v["events"][0]["event_id"], "id \"q\"");
+        assert_eq!(v["events"][0]["payload"]["k"][1], 2.5);
+        assert_eq!(v["events"][0]["lamport"], 9);
+        assert_eq!(v["events"][0]["seq"], 3);
+        assert_eq!(v["events"][0]["producer_lamport"], serde_json::Value::Null);
+        assert_eq!(v["next"], "9");
+        assert_eq!(v["consistency"]["level"], "eventual");
+        assert_eq!(v["consistency"]["served_by"], 2);
+        assert!(v["consistency"].get("term").is_none());
+        let empty = render_events(&EventPage::default(), &m);
+        let v: serde_json::Value = serde_json::from_slice(&empty).unwrap();
+        assert_eq!(v["next"], serde_json::Value::Null);
+        assert_eq!(v["events"].as_array().unwrap().len(), 0);
+    }
+}

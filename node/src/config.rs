@@ -1,0 +1,454 @@
+//! Command line and environment: the `aggregator` flags (each also an `AGG_*` env var),
+//! the `healthcheck` subcommand, and parsing of the `--peers` member list.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use raft_store::NodeId;
+
+/// The `aggregator` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "aggregator",
+    version,
+    about = "One member of a Raft-replicated event log cluster",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    /// A subcommand; without one the node runs.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Flags of the server.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Subcommands besides running the node.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Exit 0 when the node at --url answers /ready with 200, 1 otherwise.
+    Healthcheck(HealthcheckArgs),
+}
+
+/// Flags of `aggregator healthcheck`.
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// Base URL of the node, e.g. http://127.0.0.1:7001
+    #[arg(
+        long,
+        env = "AGG_HEALTHCHECK_URL",
+        default_value = "http://127.0.0.1:7001"
+    )]
+    pub url: String,
+    /// Give up after this many milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    pub timeout_ms: u64,
+}
+
+/// Log output format.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable, one line per event.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Flags of the server.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// This node's id; must be unique in the cluster.
+    #[arg(long, env = "AGG_ID", required = true)]
+    pub id: Option<NodeId>,
+
+    /// Address to listen on for clients and peers.
+    #[arg(long, env = "AGG_LISTEN", required = true)]
+    pub listen: Option<SocketAddr>,
+
+    /// Initial members, the node itself included, e.g. 1=10.0.0.1:7001,2=10.0.0.2:7001
+    #[arg(long, env = "AGG_PEERS", required = true)]
+    pub peers: Option<Peers>,
+
+    /// HOST:PORT peers and clients use to reach this node, when not --listen (containers).
+    #[arg(long, env = "AGG_ADVERTISE")]
+    pub advertise: Option<String>,
+
+    /// Directory of this node's RocksDB store (created if missing).
+    #[arg(long, env = "AGG_DATA_DIR", required = true)]
+    pub data_dir: Option<PathBuf>,
+
+    /// Log entries since the last snapshot that trigger a new one; older log is then purged.
+    #[arg(long, env = "AGG_SNAPSHOT_THRESHOLD", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_threshold: u64,
+
+    /// Clients must send `Authorization: Bearer TOKEN` (except /health, /ready, /metrics).
+    #[arg(long, env = "AGG_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+
+    /// Shared secret carried by Raft RPCs between nodes; RPCs without it are refused.
+    #[arg(long, env = "AGG_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+
+    /// Log format.
+    #[arg(long, env = "AGG_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing EnvFilter syntax), e.g. `debug` or `info,aggregator=debug`.
+    #[arg(long, env = "AGG_LOG_LEVEL", default_value = "info,openraft=warn")]
+    pub log_level: String,
+
+    /// Largest accepted request body in bytes (413 beyond).
+    #[arg(long, env = "AGG_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Most events accepted in one publish request (413 beyond).
+    #[arg(long, env = "AGG_MAX_BATCH", default_value_t = 10_000)]
+    pub max_batch: usize,
+
+    /// Publish requests that may wait for group commit on the leader before 429.
+    #[arg(long, env = "AGG_QUEUE_CAPACITY", default_value_t = 4096)]
+    pub queue_capacity: usize,
+
+    /// Raft entries submitted and not yet applied, at most (group-commit pipelining depth).
+    /// Few and large beats many and small: each entry costs a log write, a replication
+    /// message and an apply however many events it carries.
+    #[arg(long, env = "AGG_MAX_INFLIGHT", default_value_t = 2)]
+    pub max_inflight: usize,
+
+    /// A publish not committed within this many milliseconds answers 503.
+    #[arg(long, env = "AGG_WRITE_TIMEOUT_MS", default_value_t = 5000)]
+    pub write_timeout_ms: u64,
+
+    /// Raft heartbeat interval in milliseconds.
+    #[arg(long, env = "AGG_HEARTBEAT_MS", default_value_t = 100)]
+    pub heartbeat_ms: u64,
+
+    /// Lower bound of the randomized election timeout in milliseconds.
+    #[arg(long, env = "AGG_ELECTION_TIMEOUT_MIN_MS", default_value_t = 200)]
+    pub election_timeout_min_ms: u64,
+
+    /// Upper bound of the randomized election timeout in milliseconds.
+    #[arg(long, env = "AGG_ELECTION_TIMEOUT_MAX_MS", default_value_t = 400)]
+    pub election_timeout_max_ms: u64,
+}
+
+/// The server flags once required ones are known present and cross-checked.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's id.
+    pub id: NodeId,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Address others use to reach this node.
+    pub advertise: String,
+    /// Initial members.
+    pub peers: Peers,
+    /// Store directory.
+    pub data_dir: PathBuf,
+    /// Snapshot policy threshold.
+    pub snapshot_threshold: u64,
+    /// Client bearer token.
+    pub api_token: Option<String>,
+    /// Inter-node secret.
+    pub cluster_secret: Option<String>,
+    /// Request limits.
+    pub limits: Limits,
+    /// Group commit tuning.
+    pub queue_capacity: usize,
+    /// Raft entries in flight at most.
+    pub max_inflight: usize,
+    /// Raft timing.
+    pub timing: RaftTiming,
+}
+
+/// Limits applied to client requests.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Body size limit.
+    pub max_body_bytes: usize,
+    /// Events per request limit.
+    pub max_batch: usize,
+    /// How long a publish may wait for its commit.
+    pub write_timeout: Duration,
+    /// How long a request waits for an unknown leader before 503.
+    pub leader_wait: Duration,
+}
+
+/// Raft timers in milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct RaftTiming {
+    /// Heartbeat interval (also openraft's append-entries RPC timeout).
+    pub heartbeat_ms: u64,
+    /// Election timeout lower bound.
+    pub election_min_ms: u64,
+    /// Election timeout upper bound.
+    pub election_max_ms: u64,
+}
+
+impl RunArgs {
+    /// Checks the flags together and yields the node configuration.
+    pub fn into_config(self) -> Result<NodeConfig, String> {
+        let id = self.id.ok_or("--id is required")?;
+        let listen = self.listen.ok_or("--listen is required")?;
+        let peers = self.peers.ok_or("--peers is required")?;
+        let data_dir = self.data_dir.ok_or("--data-dir is required")?;
+        let advertise = match (self.advertise, peers.get(id)) {
+            (Some(adv), _) => {
+                check_host_port(&adv).map_err(|e| format!("--advertise {adv:?}: {e}"))?;
+                adv
+            }
+            (None, Some(addr)) => addr.to_string(),
+            (None, None) => listen.to_string(),
+        };
+        if self.election_timeout_min_ms >= self.election_timeout_max_ms {
+            return Err("--election-timeout-min-ms must be below --election-timeout-max-ms".into());
+        }
+        if self.heartbeat_ms == 0 || self.heartbeat_ms * 2 > self.election_timeout_min_ms {
+            return Err(
+                "--heartbeat-ms must be positive and at most half the election timeout".into(),
+            );
+        }
+        if self.max_body_bytes == 0 || self.max_batch == 0 {
+            return Err("--max-body-bytes and --max-batch must be positive".into());
+        }
+        if self.queue_capacity == 0 || self.max_inflight == 0 {
+            return Err("--queue-capacity and --max-inflight must be positive".into());
+        }
+        Ok(NodeConfig {
+            id,
+            listen,
+            advertise,
+            peers,
+            data_dir,
+            snapshot_threshold: self.snapshot_threshold,
+            api_token: self.api_token.filter(|t| !t.is_empty()),
+            cluster_secret: self.cluster_secret.filter(|s| !s.is_empty()),
+            limits: Limits {
+                max_body_bytes: self.max_body_bytes,
+                max_batch: self.max_batch,
+                write_timeout: Duration::from_millis(self.write_timeout_ms.max(1)),
+                leader_wait: Duration::from_secs(2),
+            },
+            queue_capacity: self.queue_capacity,
+            max_inflight: self.max_inflight,
+            timing: RaftTiming {
+                heartbeat_ms: self.heartbeat_ms,
+                election_min_ms: self.election_timeout_min_ms,
+                election_max_ms: self.election_timeout_max_ms,
+            },
+        })
+    }
+}
+
+impl NodeConfig {
+    /// The IP outbound connections bind to: the listen IP when it names one interface.
+    pub fn outbound_ip(&self) -> Option<IpAddr> {
+        let ip = self.listen.ip();
+        (!ip.is_unspecified()).then_some(ip)
+    }
+}
+
+/// The initial cluster members: id -> `HOST:PORT`, ordered by id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peers(BTreeMap<NodeId, String>);
+
+impl Peers {
+    /// Address of a member.
+    pub fn get(&self, id: NodeId) -> Option<&str> {
+        self.0.get(&id).map(String::as_str)
+    }
+
+    /// The lowest member id: the only node allowed to initialize the cluster.
+    pub fn lowest(&self) -> Option<NodeId> {
+        self.0.keys().next().copied()
+    }
+
+    /// Members in id order.
+    pub fn iter(&self) -> impl Iterator<Item = (NodeId, &str)> {
+        self.0.iter().map(|(id, a)| (*id, a.as_str()))
+    }
+
+    /// Votes needed for a majority of the initial members.
+    pub fn quorum(&self) -> usize {
+        self.0.len() / 2 + 1
+    }
+}
+
+/// Why a `--peers` string was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeersError {
+    /// Nothing was given.
+    #[error("no members given; expected ID=HOST:PORT[,ID=HOST:PORT...]")]
+    Empty,
+    /// An item lacks `=`.
+    #[error("{0:?} is not ID=HOST:PORT")]
+    NoEquals(String),
+    /// The id part is not a number.
+    #[error("{0:?}: node id must be an unsigned integer")]
+    BadId(String),
+    /// The address part is not `HOST:PORT`.
+    #[error("{item:?}: {reason}")]
+    BadAddr {
+        /// The offending item.
+        item: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The same id appears twice.
+    #[error("node id {0} is listed twice")]
+    DuplicateId(NodeId),
+}
+
+impl FromStr for Peers {
+    type Err = PeersError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut map = BTreeMap::new();
+        for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let (id, addr) = item
+                .split_once('=')
+                .ok_or_else(|| PeersError::NoEquals(item.to_string()))?;
+            let id: NodeId = id
+                .trim()
+                .parse()
+                .map_err(|_| PeersError::BadId(item.to_string()))?;
+            let addr = addr.trim();
+            check_host_port(addr).map_err(|reason| PeersError::BadAddr {
+                item: item.to_string(),
+                reason,
+            })?;
+            if map.insert(id, addr.to_string()).is_some() {
+                return Err(PeersError::DuplicateId(id));
+            }
+        }
+        if map.is_empty() {
+            return Err(PeersError::Empty);
+        }
+        Ok(Peers(map))
+    }
+}
+
+impl fmt::Display for Peers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (id, addr)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{id}={addr}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks that `s` is `HOST:PORT` with a non-empty host and a port number.
+pub(crate) fn check_host_port(s: &str) -> Result<(), String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| "address must be HOST:PORT".to_string())?;
+    if host.is_empty() || host.contains(char::is_whitespace) || host.contains('/') {
+        return Err("address must be HOST:PORT with a host name or IP".into());
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(format!("{port:?} is not a port number")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_members_in_id_order() {
+        let p: Peers = "3=10.0.0.3:7001, 1=127.0.0.1:7001,2=node-2:7002"
+            .parse()
+            .unwrap();
+        assert_eq!(p.iter().count(), 3);
+        assert_eq!(p.lowest(), Some(1));
+        assert_eq!(p.get(2), Some("node-2:7002"));
+        assert_eq!(p.quorum(), 2);
+        assert_eq!(
+            p.to_string(),
+            "1=127.0.0.1:7001,2=node-2:7002,3=10.0.0.3:7001"
+        );
+    }
+
+    #[test]
+    fn accepts_ipv6_and_a_trailing_comma() {
+        let p: Peers = "1=[::1]:7001,".parse().unwrap();
+        assert_eq!(p.get(1), Some("[::1]:7001"));
+    }
+
+    #[test]
+    fn refuses_bad_strings_with_a_reason() {
+        assert_eq!("".parse::<Peers>(), Err(PeersError::Empty));
+        assert_eq!(" , ".parse::<Peers>(), Err(PeersError::Empty));
+        assert!(matches!("1".parse::<Peers>(), Err(PeersError::NoEquals(_))));
+        assert!(matches!(
+            "x=h:1".parse::<Peers>(),
+            Err(PeersError::BadId(_))
+        ));
+        assert!(matches!(
+            "-1=h:1".parse::<Peers>(),
+            Err(PeersError::BadId(_))
+        ));
+        assert!(matches!(
+            "1=host".parse::<Peers>(),
+            Err(PeersError::BadAddr { .. })
+        ));
+        assert!(matches!(
+            "1=:7001".parse::<Peers>(),
+            Err(PeersError::BadAddr { .. })
+        ));
+        assert!(matches!(
+            "1=h:0".parse::<Peers>(),
+            Err(PeersError::BadAddr { .. })
+        ));
+        assert!(matches!(
+            "1=h:70000".parse::<Peers>(),
+            Err(PeersError::BadAddr { .. })
+        ));
+        assert_eq!(
+            "1=a:1,1=b:2".parse::<Peers>(),
+            Err(PeersError::DuplicateId(1))
+        );
+    }
+
+    #[test]
+    fn advertise_defaults_to_own_peers_entry() {
+        let cli = Cli::try_parse_from([
+            "aggregator",
+            "--id",
+            "2",
+            "--listen",
+            "0.0.0.0:7002",
+            "--peers",
+            "1=a:7001,2=b:7002",
+            "--data-dir",
+            "/tmp/x",
+        ])
+        .unwrap();
+        let cfg = cli.run.into_config().unwrap();
+        assert_eq!(cfg.advertise, "b:7002");
+        assert_eq!(cfg.outbound_ip(), None);
+    }
+
+    #[test]
+    fn healthcheck_needs_no_server_flags() {
+        let cli =
+            Cli::try_parse_from(["aggregator", "healthcheck", "--url", "http://h:1"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Healthcheck(ref h)) if h.url == "http://h:1"));
+    }
+
+    #[test]
+    fn server_flags_are_required() {
+        assert!(Cli::try_parse_from(["aggregator", "--id", "1"]).is_err());
+    }
+}

@@ -1,0 +1,115 @@
+//! Follower -> leader forwarding of client requests (publish, linearizable reads, admin):
+//! the raw request goes to the leader with a hop header, so a forwarded request is never
+//! forwarded again, and the leader's answer (status, body, provenance headers) is returned.
+
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, HeaderName, Method};
+use axum::response::Response;
+use raft_store::NodeId;
+
+use crate::api::error::ApiError;
+
+/// Header a forwarding node adds; its value is the forwarding node's id.
+pub const HOP_HEADER: &str = "x-aggregator-forwarded-by";
+
+/// Request headers passed on to the leader.
+const PASS_REQUEST: [HeaderName; 3] = [
+    axum::http::header::AUTHORIZATION,
+    axum::http::header::CONTENT_TYPE,
+    axum::http::header::ACCEPT,
+];
+
+/// Whether a request already made its one hop.
+pub fn is_forwarded(headers: &HeaderMap) -> bool {
+    headers.contains_key(HOP_HEADER)
+}
+
+/// The leader a request is forwarded to.
+#[derive(Clone, Copy, Debug)]
+pub struct LeaderAddr<'a> {
+    /// Leader id.
+    pub id: NodeId,
+    /// Its address from the membership.
+    pub addr: &'a str,
+}
+
+/// Sends client requests on to the leader.
+#[derive(Clone)]
+pub struct Forwarder {
+    client: reqwest::Client,
+    id: NodeId,
+}
+
+impl Forwarder {
+    /// A forwarder for node `id` using `client` (pooled, bound like the Raft client).
+    pub fn new(client: reqwest::Client, id: NodeId) -> Self {
+        Self { client, id }
+    }
+
+    /// Forwards one request to the leader and relays its answer.
+    pub async fn forward(
+        &self,
+        to: LeaderAddr<'_>,
+        method: Method,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Response, ApiError> {
+        let LeaderAddr { id: leader, addr } = to;
+        let url = format!("http://{addr}{path_and_query}");
+        let mut rb = self
+            .client
+            .request(method, url)
+            .timeout(timeout)
+            .header(HOP_HEADER, self.id.to_string());
+        for name in PASS_REQUEST {
+            if let Some(v) = headers.get(&name) {
+                rb = rb.header(name, v);
+            }
+        }
+        if !body.is_empty() {
+            rb = rb.body(body);
+        }
+        let unavailable = |e: reqwest::Error| {
+            tracing::debug!(leader, addr, error = %e, "forwarding to the leader failed");
+            ApiError::unavailable(format!("leader {leader} at {addr} did not answer: {e}"))
+        };
+        let resp = rb.send().await.map_err(unavailable)?;
+        // reqwest and axum share the `http` crate: status and headers carry over as they are.
+        let status = resp.status();
+        let mut out_headers = HeaderMap::new();
+        for (name, value) in resp.headers() {
+            if passes_back(name.as_str()) {
+                out_headers.insert(name.clone(), value.clone());
+            }
+        }
+        let bytes = resp.bytes().await.map_err(unavailable)?;
+        let mut response = Response::new(Body::from(bytes));
+        *response.status_mut() = status;
+        *response.headers_mut() = out_headers;
+        Ok(response)
+    }
+}
+
+/// Whether a leader's answer header is relayed to the client.
+fn passes_back(name: &str) -> bool {
+    matches!(name, "content-type" | "retry-after" | "www-authenticate") || name.starts_with("x-")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relays_provenance_and_retry_after_but_not_framing() {
+        assert!(passes_back("x-served-by"));
+        assert!(passes_back("retry-after"));
+        assert!(passes_back("content-type"));
+        assert!(!passes_back("content-length"));
+        assert!(!passes_back("transfer-encoding"));
+        assert!(!passes_back("connection"));
+    }
+}

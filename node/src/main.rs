@@ -1,0 +1,235 @@
+//! `aggregator`: one member of a Raft-replicated event log cluster. Parses the command line,
+//! sets up logging, opens the store, starts Raft, the group-commit task and the HTTP server,
+//! and on SIGTERM/SIGINT stops accepting, finishes in-flight requests, shuts Raft down and
+//! exits 0. Also provides `aggregator healthcheck --url` for images without curl.
+
+mod api;
+mod batcher;
+mod cluster;
+mod config;
+mod forward;
+mod metrics;
+mod network;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::serve::ListenerExt;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use crate::api::{AppState, Shared};
+use crate::batcher::Batcher;
+use crate::cluster::LeaderContact;
+use crate::config::{Cli, Command, HealthcheckArgs, LogFormat, NodeConfig};
+use crate::forward::Forwarder;
+use crate::metrics::Metrics;
+use crate::network::HttpNetwork;
+
+/// How long in-flight requests may take to finish after a stop signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Healthcheck(args)) = cli.command {
+        return healthcheck(&args);
+    }
+    let (format, level) = (cli.run.log_format, cli.run.log_level.clone());
+    let cfg = match cli.run.into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("aggregator: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = init_tracing(format, &level) {
+        eprintln!("aggregator: --log-level {level:?}: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("aggregator: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "aggregator stopped on an error");
+            eprintln!("aggregator: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat, level: &str) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(level)?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let res = match format {
+        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Json => builder.json().with_current_span(false).try_init(),
+    };
+    res.map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("binding {}", cfg.listen))?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    let stores = raft_store::open(&cfg.data_dir)
+        .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
+    let raft_client = network::build_client(cfg.outbound_ip(), Duration::from_millis(500))
+        .context("building the Raft HTTP client")?;
+    let net = HttpNetwork::new(cfg.id, raft_client, cfg.cluster_secret.clone());
+    let (raft, reader) = cluster::start(&cfg, stores, net.clone()).await?;
+    let metrics = Metrics::new().context("registering metrics")?;
+    let batcher = Batcher::spawn(
+        raft.clone(),
+        cfg.queue_capacity,
+        cfg.max_inflight,
+        metrics.clone(),
+    );
+    // Client forwarding gets its own pool so it never queues behind Raft traffic.
+    let fwd_client = network::build_client(cfg.outbound_ip(), Duration::from_secs(1))
+        .context("building the forwarding HTTP client")?;
+    let state = AppState::new(Shared {
+        id: cfg.id,
+        raft: raft.clone(),
+        reader,
+        batcher,
+        forwarder: Forwarder::new(fwd_client, cfg.id),
+        contact: Arc::new(LeaderContact::default()),
+        metrics: metrics.clone(),
+        limits: cfg.limits,
+        timing: cfg.timing,
+        api_token: cfg.api_token.clone(),
+        cluster_secret: cfg.cluster_secret.clone(),
+        started: Instant::now(),
+    });
+    tokio::spawn(metrics::watch_leader(raft.clone(), metrics.clone()));
+    tokio::spawn(metrics::log_counts(raft.clone(), metrics.clone()));
+    tokio::spawn(cluster::bootstrap(raft.clone(), cfg.clone(), net));
+    if let Some(listed) = cfg.peers.get(cfg.id).filter(|a| *a != cfg.advertise) {
+        // Peers reach members at the address in the membership, which --peers seeded.
+        tracing::warn!(
+            listed,
+            advertise = %cfg.advertise,
+            "--advertise differs from this node's --peers entry; peers use the --peers address"
+        );
+    }
+    tracing::info!(
+        node_id = cfg.id,
+        listen = %cfg.listen,
+        advertise = %cfg.advertise,
+        peers = %cfg.peers,
+        data_dir = %cfg.data_dir.display(),
+        "aggregator started"
+    );
+
+    let app = api::router(state);
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let listener = listener.tap_io(|tcp| {
+        // Small request/response exchanges: Nagle would add delayed-ACK stalls.
+        let _ = tcp.set_nodelay(true);
+    });
+    let mut server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.changed().await;
+            })
+            .await
+    });
+    let served = tokio::select! {
+        res = &mut server => Some(res),
+        sig = stop_signal() => {
+            tracing::info!(signal = sig, "stopping: no new connections, finishing in-flight requests");
+            None
+        }
+    };
+    let served = match served {
+        Some(res) => res,
+        None => {
+            let _ = stop_tx.send(true);
+            match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {
+                Ok(res) => res,
+                Err(_) => {
+                    tracing::warn!(
+                        "requests still running after {DRAIN_TIMEOUT:?}; stopping anyway"
+                    );
+                    server.abort();
+                    Ok(Ok(()))
+                }
+            }
+        }
+    };
+    tracing::info!("shutting Raft down");
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "Raft shutdown");
+    }
+    served.context("HTTP server task")?.context("HTTP server")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT with the signal's name.
+async fn stop_signal() -> &'static str {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = term => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+    }
+}
+
+/// `aggregator healthcheck --url`: exit 0 when `/ready` answers 200.
+fn healthcheck(args: &HealthcheckArgs) -> ExitCode {
+    let url = format!("{}/ready", args.url.trim_end_matches('/'));
+    let check = async {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_millis(args.timeout_ms))
+            .build()?;
+        let resp = client.get(&url).send().await?;
+        Ok::<_, reqwest::Error>((resp.status(), resp.text().await.unwrap_or_default()))
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("healthcheck: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(check) {
+        Ok((status, _)) if status.is_success() => ExitCode::SUCCESS,
+        Ok((status, body)) => {
+            eprintln!("healthcheck: {url} answered {status}: {body}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("healthcheck: {url}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
