@@ -1,0 +1,173 @@
+//! The one RocksDB instance a node keeps: column families, their options, write options,
+//! and the postcard codec every value goes through.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rocksdb::{
+    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, MemtableFactory,
+    Options, SliceTransform, WriteOptions, DB,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::StoreError;
+
+/// Raft log entries: `u64 BE index -> postcard(Entry)`.
+pub(crate) const CF_LOG: &str = "log";
+/// Raft bookkeeping: vote, committed log id, last purged log id.
+pub(crate) const CF_RAFT_META: &str = "raft_meta";
+/// Stored events: `lamport u64 BE -> postcard(StoredEvent)`.
+pub(crate) const CF_EVENTS: &str = "events";
+/// Dedup index: `hash | len-prefixed topic | event_id -> lamport u64 BE`.
+pub(crate) const CF_KEYS: &str = "keys";
+/// Topic index: `len-prefixed topic | lamport BE -> ()`.
+pub(crate) const CF_BY_TOPIC: &str = "by_topic";
+/// Producer index: `len-prefixed source | lamport BE -> ()`.
+pub(crate) const CF_BY_SOURCE: &str = "by_source";
+/// State-machine bookkeeping: one `SmMeta` record.
+pub(crate) const CF_SM_META: &str = "sm_meta";
+/// Stored events per topic: `topic -> u64 BE`.
+pub(crate) const CF_TOPICS: &str = "topics";
+/// Per-producer tracking: `source -> postcard(ProducerStats)`.
+pub(crate) const CF_PRODUCERS: &str = "producers";
+/// The current snapshot: its meta and its data in chunks.
+pub(crate) const CF_SNAPSHOT: &str = "snapshot";
+
+/// Column families holding the state machine: exactly what a snapshot install replaces.
+pub(crate) const STATE_MACHINE_CFS: [&str; 7] = [
+    CF_EVENTS,
+    CF_KEYS,
+    CF_BY_TOPIC,
+    CF_BY_SOURCE,
+    CF_SM_META,
+    CF_TOPICS,
+    CF_PRODUCERS,
+];
+
+const ALL_CFS: [&str; 10] = [
+    CF_LOG,
+    CF_RAFT_META,
+    CF_EVENTS,
+    CF_KEYS,
+    CF_BY_TOPIC,
+    CF_BY_SOURCE,
+    CF_SM_META,
+    CF_TOPICS,
+    CF_PRODUCERS,
+    CF_SNAPSHOT,
+];
+
+/// Subdirectory of the data directory that RocksDB owns.
+const DB_SUBDIR: &str = "rocksdb";
+
+/// The RocksDB handle plus the lock that orders writers of the `snapshot` column family.
+pub(crate) struct Db {
+    /// The database; every column family of [`ALL_CFS`] is open.
+    pub(crate) rocks: DB,
+    /// Held while reading-then-replacing the current snapshot, so a slow build that
+    /// finishes after an install cannot overwrite the newer snapshot.
+    pub(crate) snapshot_lock: Mutex<()>,
+}
+
+impl Db {
+    /// Opens (creating if needed) the database under `dir`.
+    pub(crate) fn open(dir: &Path) -> Result<Db, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        // Both cores: flushes and compactions run beside apply.
+        opts.increase_parallelism(2);
+        opts.set_max_background_jobs(2);
+        // Required by the hash memtable of `keys`; the store has one writer at a time anyway.
+        opts.set_allow_concurrent_memtable_write(false);
+        // The default point-in-time WAL recovery replays the longest intact prefix of the WAL,
+        // which is what the crash-consistency argument relies on; spelled out so it stays so.
+        opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::PointInTime);
+        let cfs = ALL_CFS.map(|name| ColumnFamilyDescriptor::new(name, cf_options(name)));
+        let rocks = DB::open_cf_descriptors(&opts, dir.join(DB_SUBDIR), cfs)?;
+        Ok(Db {
+            rocks,
+            snapshot_lock: Mutex::new(()),
+        })
+    }
+
+    /// Handle of a column family opened by [`Db::open`].
+    pub(crate) fn cf(&self, name: &'static str) -> Result<&ColumnFamily, StoreError> {
+        self.rocks
+            .cf_handle(name)
+            .ok_or(StoreError::MissingColumnFamily(name))
+    }
+}
+
+fn cf_options(name: &str) -> Options {
+    let mut opts = Options::default();
+    opts.set_compression_type(DBCompressionType::Lz4);
+    opts.set_level_compaction_dynamic_level_bytes(true);
+    // Room for memtables waiting to be flushed, so apply does not stall behind a flush.
+    opts.set_max_write_buffer_number(4);
+    if name == CF_KEYS {
+        // Dedup keys arrive in random order and are only ever read by point lookups, so
+        // the memtable hashes on the key's leading 8-byte hash into small per-bucket skip
+        // lists instead of one big skip list (where each random insert is a deep, cache-
+        // missing search). Nothing iterates this column family; snapshot installs clear it
+        // with a range delete, which RocksDB keeps outside the memtable rep.
+        opts.set_prefix_extractor(SliceTransform::create_fixed_prefix(8));
+        opts.set_memtable_factory(MemtableFactory::HashSkipList {
+            bucket_count: 1 << 18,
+            height: 4,
+            branching_factor: 4,
+        });
+    }
+    if name == CF_KEYS {
+        // Every applied event probes `keys`, and most probes miss (new keys). Bloom filters
+        // let a miss skip the memtable's buckets and most SST files.
+        let mut table = BlockBasedOptions::default();
+        table.set_bloom_filter(10.0, false);
+        opts.set_block_based_table_factory(&table);
+        opts.set_memtable_prefix_bloom_ratio(0.1);
+        opts.set_memtable_whole_key_filtering(true);
+    }
+    opts
+}
+
+/// Write options for writes that must be on disk when the call returns.
+pub(crate) fn synced() -> WriteOptions {
+    let mut opts = WriteOptions::default();
+    opts.set_sync(true);
+    opts
+}
+
+/// Write options for writes that go to the WAL but rely on a later WAL sync.
+pub(crate) fn unsynced() -> WriteOptions {
+    let mut opts = WriteOptions::default();
+    opts.set_sync(false);
+    opts
+}
+
+/// Encodes a value with postcard.
+pub(crate) fn encode<T: Serialize + ?Sized>(
+    what: &'static str,
+    value: &T,
+) -> Result<Vec<u8>, StoreError> {
+    postcard::to_stdvec(value).map_err(|source| StoreError::Codec { what, source })
+}
+
+/// Encodes a value with postcard into `buf` (cleared first), reusing its allocation.
+pub(crate) fn encode_reusing<T: Serialize + ?Sized>(
+    what: &'static str,
+    value: &T,
+    mut buf: Vec<u8>,
+) -> Result<Vec<u8>, StoreError> {
+    buf.clear();
+    postcard::to_extend(value, buf).map_err(|source| StoreError::Codec { what, source })
+}
+
+/// Decodes a postcard value.
+pub(crate) fn decode<T: DeserializeOwned>(
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    postcard::from_bytes(bytes).map_err(|source| StoreError::Codec { what, source })
+}

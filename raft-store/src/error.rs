@@ -1,0 +1,67 @@
+//! The store's error type and its mapping onto openraft's `StorageError`.
+
+use openraft::{AnyError, ErrorSubject, ErrorVerb, StorageError, StorageIOError};
+
+use crate::types::NodeId;
+
+/// Everything that can go wrong in the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// RocksDB reported an error (I/O, corruption, lock held by another process, ...).
+    #[error("rocksdb: {0}")]
+    Rocks(#[from] rocksdb::Error),
+    /// A filesystem operation outside RocksDB failed (creating the data directory).
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    /// A value could not be encoded or decoded with postcard.
+    #[error("encoding of {what}: {source}")]
+    Codec {
+        /// What was being encoded or decoded.
+        what: &'static str,
+        /// The codec's error.
+        source: postcard::Error,
+    },
+    /// Stored or received bytes break an invariant of the format.
+    #[error("corrupt {what}: {detail}")]
+    Corrupt {
+        /// What was being read.
+        what: &'static str,
+        /// What was wrong with it.
+        detail: String,
+    },
+    /// A column family the store relies on is missing from the opened database.
+    #[error("column family {0} missing")]
+    MissingColumnFamily(&'static str),
+    /// A blocking task panicked or was cancelled.
+    #[error("blocking task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl StoreError {
+    /// A `Corrupt` error.
+    pub(crate) fn corrupt(what: &'static str, detail: impl Into<String>) -> Self {
+        StoreError::Corrupt {
+            what,
+            detail: detail.into(),
+        }
+    }
+
+    /// This error as openraft's storage error, naming what was touched and how.
+    pub(crate) fn into_storage(
+        self,
+        subject: ErrorSubject<NodeId>,
+        verb: ErrorVerb,
+    ) -> StorageError<NodeId> {
+        StorageError::IO {
+            source: StorageIOError::new(subject, verb, AnyError::new(&self)),
+        }
+    }
+}
+
+impl From<StoreError> for StorageError<NodeId> {
+    /// Without context the error is attributed to the store as a whole; the trait
+    /// implementations use [`StoreError::into_storage`] with a precise subject instead.
+    fn from(e: StoreError) -> Self {
+        e.into_storage(ErrorSubject::Store, ErrorVerb::Write)
+    }
+}

@@ -1,0 +1,167 @@
+//! Byte encodings of every RocksDB key the store writes. Integers are big-endian so that
+//! RocksDB's bytewise order is numeric order, which makes log ranges and Lamport-ordered
+//! scans plain iterator walks.
+
+use crate::types::{EventKey, LamportStamp};
+
+/// Key of the single record in `sm_meta` holding the state machine's bookkeeping.
+pub(crate) const SM_STATE: &[u8] = b"state";
+/// Key of the vote in `raft_meta`.
+pub(crate) const VOTE: &[u8] = b"vote";
+/// Key of the committed log id in `raft_meta`.
+pub(crate) const COMMITTED: &[u8] = b"committed";
+/// Key of the last purged log id in `raft_meta`.
+pub(crate) const LAST_PURGED: &[u8] = b"last_purged";
+/// Key of the current snapshot's meta in `snapshot`.
+pub(crate) const SNAPSHOT_META: &[u8] = b"meta";
+/// Prefix of the current snapshot's data chunks in `snapshot`.
+pub(crate) const SNAPSHOT_CHUNK_PREFIX: &[u8] = b"data/";
+
+/// An exclusive upper bound above every key of every column family: no key starts with
+/// nine 0xFF bytes (UTF-8 never contains 0xFF, a length prefix starting with 0xFF would
+/// claim a 4 GiB string, fixed-width integer keys are at most eight bytes long, and a dedup
+/// key's ninth byte starts the topic's length prefix).
+pub(crate) const KEY_SPACE_END: [u8; 9] = [0xFF; 9];
+
+/// Key of the log entry at `index` in `log`.
+pub(crate) fn log_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+/// Key of the event with stamp `lamport` in `events`.
+pub(crate) fn lamport_key(lamport: LamportStamp) -> [u8; 8] {
+    lamport.0.to_be_bytes()
+}
+
+/// Decodes an eight-byte big-endian integer key or value.
+pub(crate) fn decode_u64(bytes: &[u8]) -> Option<u64> {
+    let array: [u8; 8] = bytes.try_into().ok()?;
+    Some(u64::from_be_bytes(array))
+}
+
+/// Key of an event's dedup record in `keys`: `hash u64 BE | len(topic) u32 BE | topic |
+/// event_id`, where `hash` is xxh3-64 of the rest. The topic's length prefix makes the split
+/// unambiguous (the event id is the remainder); the full key follows the hash, so equal
+/// hashes never merge two keys. The hash leads so that the column family's hash-bucketed
+/// memtable (see `db.rs`) spreads keys evenly: dedup keys arrive in random order, which is
+/// the expensive case for a skip list.
+pub(crate) fn event_key(topic: &str, event_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + 4 + topic.len() + event_id.len());
+    key.extend_from_slice(&[0; 8]);
+    push_len_prefixed(&mut key, topic);
+    key.extend_from_slice(event_id.as_bytes());
+    let hash = xxhash_rust::xxh3::xxh3_64(&key[8..]);
+    key[..8].copy_from_slice(&hash.to_be_bytes());
+    key
+}
+
+/// [`event_key`] for an [`EventKey`].
+pub(crate) fn event_key_of(key: &EventKey) -> Vec<u8> {
+    event_key(&key.topic, &key.event_id)
+}
+
+/// Prefix shared by every `by_topic`/`by_source` entry of one name: `len(name) u32 BE | name`.
+/// No other name's entries start with it, because the length is part of the prefix.
+pub(crate) fn index_prefix(name: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(4 + name.len() + 8);
+    push_len_prefixed(&mut key, name);
+    key
+}
+
+/// Key of one event in a secondary index: `index_prefix(name) | lamport u64 BE`.
+pub(crate) fn index_key(name: &str, lamport: LamportStamp) -> Vec<u8> {
+    let mut key = index_prefix(name);
+    key.extend_from_slice(&lamport.0.to_be_bytes());
+    key
+}
+
+/// The stamp at the end of a secondary-index key that starts with `prefix`, if it is one.
+pub(crate) fn index_stamp(prefix: &[u8], key: &[u8]) -> Option<LamportStamp> {
+    let rest = key.strip_prefix(prefix)?;
+    decode_u64(rest).map(LamportStamp)
+}
+
+/// Key of the `n`th data chunk of the current snapshot.
+pub(crate) fn snapshot_chunk_key(n: u32) -> Vec<u8> {
+    let mut key = SNAPSHOT_CHUNK_PREFIX.to_vec();
+    key.extend_from_slice(&n.to_be_bytes());
+    key
+}
+
+fn push_len_prefixed(buf: &mut Vec<u8>, s: &str) {
+    // Names are validated by the server (topics and sources are at most 255 characters),
+    // so the length always fits; saturating keeps this total anyway.
+    let len = u32::try_from(s.len()).unwrap_or(u32::MAX);
+    buf.extend_from_slice(&len.to_be_bytes());
+    buf.extend_from_slice(s.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_keys_sort_numerically() {
+        let mut keys: Vec<_> = [300u64, 1, 256, 0, u64::MAX, 255].map(log_key).to_vec();
+        keys.sort();
+        let decoded: Vec<_> = keys.iter().map(|k| decode_u64(k)).collect();
+        assert_eq!(decoded, [0, 1, 255, 256, 300, u64::MAX].map(Some).to_vec());
+    }
+
+    #[test]
+    fn event_keys_lead_with_the_hash_of_the_rest() {
+        let key = event_key("t", "e");
+        assert_eq!(&key[8..], b"\x00\x00\x00\x01te");
+        assert_eq!(
+            decode_u64(&key[..8]),
+            Some(xxhash_rust::xxh3::xxh3_64(&key[8..]))
+        );
+    }
+
+    #[test]
+    fn event_keys_do_not_collide_across_the_split() {
+        assert_ne!(event_key("ab", "c"), event_key("a", "bc"));
+        assert_ne!(event_key("", "abc"), event_key("abc", ""));
+        assert_eq!(
+            event_key("t", "e"),
+            event_key_of(&EventKey {
+                topic: "t".into(),
+                event_id: "e".into()
+            })
+        );
+    }
+
+    #[test]
+    fn index_keys_of_one_name_sort_by_stamp_and_stay_under_their_prefix() {
+        let a = index_key("orders", LamportStamp(2));
+        let b = index_key("orders", LamportStamp(10));
+        assert!(a < b);
+        let prefix = index_prefix("orders");
+        assert_eq!(index_stamp(&prefix, &b), Some(LamportStamp(10)));
+        // A name that extends "orders" has a different length prefix, so it never shares it.
+        assert!(!index_key("orders2", LamportStamp(1)).starts_with(&prefix));
+        assert_eq!(
+            index_stamp(&prefix, &index_key("orders2", LamportStamp(1))),
+            None
+        );
+    }
+
+    #[test]
+    fn key_space_end_is_above_every_key_shape() {
+        let end = KEY_SPACE_END.as_slice();
+        assert!(log_key(u64::MAX).as_slice() < end);
+        assert!(lamport_key(LamportStamp(u64::MAX)).as_slice() < end);
+        let mut worst = event_key(&"\u{10FFFF}".repeat(64), "\u{10FFFF}");
+        worst[..8].copy_from_slice(&[0xFF; 8]); // the largest possible hash
+        assert!(worst.as_slice() < end);
+        assert!(index_key(&"z".repeat(255), LamportStamp(u64::MAX)).as_slice() < end);
+        assert!("\u{10FFFF}".repeat(4).as_bytes() < end);
+        assert!(SM_STATE < end && snapshot_chunk_key(u32::MAX).as_slice() < end);
+    }
+
+    #[test]
+    fn decode_u64_rejects_wrong_lengths() {
+        assert_eq!(decode_u64(&[1, 2, 3]), None);
+        assert_eq!(decode_u64(&7u64.to_be_bytes()), Some(7));
+    }
+}

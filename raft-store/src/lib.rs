@@ -1,0 +1,60 @@
+//! Storage layer of the aggregator: a durable Raft log and a deduplicating event state
+//! machine, both on one RocksDB instance, implementing openraft's storage-v2 traits.
+//!
+//! [`open`] gives the three handles the node needs: the log store and the state machine
+//! (handed to openraft) and a [`StoreReader`] for queries.
+
+mod db;
+mod error;
+mod keys;
+mod log_store;
+mod reader;
+mod sm_state;
+mod snapshot;
+mod state_machine;
+pub mod types;
+
+use std::path::Path;
+use std::sync::Arc;
+
+pub use error::StoreError;
+pub use log_store::LogStore;
+pub use reader::StoreReader;
+pub use snapshot::SnapshotBuilder;
+pub use state_machine::StateMachineStore;
+pub use types::*;
+
+/// The handles on one node's store; all share one RocksDB instance, which closes when the
+/// last of them (and of their clones) is dropped.
+pub struct Stores {
+    /// The Raft log, for openraft.
+    pub log_store: LogStore,
+    /// The state machine, for openraft.
+    pub state_machine: StateMachineStore,
+    /// Read-only queries, for the server.
+    pub reader: StoreReader,
+}
+
+/// Opens the store in `dir` (created if needed; RocksDB lives in `dir/rocksdb`), restoring
+/// the vote, log, committed and purged ids, state machine and current snapshot.
+pub fn open(dir: &Path) -> Result<Stores, StoreError> {
+    let db = Arc::new(db::Db::open(dir)?);
+    Ok(Stores {
+        log_store: LogStore::new(db.clone())?,
+        state_machine: StateMachineStore::load(db.clone())?,
+        reader: StoreReader::new(db),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    /// The server shares these across tasks and blocking threads.
+    #[test]
+    fn handles_are_send_and_sync() {
+        fn check<T: Send + Sync + 'static>() {}
+        check::<super::StoreReader>();
+        check::<super::LogStore>();
+        check::<super::StateMachineStore>();
+        check::<super::StoreError>();
+    }
+}

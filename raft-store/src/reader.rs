@@ -1,0 +1,170 @@
+//! Read-only queries for the server, straight from RocksDB: events by topic or producer in
+//! Lamport order, one event by key, stats, digest and last applied log id. Every method is
+//! a blocking call that reads one RocksDB snapshot, so its answer is consistent.
+
+use std::sync::Arc;
+
+use openraft::LogId;
+use rocksdb::Snapshot;
+
+use crate::db::{self, Db, CF_BY_SOURCE, CF_BY_TOPIC, CF_EVENTS, CF_KEYS};
+use crate::error::StoreError;
+use crate::keys;
+use crate::sm_state::{self, SmState};
+use crate::types::{Digest, EventKey, EventPage, LamportStamp, NodeId, StoreStats, StoredEvent};
+
+/// Cheap-to-clone read handle on the store; `Send + Sync`. Call it from blocking threads.
+#[derive(Clone)]
+pub struct StoreReader {
+    db: Arc<Db>,
+}
+
+impl StoreReader {
+    pub(crate) fn new(db: Arc<Db>) -> StoreReader {
+        StoreReader { db }
+    }
+
+    /// Events of `topic` with stamps above `after`, in stamp order, at most `limit` of them.
+    pub fn events_by_topic(
+        &self,
+        topic: &str,
+        after: Option<LamportStamp>,
+        limit: usize,
+    ) -> Result<EventPage, StoreError> {
+        self.page(CF_BY_TOPIC, topic, after, limit)
+    }
+
+    /// Events of producer `source` with stamps above `after`, in stamp order, at most `limit`.
+    pub fn events_by_source(
+        &self,
+        source: &str,
+        after: Option<LamportStamp>,
+        limit: usize,
+    ) -> Result<EventPage, StoreError> {
+        self.page(CF_BY_SOURCE, source, after, limit)
+    }
+
+    /// The stored event with this key, if any.
+    pub fn get_event(&self, key: &EventKey) -> Result<Option<StoredEvent>, StoreError> {
+        let view = self.db.rocks.snapshot();
+        let Some(stamp) = view.get_pinned_cf(self.db.cf(CF_KEYS)?, keys::event_key_of(key))? else {
+            return Ok(None);
+        };
+        let stamp = keys::decode_u64(&stamp)
+            .ok_or_else(|| StoreError::corrupt("dedup record", "not 8 bytes"))?;
+        let event = match view.get_pinned_cf(self.db.cf(CF_EVENTS)?, stamp.to_be_bytes())? {
+            Some(bytes) => db::decode("stored event", &bytes)?,
+            None => {
+                return Err(StoreError::corrupt(
+                    "events",
+                    format!("stamp {stamp} indexed but missing"),
+                ))
+            }
+        };
+        Ok(Some(event))
+    }
+
+    /// Counters, topic counts, producers, clock, digest and last applied id, all as of one
+    /// moment.
+    pub fn stats(&self) -> Result<StoreStats, StoreError> {
+        let view = self.db.rocks.snapshot();
+        let state = SmState::load(&self.db, &view)?;
+        Ok(StoreStats {
+            counters: state.meta.counters,
+            topic_counts: state.sorted_topics(),
+            producers: state.sorted_producers(),
+            clock: state.meta.clock,
+            digest: state.meta.digest,
+            last_applied: state.meta.last_applied,
+        })
+    }
+
+    /// The digest together with the log id it is the state of.
+    pub fn digest(&self) -> Result<(Option<LogId<NodeId>>, Digest), StoreError> {
+        let meta = sm_state::read_meta(&self.db, &self.db.rocks.snapshot())?;
+        Ok((meta.last_applied, meta.digest))
+    }
+
+    /// Last log id applied to the state machine.
+    pub fn last_applied(&self) -> Result<Option<LogId<NodeId>>, StoreError> {
+        Ok(sm_state::read_meta(&self.db, &self.db.rocks.snapshot())?.last_applied)
+    }
+
+    /// One page of a secondary index. `next` is `Some` exactly when more events follow
+    /// the page; with `limit == 0` the page is empty and `next` is the cursor passed in
+    /// (or stamp 0, which precedes every stamp) if any event follows it.
+    fn page(
+        &self,
+        cf: &'static str,
+        name: &str,
+        after: Option<LamportStamp>,
+        limit: usize,
+    ) -> Result<EventPage, StoreError> {
+        let view = self.db.rocks.snapshot();
+        let prefix = keys::index_prefix(name);
+        let start = match after {
+            None => prefix.clone(),
+            Some(LamportStamp(u64::MAX)) => return Ok(EventPage::default()),
+            Some(LamportStamp(a)) => keys::index_key(name, LamportStamp(a + 1)),
+        };
+        let stamps = index_scan(
+            &self.db,
+            &view,
+            cf,
+            &prefix,
+            &start,
+            limit.saturating_add(1),
+        )?;
+        let more = stamps.len() > limit;
+        let page: &[LamportStamp] = &stamps[..stamps.len().min(limit)];
+        let events = read_events(&self.db, &view, page)?;
+        let next = match (more, page.last()) {
+            (false, _) => None,
+            (true, Some(last)) => Some(*last),
+            (true, None) => Some(after.unwrap_or_default()),
+        };
+        Ok(EventPage { events, next })
+    }
+}
+
+/// Up to `max` stamps from the index entries under `prefix`, starting at key `start`.
+fn index_scan(
+    db: &Db,
+    view: &Snapshot<'_>,
+    cf: &'static str,
+    prefix: &[u8],
+    start: &[u8],
+    max: usize,
+) -> Result<Vec<LamportStamp>, StoreError> {
+    let mut stamps = Vec::new();
+    let mut it = view.raw_iterator_cf(db.cf(cf)?);
+    it.seek(start);
+    while stamps.len() < max {
+        let Some(key) = it.key() else { break };
+        let Some(stamp) = keys::index_stamp(prefix, key) else {
+            break;
+        };
+        stamps.push(stamp);
+        it.next();
+    }
+    it.status()?;
+    Ok(stamps)
+}
+
+/// The events with these stamps, in the same order, from the same view as their index.
+fn read_events(
+    db: &Db,
+    view: &Snapshot<'_>,
+    stamps: &[LamportStamp],
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let cf = db.cf(CF_EVENTS)?;
+    let values = view.multi_get_cf(stamps.iter().map(|s| (cf, keys::lamport_key(*s))));
+    let mut events = Vec::with_capacity(stamps.len());
+    for (stamp, value) in stamps.iter().zip(values) {
+        let bytes = value?.ok_or_else(|| {
+            StoreError::corrupt("events", format!("stamp {stamp} indexed but missing"))
+        })?;
+        events.push(db::decode("stored event", &bytes)?);
+    }
+    Ok(events)
+}

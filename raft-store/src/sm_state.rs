@@ -1,0 +1,228 @@
+//! The state machine's bookkeeping — counters, clock, digest, applied log id, membership,
+//! topic counts and producer tracking — and how it is read from one RocksDB view.
+
+use std::collections::{BTreeMap, HashMap};
+
+use openraft::{LogId, StoredMembership};
+use rocksdb::{Snapshot, WriteBatch};
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::db::{self, Db, CF_PRODUCERS, CF_SM_META, CF_TOPICS};
+use crate::error::StoreError;
+use crate::keys;
+use crate::types::{Counters, Digest, LamportStamp, Node, NodeId, ProducerStats};
+
+/// The one `sm_meta` record, rewritten by every apply.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SmMeta {
+    /// The seed's counters.
+    pub(crate) counters: Counters,
+    /// Highest stamp assigned.
+    pub(crate) clock: LamportStamp,
+    /// Digest of the stored set.
+    pub(crate) digest: Digest,
+    /// Last log id applied.
+    pub(crate) last_applied: Option<LogId<NodeId>>,
+    /// Last membership applied.
+    pub(crate) last_membership: StoredMembership<NodeId, Node>,
+}
+
+/// Everything the state machine keeps besides the events and their indexes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct SmState {
+    /// The `sm_meta` record.
+    pub(crate) meta: SmMeta,
+    /// Stored events per topic.
+    pub(crate) topics: HashMap<String, u64>,
+    /// Per-producer tracking.
+    pub(crate) producers: HashMap<String, ProducerStats>,
+}
+
+impl SmState {
+    /// Reads the whole bookkeeping from one consistent view.
+    pub(crate) fn load(db: &Db, view: &Snapshot<'_>) -> Result<SmState, StoreError> {
+        let meta = read_meta(db, view)?;
+        let mut topics = HashMap::new();
+        let mut it = view.raw_iterator_cf(db.cf(CF_TOPICS)?);
+        it.seek_to_first();
+        while let Some((key, value)) = it.item() {
+            let name = utf8("topic name", key)?;
+            let count = keys::decode_u64(value)
+                .ok_or_else(|| StoreError::corrupt("topic count", "not 8 bytes"))?;
+            topics.insert(name, count);
+            it.next();
+        }
+        it.status()?;
+        let mut producers = HashMap::new();
+        let mut it = view.raw_iterator_cf(db.cf(CF_PRODUCERS)?);
+        it.seek_to_first();
+        while let Some((key, value)) = it.item() {
+            producers.insert(
+                utf8("producer name", key)?,
+                db::decode("producer stats", value)?,
+            );
+            it.next();
+        }
+        it.status()?;
+        Ok(SmState {
+            meta,
+            topics,
+            producers,
+        })
+    }
+
+    /// Queues the `sm_meta` record into `batch`.
+    pub(crate) fn put_meta(&self, db: &Db, batch: &mut WriteBatch) -> Result<(), StoreError> {
+        batch.put_cf(
+            db.cf(CF_SM_META)?,
+            keys::SM_STATE,
+            db::encode("state machine meta", &self.meta)?,
+        );
+        Ok(())
+    }
+
+    /// Queues one topic's count into `batch`.
+    pub(crate) fn put_topic(
+        &self,
+        db: &Db,
+        batch: &mut WriteBatch,
+        topic: &str,
+    ) -> Result<(), StoreError> {
+        let count = self.topics.get(topic).copied().unwrap_or(0);
+        batch.put_cf(db.cf(CF_TOPICS)?, topic.as_bytes(), count.to_be_bytes());
+        Ok(())
+    }
+
+    /// Queues one producer's tracking into `batch`.
+    pub(crate) fn put_producer(
+        &self,
+        db: &Db,
+        batch: &mut WriteBatch,
+        source: &str,
+    ) -> Result<(), StoreError> {
+        let stats = self.producers.get(source).cloned().unwrap_or_default();
+        batch.put_cf(
+            db.cf(CF_PRODUCERS)?,
+            source.as_bytes(),
+            db::encode("producer stats", &stats)?,
+        );
+        Ok(())
+    }
+
+    /// Topic counts in name order.
+    pub(crate) fn sorted_topics(&self) -> BTreeMap<String, u64> {
+        self.topics.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    /// Producer tracking in name order.
+    pub(crate) fn sorted_producers(&self) -> BTreeMap<String, ProducerStats> {
+        self.producers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+/// Reads the `sm_meta` record from `view` (the default when nothing was applied yet).
+pub(crate) fn read_meta(db: &Db, view: &Snapshot<'_>) -> Result<SmMeta, StoreError> {
+    match view.get_pinned_cf(db.cf(CF_SM_META)?, keys::SM_STATE)? {
+        Some(bytes) => db::decode("state machine meta", &bytes),
+        None => Ok(SmMeta::default()),
+    }
+}
+
+fn utf8(what: &'static str, bytes: &[u8]) -> Result<String, StoreError> {
+    String::from_utf8(bytes.to_vec()).map_err(|e| StoreError::corrupt(what, e.to_string()))
+}
+
+/// xxh3-128 of `(topic, event_id, lamport)` with length-prefixed strings, so that
+/// `("ab", "c")` and `("a", "bc")` hash differently.
+pub(crate) fn event_hash(topic: &str, event_id: &str, lamport: LamportStamp) -> u128 {
+    let mut h = Xxh3::new();
+    h.update(&(topic.len() as u64).to_le_bytes());
+    h.update(topic.as_bytes());
+    h.update(&(event_id.len() as u64).to_le_bytes());
+    h.update(event_id.as_bytes());
+    h.update(&lamport.0.to_le_bytes());
+    h.digest128()
+}
+
+impl Digest {
+    /// Adds one stored event; addition commutes, so the digest ignores apply order.
+    pub(crate) fn add(&mut self, topic: &str, event_id: &str, lamport: LamportStamp) {
+        self.count += 1;
+        self.value = self
+            .value
+            .wrapping_add(event_hash(topic, event_id, lamport));
+    }
+}
+
+impl ProducerStats {
+    /// Records one stored event of this producer (duplicates are retries and never get here).
+    /// The first `seq` seen is the baseline: sequences are not assumed to start at 0 or 1.
+    pub(crate) fn record(&mut self, seq: Option<u64>, lamport: LamportStamp) {
+        self.events += 1;
+        self.last_lamport = lamport;
+        let Some(seq) = seq else { return };
+        match self.last_seq {
+            None => self.last_seq = Some(seq),
+            Some(last) if seq > last => {
+                // Cannot overflow (gaps sum to at most last_seq - first seq), but `seq` is
+                // producer-supplied, so saturate rather than trust that.
+                self.gaps = self.gaps.saturating_add(seq - last - 1);
+                self.last_seq = Some(seq);
+            }
+            Some(_) => self.out_of_order = self.out_of_order.saturating_add(1),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_is_order_independent_and_split_sensitive() {
+        let mut a = Digest::default();
+        a.add("t", "1", LamportStamp(1));
+        a.add("t", "2", LamportStamp(2));
+        let mut b = Digest::default();
+        b.add("t", "2", LamportStamp(2));
+        b.add("t", "1", LamportStamp(1));
+        assert_eq!(a, b);
+        assert_eq!(a.count, 2);
+        assert_ne!(
+            event_hash("ab", "c", LamportStamp(1)),
+            event_hash("a", "bc", LamportStamp(1))
+        );
+        assert_ne!(
+            event_hash("t", "1", LamportStamp(1)),
+            event_hash("t", "1", LamportStamp(2))
+        );
+    }
+
+    #[test]
+    fn producer_gaps_and_out_of_order() {
+        let mut p = ProducerStats::default();
+        p.record(Some(5), LamportStamp(1)); // baseline, no gap
+        p.record(Some(6), LamportStamp(2));
+        p.record(Some(9), LamportStamp(3)); // skips 7 and 8
+        p.record(Some(7), LamportStamp(4)); // fills a hole late: out of order, gap stays
+        p.record(Some(9), LamportStamp(5)); // not above the highest: out of order
+        p.record(None, LamportStamp(6)); // no seq: counted, not tracked
+        p.record(Some(10), LamportStamp(7));
+        assert_eq!(p.events, 7);
+        assert_eq!(p.last_seq, Some(10));
+        assert_eq!(p.gaps, 2);
+        assert_eq!(p.out_of_order, 2);
+        assert_eq!(p.last_lamport, LamportStamp(7));
+
+        // The largest jump there is: counted exactly, no overflow.
+        let mut q = ProducerStats::default();
+        q.record(Some(0), LamportStamp(1));
+        q.record(Some(u64::MAX), LamportStamp(2));
+        q.record(Some(u64::MAX), LamportStamp(3));
+        assert_eq!((q.gaps, q.out_of_order), (u64::MAX - 1, 1));
+    }
+}

@@ -1,0 +1,203 @@
+//! Domain types shared by the log, the state machine and the server: what an event is,
+//! what applying one yields, and what the queries return.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+/// Identifier of a cluster member.
+pub type NodeId = u64;
+
+/// Network address of a member, as other members and clients reach it.
+pub type Node = openraft::BasicNode;
+
+openraft::declare_raft_types!(
+    /// openraft type configuration of the aggregator cluster.
+    pub TypeConfig:
+        D = EventBatch,
+        R = BatchOutcome,
+        NodeId = NodeId,
+        Node = Node,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+);
+
+/// A Lamport clock value: a producer's own clock, or the cluster's stamp on a stored event.
+#[derive(
+    Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct LamportStamp(pub u64);
+
+impl fmt::Display for LamportStamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Highest producer-supplied Lamport clock the state machine takes at face value; larger
+/// values are clamped to it, so the cluster clock cannot be driven to overflow. The server
+/// should reject events above it.
+pub const MAX_PRODUCER_LAMPORT: u64 = 1 << 62;
+
+/// The deduplication key: an event is stored at most once per `(topic, event_id)`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EventKey {
+    /// Topic the event was published to.
+    pub topic: String,
+    /// Producer-chosen identifier, unique within the topic.
+    pub event_id: String,
+}
+
+/// One event as the producer sent it. The server validates it before it reaches the log,
+/// so the store trusts its shape.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Topic the event belongs to.
+    pub topic: String,
+    /// Producer-chosen identifier, unique within the topic.
+    pub event_id: String,
+    /// Producer's timestamp, RFC 3339, kept verbatim.
+    pub timestamp: String,
+    /// The producer (service, host, ...) that emitted the event.
+    pub source: String,
+    /// The payload as serialized JSON text, kept verbatim so apply never re-parses it.
+    pub payload: String,
+    /// The producer's own monotonic sequence number, if it keeps one.
+    pub seq: Option<u64>,
+    /// The producer's Lamport clock when it sent the event, if it keeps one.
+    pub lamport: Option<u64>,
+}
+
+impl Event {
+    /// The deduplication key of this event.
+    pub fn key(&self) -> EventKey {
+        EventKey {
+            topic: self.topic.clone(),
+            event_id: self.event_id.clone(),
+        }
+    }
+}
+
+/// Application data of one Raft entry: one client request, or several coalesced.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventBatch {
+    /// Events in the order they are applied.
+    pub events: Vec<Event>,
+}
+
+impl fmt::Display for EventBatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "EventBatch({} events)", self.events.len())
+    }
+}
+
+/// Whether applying an event stored it or found it already stored.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApplyStatus {
+    /// The key was new: the event is now stored.
+    Stored,
+    /// The key was already stored: this copy was dropped.
+    Duplicate,
+}
+
+/// What applying one event did, and the stamp the stored event holds.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventOutcome {
+    /// Stored or duplicate.
+    pub status: ApplyStatus,
+    /// The cluster's stamp on the stored event (the original's, for a duplicate).
+    pub lamport: LamportStamp,
+}
+
+/// Result of applying one Raft entry: one outcome per event, in batch order.
+/// Membership and blank entries yield an empty outcome.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchOutcome {
+    /// One outcome per event of the entry, in order.
+    pub results: Vec<EventOutcome>,
+}
+
+/// An event as the state machine holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    /// The event as sent.
+    pub event: Event,
+    /// The cluster's Lamport stamp, assigned at apply; unique across the store.
+    pub lamport: LamportStamp,
+    /// Index of the Raft entry that stored it.
+    pub log_index: u64,
+}
+
+/// The seed's counters. Invariant: `received == unique_processed + duplicate_dropped`.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Every applied event.
+    pub received: u64,
+    /// Applied events whose key was new.
+    pub unique_processed: u64,
+    /// Applied events whose key was already stored.
+    pub duplicate_dropped: u64,
+}
+
+/// What the state machine tracks per producer (`source`), over stored events only.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProducerStats {
+    /// Events of this producer stored.
+    pub events: u64,
+    /// Highest `seq` stored from this producer.
+    pub last_seq: Option<u64>,
+    /// Sequence numbers skipped when a higher `seq` arrived (a later arrival filling the
+    /// hole counts as out-of-order, and the gap stays counted). The first `seq` stored is
+    /// the baseline: numbers below it are not gaps.
+    pub gaps: u64,
+    /// Stored events whose `seq` was not above the highest seen.
+    pub out_of_order: u64,
+    /// Stamp of this producer's latest stored event.
+    pub last_lamport: LamportStamp,
+}
+
+/// Order-independent digest of the stored set: equal on replicas that applied the same log.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Digest {
+    /// Number of stored events.
+    pub count: u64,
+    /// Wrapping sum of the 128-bit hash of `(topic, event_id, lamport)` of every stored event.
+    pub value: u128,
+}
+
+impl Digest {
+    /// The digest value as 32 lowercase hex digits, for JSON (no JSON number holds 128 bits).
+    pub fn hex(&self) -> String {
+        format!("{:032x}", self.value)
+    }
+}
+
+/// A snapshot of the state machine's bookkeeping, read consistently.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreStats {
+    /// The seed's counters.
+    pub counters: Counters,
+    /// Stored events per topic.
+    pub topic_counts: BTreeMap<String, u64>,
+    /// Per-producer tracking.
+    pub producers: BTreeMap<String, ProducerStats>,
+    /// The cluster's Lamport clock: the highest stamp assigned.
+    pub clock: LamportStamp,
+    /// Digest of the stored set.
+    pub digest: Digest,
+    /// Last log id applied to this state.
+    pub last_applied: Option<openraft::LogId<NodeId>>,
+}
+
+/// One page of events in Lamport order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventPage {
+    /// The events, in increasing stamp order.
+    pub events: Vec<StoredEvent>,
+    /// Pass as `after` to read the next page; `None` when this page is the last.
+    pub next: Option<LamportStamp>,
+}

@@ -1,0 +1,319 @@
+//! State-machine behaviour on small hand-written cases: pagination edges, producer
+//! tracking, Lamport stamping, duplicates, and snapshots surviving a restart.
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, Membership, RaftSnapshotBuilder};
+use raft_store::{ApplyStatus, EventKey, EventOutcome, LamportStamp, MAX_PRODUCER_LAMPORT};
+
+use crate::common::{apply, blank, ev, fresh, log_id, normal, observe, rt, Entry};
+
+fn stored(l: u64) -> EventOutcome {
+    EventOutcome {
+        status: ApplyStatus::Stored,
+        lamport: LamportStamp(l),
+    }
+}
+
+fn duplicate(l: u64) -> EventOutcome {
+    EventOutcome {
+        status: ApplyStatus::Duplicate,
+        lamport: LamportStamp(l),
+    }
+}
+
+fn stamps(page: &raft_store::EventPage) -> Vec<u64> {
+    page.events.iter().map(|e| e.lamport.0).collect()
+}
+
+#[test]
+fn pagination_edges() {
+    let rt = rt();
+    let (_dir, mut s) = fresh();
+    let events = (0..4)
+        .map(|i| ev("t", &format!("e{i}"), "p", None, None))
+        .collect();
+    apply(&rt, &mut s.state_machine, vec![normal(1, events)]);
+    let r = &s.reader;
+
+    // Empty topic.
+    let page = r.events_by_topic("nothing", None, 10).unwrap();
+    assert!(page.events.is_empty() && page.next.is_none());
+    // A topic that extends an existing name shares none of its events.
+    assert!(r.events_by_topic("tt", None, 10).unwrap().events.is_empty());
+
+    // limit 0: no events, but a cursor saying more follow.
+    let page = r.events_by_topic("t", None, 0).unwrap();
+    assert!(page.events.is_empty());
+    assert_eq!(page.next, Some(LamportStamp(0)));
+    let page = r.events_by_topic("t", Some(LamportStamp(4)), 0).unwrap();
+    assert_eq!((page.events.len(), page.next), (0, None));
+
+    // limit 1 walks one event at a time.
+    let page = r.events_by_topic("t", None, 1).unwrap();
+    assert_eq!((stamps(&page), page.next), (vec![1], Some(LamportStamp(1))));
+    let page = r.events_by_topic("t", page.next, 1).unwrap();
+    assert_eq!((stamps(&page), page.next), (vec![2], Some(LamportStamp(2))));
+
+    // Exact page boundary: 4 events, pages of 2; the second page is the last.
+    let first = r.events_by_topic("t", None, 2).unwrap();
+    assert_eq!(
+        (stamps(&first), first.next),
+        (vec![1, 2], Some(LamportStamp(2)))
+    );
+    let second = r.events_by_topic("t", first.next, 2).unwrap();
+    assert_eq!((stamps(&second), second.next), (vec![3, 4], None));
+    let all = r.events_by_topic("t", None, 4).unwrap();
+    assert_eq!((stamps(&all), all.next), (vec![1, 2, 3, 4], None));
+
+    // A cursor past the end, and the largest cursor there is.
+    let page = r.events_by_topic("t", Some(LamportStamp(99)), 10).unwrap();
+    assert!(page.events.is_empty() && page.next.is_none());
+    let page = r
+        .events_by_topic("t", Some(LamportStamp(u64::MAX)), 10)
+        .unwrap();
+    assert!(page.events.is_empty() && page.next.is_none());
+
+    // The producer index pages the same way.
+    let page = r.events_by_source("p", Some(LamportStamp(1)), 2).unwrap();
+    assert_eq!(
+        (stamps(&page), page.next),
+        (vec![2, 3], Some(LamportStamp(3)))
+    );
+}
+
+#[test]
+fn duplicates_within_a_batch_across_entries_and_across_calls() {
+    let rt = rt();
+    let (_dir, mut s) = fresh();
+    let out = apply(
+        &rt,
+        &mut s.state_machine,
+        vec![
+            normal(
+                1,
+                vec![
+                    ev("t", "a", "p", None, None),
+                    ev("t", "a", "p", None, None),
+                    ev("u", "a", "p", None, None),
+                ],
+            ),
+            normal(
+                2,
+                vec![ev("t", "a", "q", None, None), ev("t", "b", "p", None, None)],
+            ),
+        ],
+    );
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[0].results, vec![stored(1), duplicate(1), stored(2)]);
+    assert_eq!(out[1].results, vec![duplicate(1), stored(3)]);
+    let out = apply(
+        &rt,
+        &mut s.state_machine,
+        vec![normal(3, vec![ev("u", "a", "p", None, Some(50))])],
+    );
+    assert_eq!(out[0].results, vec![duplicate(2)]);
+
+    let stats = s.reader.stats().unwrap();
+    assert_eq!(stats.counters.received, 6);
+    assert_eq!(stats.counters.unique_processed, 3);
+    assert_eq!(stats.counters.duplicate_dropped, 3);
+    // A duplicate's producer clock does not move the cluster clock.
+    assert_eq!(stats.clock, LamportStamp(3));
+    assert_eq!(stats.topic_counts.get("t"), Some(&2));
+    assert_eq!(stats.digest.count, 3);
+    assert_eq!(stats.last_applied, Some(log_id(3)));
+
+    let a = s
+        .reader
+        .get_event(&EventKey {
+            topic: "t".into(),
+            event_id: "a".into(),
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (a.lamport, a.log_index, a.event.source.as_str()),
+        (LamportStamp(1), 1, "p")
+    );
+    assert!(s
+        .reader
+        .get_event(&EventKey {
+            topic: "t".into(),
+            event_id: "zz".into()
+        })
+        .unwrap()
+        .is_none());
+}
+
+#[test]
+fn lamport_stamps_follow_producer_clocks() {
+    let rt = rt();
+    let (_dir, mut s) = fresh();
+    let out = apply(
+        &rt,
+        &mut s.state_machine,
+        vec![normal(
+            1,
+            vec![
+                ev("t", "1", "a", None, Some(10)),       // max(0, 10) + 1
+                ev("t", "2", "b", None, None),           // max(11, 0) + 1
+                ev("t", "3", "a", None, Some(5)),        // behind the cluster clock: max(12, 5) + 1
+                ev("t", "4", "b", None, Some(100)),      // ahead: jumps
+                ev("t", "5", "c", None, Some(u64::MAX)), // clamped
+                ev("t", "6", "a", None, None),
+            ],
+        )],
+    );
+    let got: Vec<u64> = out[0].results.iter().map(|r| r.lamport.0).collect();
+    let cap = MAX_PRODUCER_LAMPORT + 1;
+    assert_eq!(got, vec![11, 12, 13, 101, cap, cap + 1]);
+
+    // Per producer, stamps strictly increase in commit order.
+    let stats = s.reader.stats().unwrap();
+    assert_eq!(stats.clock, LamportStamp(cap + 1));
+    for source in ["a", "b", "c"] {
+        let events = crate::common::read_all(&s.reader, false, source);
+        assert!(events.windows(2).all(|w| w[0].lamport < w[1].lamport));
+        assert_eq!(
+            stats.producers[source].last_lamport,
+            events.last().unwrap().lamport
+        );
+    }
+}
+
+#[test]
+fn producer_gaps_and_out_of_order_count_stored_events_only() {
+    let rt = rt();
+    let (_dir, mut s) = fresh();
+    let seqs = [(1, "1"), (2, "2"), (5, "5"), (3, "3"), (5, "5b"), (6, "6")];
+    let mut events: Vec<_> = seqs
+        .iter()
+        .map(|(q, id)| ev("t", id, "p", Some(*q), None))
+        .collect();
+    // A retry of seq 2 is a duplicate: not out of order, not counted at all.
+    events.push(ev("t", "2", "p", Some(2), None));
+    events.push(ev("t", "x", "q", None, None));
+    apply(&rt, &mut s.state_machine, vec![normal(1, events)]);
+    let stats = s.reader.stats().unwrap();
+    let p = &stats.producers["p"];
+    assert_eq!(p.events, 6);
+    assert_eq!(p.last_seq, Some(6));
+    assert_eq!(p.gaps, 2); // 3 and 4 skipped when 5 arrived
+    assert_eq!(p.out_of_order, 2); // 3 (late) and the second 5
+    let q = &stats.producers["q"];
+    assert_eq!(
+        (q.events, q.last_seq, q.gaps, q.out_of_order),
+        (1, None, 0, 0)
+    );
+}
+
+#[test]
+fn blank_and_membership_entries_advance_applied_state() {
+    let rt = rt();
+    let (_dir, mut s) = fresh();
+    let membership = Entry {
+        log_id: log_id(2),
+        payload: EntryPayload::Membership(Membership::new(vec![[1u64, 2].into()], None)),
+    };
+    let out = apply(
+        &rt,
+        &mut s.state_machine,
+        vec![blank(1), membership, normal(3, vec![])],
+    );
+    assert_eq!(out.len(), 3);
+    assert!(out.iter().all(|o| o.results.is_empty()));
+    let (applied, mem) = rt.block_on(s.state_machine.applied_state()).unwrap();
+    assert_eq!(applied, Some(log_id(3)));
+    assert_eq!(mem.log_id(), &Some(log_id(2)));
+    assert_eq!(s.reader.last_applied().unwrap(), Some(log_id(3)));
+    assert_eq!(s.reader.digest().unwrap().0, Some(log_id(3)));
+}
+
+#[test]
+fn snapshots_survive_a_restart() {
+    let rt = rt();
+    let leader_dir = tempfile::tempdir().unwrap();
+    let follower_dir = tempfile::tempdir().unwrap();
+    let events = (0..50)
+        .map(|i| ev(&format!("t{}", i % 3), &i.to_string(), "p", Some(i), None))
+        .collect();
+    let snap = {
+        let mut leader = raft_store::open(leader_dir.path()).unwrap();
+        apply(&rt, &mut leader.state_machine, vec![normal(1, events)]);
+        let snap = rt
+            .block_on(async {
+                leader
+                    .state_machine
+                    .get_snapshot_builder()
+                    .await
+                    .build_snapshot()
+                    .await
+            })
+            .unwrap();
+        let mut follower = raft_store::open(follower_dir.path()).unwrap();
+        // Something to be replaced.
+        apply(
+            &rt,
+            &mut follower.state_machine,
+            vec![normal(1, vec![ev("old", "x", "o", None, None)])],
+        );
+        rt.block_on(
+            follower
+                .state_machine
+                .install_snapshot(&snap.meta, snap.snapshot.clone()),
+        )
+        .unwrap();
+        assert_eq!(observe(&follower.reader), observe(&leader.reader));
+        snap
+    };
+    for dir in [&leader_dir, &follower_dir] {
+        let mut s = raft_store::open(dir.path()).unwrap();
+        let current = rt
+            .block_on(s.state_machine.get_current_snapshot())
+            .unwrap()
+            .unwrap();
+        assert_eq!(current.meta, snap.meta);
+        assert_eq!(current.snapshot.get_ref(), snap.snapshot.get_ref());
+        let observed = observe(&s.reader);
+        assert_eq!(observed.stats.counters.unique_processed, 50);
+        assert!(!observed.stats.topic_counts.contains_key("old"));
+    }
+}
+
+#[test]
+fn a_damaged_snapshot_is_refused_and_the_state_kept() {
+    let rt = rt();
+    let (_d1, mut leader) = fresh();
+    let (_d2, mut follower) = fresh();
+    apply(
+        &rt,
+        &mut leader.state_machine,
+        vec![normal(1, vec![ev("t", "a", "p", None, None)])],
+    );
+    apply(
+        &rt,
+        &mut follower.state_machine,
+        vec![normal(1, vec![ev("t", "b", "p", None, None)])],
+    );
+    let snap = rt
+        .block_on(async {
+            leader
+                .state_machine
+                .get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+        })
+        .unwrap();
+    let mut data = snap.snapshot.into_inner();
+    let last = data.len() - 1;
+    data[last] ^= 0xFF; // damages the last event record (its log index)
+    let before = observe(&follower.reader);
+    let result = rt.block_on(
+        follower
+            .state_machine
+            .install_snapshot(&snap.meta, Box::new(std::io::Cursor::new(data))),
+    );
+    assert!(result.is_err());
+    assert_eq!(observe(&follower.reader), before);
+}
