@@ -33,7 +33,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     let mut stores = raft_store::open(dir.path())?;
     // Generated up front, so the timed loop measures apply alone.
-    let entries = generate(total);
+    let (entries, distinct) = generate(total);
 
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let cpu_before = cpu_by_thread();
@@ -52,6 +52,13 @@ fn main() -> anyhow::Result<()> {
     anyhow::ensure!(
         c.received == c.unique_processed + c.duplicate_dropped,
         "invariant broken"
+    );
+    // Every generated id is new exactly once, so this catches a dedup lookup that misses a
+    // key once it has left the memtable (flushes and compactions happen at this scale).
+    anyhow::ensure!(
+        c.unique_processed == distinct as u64,
+        "stored {} events but {distinct} distinct keys were generated",
+        c.unique_processed
     );
     println!("events applied:      {}", c.received);
     println!(
@@ -87,7 +94,8 @@ fn main() -> anyhow::Result<()> {
 
 /// `total` events in entries of `BATCH`; in each batch 30% repeat a key stored before
 /// (possibly earlier in the same batch), shuffled among the new ones.
-fn generate(total: usize) -> Vec<Entry> {
+/// The entries to apply, and how many distinct keys they hold.
+fn generate(total: usize) -> (Vec<Entry>, usize) {
     let mut rng = StdRng::seed_from_u64(42);
     let mut keys: Vec<(usize, String)> = Vec::with_capacity(total);
     let mut seqs = [0u64; PRODUCERS];
@@ -115,7 +123,7 @@ fn generate(total: usize) -> Vec<Entry> {
         });
         generated += size;
     }
-    entries
+    (entries, keys.len())
 }
 
 fn event(rng: &mut StdRng, seqs: &mut [u64; PRODUCERS], topic: usize, event_id: String) -> Event {
