@@ -72,6 +72,8 @@ fn init_tracing(format: LogFormat, level: &str) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(level)?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour codes only help a person at a terminal; in files and `docker logs` they are noise.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let res = match format {
         LogFormat::Pretty => builder.try_init(),

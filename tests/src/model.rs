@@ -68,6 +68,12 @@ pub struct RaftStats {
     /// Applied index.
     #[serde(default)]
     pub applied_index: Option<u64>,
+    /// Last index the node's current snapshot covers.
+    #[serde(default)]
+    pub snapshot_index: Option<u64>,
+    /// Last index purged from the node's log.
+    #[serde(default)]
+    pub purged_index: Option<u64>,
 }
 
 /// Per-producer tracking in `/stats`.

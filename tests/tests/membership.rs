@@ -77,14 +77,21 @@ async fn wiped_node_is_rebuilt_by_snapshot_after_the_log_was_purged() {
         &cluster.topic_events(1, &topic).await,
         &keys(&topic, 200),
     );
-    // The API does not expose snapshot/purge indexes, so the evidence is openraft's own info
-    // lines (pinned openraft 0.9.25): the survivors purged their log, and node 1, after its
-    // restart, received a snapshot rather than the log from index 1.
-    let log_of = |id| std::fs::read_to_string(cluster.log_path(id)).unwrap_or_default();
+    // The survivors purged their log (so node 1 cannot have been rebuilt from index 1), and
+    // node 1, after its restart, received a snapshot (openraft 0.9.25's info line says so).
+    let mut purged = Vec::new();
+    for id in [2, 3] {
+        purged.push(cluster.stats(id).await.raft.purged_index.unwrap_or(0));
+    }
     assert!(
-        [2, 3].iter().any(|&id| log_of(id).contains("purge_log")),
-        "no survivor purged its log: the wipe test did not exercise a snapshot"
+        purged.iter().any(|&p| p > 1),
+        "no survivor purged its log (purged_index {purged:?}): the test did not exercise a snapshot"
     );
+    assert!(
+        cluster.stats(1).await.raft.snapshot_index.is_some(),
+        "node 1 holds no snapshot after being rebuilt"
+    );
+    let log_of = |id| std::fs::read_to_string(cluster.log_path(id)).unwrap_or_default();
     let since_restart = log_of(1)
         .rsplit("aggregator started")
         .next()

@@ -169,6 +169,10 @@ struct RaftBody {
     last_log_index: Option<u64>,
     committed_index: Option<u64>,
     applied_index: Option<u64>,
+    /// Last log index covered by this node's current snapshot.
+    snapshot_index: Option<u64>,
+    /// Last log index deleted from this node's log (covered by a snapshot).
+    purged_index: Option<u64>,
 }
 
 /// `GET /stats[?consistency=...]`
@@ -202,6 +206,8 @@ pub async fn stats(
                 last_log_index: mx.last_log_index,
                 committed_index: committed,
                 applied_index: mx.last_applied.map(|l| l.index),
+                snapshot_index: mx.snapshot.map(|l| l.index),
+                purged_index: mx.purged.map(|l| l.index),
             },
         )
     };
