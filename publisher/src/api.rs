@@ -87,9 +87,12 @@ pub struct EventResult<'a> {
 }
 
 /// The 200 answer of `POST /publish`: the per-event results, in request order. The totals
-/// (`accepted`, `stored`, `duplicates`) and `leader_id` are derivable and not read.
+/// (`accepted`, `stored`, `duplicates`) are derivable and not read.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 pub struct PublishResponse<'a> {
+    /// The node that committed the write (leader-aware routing learns the leader from it).
+    #[serde(default)]
+    pub leader_id: Option<NodeId>,
     /// One result per event, in request order.
     #[serde(borrow, default)]
     pub results: Vec<EventResult<'a>>,
@@ -104,6 +107,9 @@ pub struct ErrorBody {
     /// Per-field details, when the server gives them.
     #[serde(default)]
     pub details: Option<serde_json::Value>,
+    /// The leader, when a 503 knows it.
+    #[serde(default)]
+    pub leader_id: Option<NodeId>,
 }
 
 /// `GET /digest`.
@@ -250,6 +256,7 @@ mod tests {
                         {"topic": "t", "event_id": "a", "status": "duplicate", "lamport": 17}]}"#;
         let r: PublishResponse = serde_json::from_str(text).unwrap();
         assert_eq!(r.results.len(), 2);
+        assert_eq!(r.leader_id, Some(1));
         assert_eq!(r.results[1].status, EventStatus::Duplicate);
         assert_eq!(r.results[1].lamport, LamportStamp(17));
         assert!(

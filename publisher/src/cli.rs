@@ -34,7 +34,8 @@ pub enum Command {
         long_about = "Publish a generated workload and report what the cluster answered.\n\n\
         Events are realistic log records (level, service, message, fields) with UUID v4 ids and \
         RFC 3339 timestamps, spread over --topics topics; a share --duplicates of the sends repeat \
-        an earlier event exactly. Requests are spread over all targets. Connection errors, \
+        an earlier event exactly. Requests are spread over all targets; with --prefer-leader each \
+        request goes to the known leader first (saving a follower's forwarding hop). Connection errors, \
         timeouts, 429 and 5xx (503 included) are retried with the SAME events, with exponential \
         backoff and jitter (at least Retry-After), on another target, within --max-attempts and \
         --request-deadline. This is safe because the cluster deduplicates on (topic, event_id): \
@@ -133,6 +134,10 @@ pub struct SendArgs {
     /// Progress display on stderr.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     pub progress: ProgressMode,
+    /// Send each request to the known leader (learnt from answers' `leader_id` and the targets'
+    /// `/stats`) instead of round robin; retries still rotate.
+    #[arg(long)]
+    pub prefer_leader: bool,
 }
 
 /// `publisher verify`.
@@ -307,6 +312,7 @@ mod tests {
             "h.jsonl",
             "--report-json",
             "r.json",
+            "--prefer-leader",
         ])
         .unwrap();
         let Command::Send(a) = cli.command else {
@@ -318,6 +324,7 @@ mod tests {
             (20_000, 5, 100, 16)
         );
         assert_eq!((a.rate, a.seed), (Some(5000.0), Some(42)));
+        assert!(a.prefer_leader);
         assert!(Cli::try_parse_from([
             "publisher",
             "send",

@@ -112,6 +112,9 @@ pub struct Report {
     pub concurrency: usize,
     /// Offered rate, events/s, when `--rate` was given.
     pub rate: Option<f64>,
+    /// Whether first attempts went to the known leader (`--prefer-leader`).
+    #[serde(default)]
+    pub prefer_leader: bool,
     /// `--seed`, when given.
     pub seed: Option<u64>,
     /// The `source` of the events.
@@ -177,8 +180,16 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "  requests      {} (batch {}, {} in flight), {} retries",
-            self.requests, self.batch, self.concurrency, self.retries
+            "  requests      {} (batch {}, {} in flight, to {}), {} retries",
+            self.requests,
+            self.batch,
+            self.concurrency,
+            if self.prefer_leader {
+                "the leader"
+            } else {
+                "all targets"
+            },
+            self.retries
         )?;
         writeln!(
             f,

@@ -41,6 +41,8 @@ pub struct SendPlan {
     pub history: Option<PathBuf>,
     /// Progress display.
     pub progress: ProgressMode,
+    /// Send each request's first attempt to the known leader rather than round robin.
+    pub prefer_leader: bool,
 }
 
 impl SendPlan {
@@ -68,6 +70,7 @@ impl SendPlan {
             },
             history: a.history.clone(),
             progress: a.progress,
+            prefer_leader: a.prefer_leader,
         }
     }
 }
@@ -109,6 +112,13 @@ pub async fn run(plan: SendPlan) -> anyhow::Result<Report> {
         connect_timeout,
     )
     .context("building the HTTP client")?;
+    let client = if plan.prefer_leader {
+        let client = client.prefer_leader();
+        client.learn_nodes().await;
+        client
+    } else {
+        client
+    };
     let history = match &plan.history {
         Some(path) => Some(HistoryWriter::create(path)?),
         None => None,
@@ -173,6 +183,7 @@ pub async fn run(plan: SendPlan) -> anyhow::Result<Report> {
         batch: plan.workload.batch,
         concurrency: plan.concurrency,
         rate: plan.rate,
+        prefer_leader: plan.prefer_leader,
         seed: plan.workload.seed,
         source: plan.workload.source.clone(),
         lamport_clock: clock.current().0,
@@ -279,6 +290,7 @@ async fn worker(shared: Arc<Shared>, seed: u64) -> Histogram<u64> {
                         Tally::add(&tally.duplicates, n - stored);
                         Tally::add(&tally.acked, n);
                         Tally::add(&tally.requests_acked, 1);
+                        shared.client.observe_leader(resp.leader_id).await;
                         (Outcome::Acked, Some(200), None, Some(resp))
                     }
                     Err(error) => {

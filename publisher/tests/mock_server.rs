@@ -1,11 +1,13 @@
 //! The `publisher` binary against a tiny in-process axum stand-in for a node: it answers
 //! publishes from a script (503, 429, 400 ...) and otherwise stores events deduplicated by key,
 //! and serves /digest, /stats and /events so `verify` can be exercised, including on a store
-//! that lost or doubled an event.
+//! that lost or doubled an event. Every mock names node 1 as the leader; its own node id is
+//! settable, so `--prefer-leader` routing can be watched across several mocks.
 
 #![allow(clippy::unwrap_used)] // A failed unwrap in a test is that test failing.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,6 +54,8 @@ struct Inner {
     calls: Mutex<Vec<(Instant, Bytes)>>,
     store: Mutex<Store>,
     corruption: Mutex<Corruption>,
+    /// The node id /stats reports (the leader is always node 1).
+    node_id: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -64,7 +68,13 @@ impl Mock {
             calls: Mutex::default(),
             store: Mutex::default(),
             corruption: Mutex::new(Corruption::None),
+            node_id: AtomicU64::new(1),
         }))
+    }
+
+    fn with_node_id(self, id: u64) -> Self {
+        self.0.node_id.store(id, Ordering::Relaxed);
+        self
     }
 
     fn calls(&self) -> Vec<(Instant, Bytes)> {
@@ -158,10 +168,12 @@ async fn stats(State(m): State<Mock>) -> Json<Value> {
         *topic_counts.entry(t).or_default() += 1;
     }
     let unique = store.events.len() as u64;
+    let node_id = m.0.node_id.load(Ordering::Relaxed);
+    let role = if node_id == 1 { "leader" } else { "follower" };
     Json(json!({
         "received": store.received, "unique_processed": unique,
         "duplicate_dropped": store.received - unique, "topics": topic_counts.keys().collect::<Vec<_>>(),
-        "topic_counts": topic_counts, "node_id": 1, "role": "leader", "leader_id": 1,
+        "topic_counts": topic_counts, "node_id": node_id, "role": role, "leader_id": 1,
         "raft": {"term": 1, "last_log_index": store.clock, "committed_index": store.clock, "applied_index": store.clock},
         "digest": format!("{unique:032x}"),
         "consistency": {"level": "eventual", "served_by": 1, "lag_entries": 0}
@@ -370,6 +382,70 @@ async fn a_refusing_target_is_left_for_another() {
     assert!(read_lines(&history)
         .iter()
         .all(|l| l["target"] == up_url.as_str() && l["outcome"] == "acked"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefer_leader_sends_to_the_leader_and_falls_back_on_failure() {
+    // The leader's first answer is a 503: that request's retry rotates to the follower, whose
+    // answer names the leader again; every other request goes straight to the leader. The
+    // third target refuses connections (tolerated when the node ids are learnt).
+    let leader = Mock::new(&[S503]).with_node_id(1);
+    let follower = Mock::new(&[]).with_node_id(3);
+    let dead_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let targets = format!(
+        "{},{},http://127.0.0.1:{dead_port}",
+        leader.serve().await,
+        follower.serve().await
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("r.json");
+    let args = |extra: &'static [&'static str]| {
+        let mut a = vec![
+            "send",
+            "--targets",
+            &targets,
+            "--events",
+            "20",
+            "--batch",
+            "1",
+            "--concurrency",
+            "1",
+            "--duplicates",
+            "0",
+            "--progress",
+            "off",
+            "--report-json",
+            report.to_str().unwrap(),
+        ];
+        a.extend_from_slice(extra);
+        a
+    };
+    let (code, _) = publisher(&args(&["--prefer-leader"])).await;
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        leader.calls().len(),
+        20,
+        "19 first attempts and 1 failed one"
+    );
+    assert_eq!(follower.calls().len(), 1, "only the retry after the 503");
+    let r = read_json(&report);
+    assert_eq!(
+        (r["acked"].as_u64(), r["retries"].as_u64()),
+        (Some(20), Some(1))
+    );
+    assert_eq!(r["prefer_leader"].as_bool(), Some(true));
+
+    // Without the flag requests keep to the rotation.
+    let (code, _) = publisher(&args(&[])).await;
+    assert_eq!(code, Some(0));
+    assert!(
+        follower.calls().len() > 1,
+        "spread routing reaches the follower"
+    );
+    assert_eq!(read_json(&report)["prefer_leader"].as_bool(), Some(false));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,11 +1,13 @@
 //! HTTP access to the cluster: one pooled reqwest client over all targets, the publish call that
 //! re-sends the same body under the retry policy (`retry.rs`: which answers retry, backoff with
 //! jitter, `Retry-After`, bounded attempts and deadline) to the next target (`targets.rs`), and
-//! plain JSON reads for verify and stats.
+//! plain JSON reads for verify and stats. With leader-aware routing (`leader.rs`) a request's
+//! first attempt goes to the known leader instead of the next target in rotation.
 //!
 //! Re-sending a batch is safe because the cluster deduplicates on `(topic, event_id)`: an attempt
 //! that was committed although its answer was lost comes back as `duplicate` on the retry.
 
+mod leader;
 mod retry;
 mod targets;
 
@@ -17,12 +19,16 @@ use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 
-use crate::api::ErrorBody;
+use crate::api::{ErrorBody, NodeId, StatsResponse};
 
+pub use leader::LeaderRouting;
 pub use retry::{
     classify_status, parse_retry_after, transport_error_retries, RetryPolicy, StatusClass,
 };
 pub use targets::Targets;
+
+/// Timeout of one `/stats` read that maps a target to its node id.
+const NODE_ID_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why a read failed.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +100,8 @@ enum Attempt {
         error: String,
         retry_after: Option<Duration>,
         avoid_for: Option<Duration>,
+        /// The leader a 503 named.
+        leader_hint: Option<NodeId>,
     },
 }
 
@@ -103,6 +111,8 @@ pub struct ApiClient {
     http: reqwest::Client,
     targets: Targets,
     auth: Option<String>,
+    /// Present with `--prefer-leader`.
+    routing: Option<LeaderRouting>,
 }
 
 impl ApiClient {
@@ -120,9 +130,66 @@ impl ApiClient {
             .build()?;
         Ok(ApiClient {
             http,
+            routing: None,
             targets: Targets::new(targets),
             auth: token.map(|t| format!("Bearer {t}")),
         })
+    }
+
+    /// Sends each request's first attempt to the known leader (see `leader.rs`); call
+    /// `learn_nodes` before the first request.
+    pub fn prefer_leader(mut self) -> Self {
+        self.routing = Some(LeaderRouting::new(self.targets.bases().len()));
+        self
+    }
+
+    /// Asks every target's `/stats` once for its node id and the leader it knows; a target that
+    /// does not answer stays unmapped (a later refresh may map it). No-op without routing.
+    pub async fn learn_nodes(&self) {
+        let Some(routing) = &self.routing else {
+            return;
+        };
+        let asks = self
+            .targets
+            .bases()
+            .iter()
+            .map(|base| self.get_json::<StatsResponse>(base, "/stats", &[], NODE_ID_TIMEOUT));
+        let answers = futures::future::join_all(asks).await;
+        let mut leader = None;
+        for (i, answer) in answers.into_iter().enumerate() {
+            match answer {
+                Ok(stats) => {
+                    routing.record_node(i, stats.node_id);
+                    leader = leader.or(stats.leader_id);
+                }
+                Err(e) => tracing::debug!("no node id for target {i}: {}", e.brief()),
+            }
+        }
+        if let Some(l) = leader {
+            routing.observe(l);
+        }
+    }
+
+    /// An answer named `leader`: route to it; if no target is known to serve it, refresh the
+    /// node ids (at most once per `leader::REFRESH_INTERVAL`). No-op without routing.
+    pub async fn observe_leader(&self, leader: Option<NodeId>) {
+        let (Some(routing), Some(leader)) = (&self.routing, leader) else {
+            return;
+        };
+        if routing.observe(leader) && routing.begin_refresh(Instant::now()) {
+            self.learn_nodes().await;
+            routing.end_refresh();
+        }
+    }
+
+    /// The first attempt's target: the leader's when routing knows it and it is not marked
+    /// down, else the next in rotation.
+    fn first_target(&self) -> usize {
+        self.routing
+            .as_ref()
+            .and_then(LeaderRouting::leader_target)
+            .filter(|&i| !self.targets.is_down(i))
+            .unwrap_or_else(|| self.targets.pick())
     }
 
     /// The targets.
@@ -139,7 +206,7 @@ impl ApiClient {
         rng: &mut impl Rng,
     ) -> PublishResult {
         let deadline = Instant::now() + policy.deadline;
-        let mut target = self.targets.pick();
+        let mut target = self.first_target();
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -161,10 +228,17 @@ impl ApiClient {
                     error,
                     retry_after,
                     avoid_for,
+                    leader_hint,
                 } => {
                     if let Some(d) = avoid_for {
                         self.targets.mark_down(target, d);
                     }
+                    // Retries keep to the rotation; new requests too until an answer (this
+                    // 503's hint included) names the leader again.
+                    if let Some(routing) = &self.routing {
+                        routing.failed(target);
+                    }
+                    self.observe_leader(leader_hint).await;
                     (status, error, retry_after)
                 }
             };
@@ -222,6 +296,7 @@ impl ApiClient {
                     error: error_chain(&e),
                     retry_after: None,
                     avoid_for,
+                    leader_hint: None,
                 };
             }
         };
@@ -234,6 +309,7 @@ impl ApiClient {
                 error: format!("reading the answer: {}", error_chain(&e)),
                 retry_after,
                 avoid_for: None,
+                leader_hint: None,
             },
             (StatusClass::Success, Ok(b)) => Attempt::Done(PublishOutcome::Acked(b)),
             (StatusClass::Retry, Ok(b)) => Attempt::Retry {
@@ -243,6 +319,7 @@ impl ApiClient {
                 // An overloaded node is avoided for as long as it asks.
                 avoid_for: (status == StatusCode::TOO_MANY_REQUESTS)
                     .then_some(retry_after.unwrap_or_default()),
+                leader_hint: leader_hint(&b),
             },
             (StatusClass::Reject, Ok(b)) => Attempt::Done(PublishOutcome::Rejected {
                 status: status.as_u16(),
@@ -314,6 +391,11 @@ fn retry_after_of(headers: &HeaderMap) -> Option<Duration> {
         .to_str()
         .ok()
         .and_then(parse_retry_after)
+}
+
+/// The `leader_id` of a JSON error body (a 503 names the leader when it knows it).
+fn leader_hint(body: &[u8]) -> Option<NodeId> {
+    serde_json::from_slice::<ErrorBody>(body).ok()?.leader_id
 }
 
 /// The `error` field of a JSON error body, or the start of the body text.

@@ -63,6 +63,14 @@ impl Targets {
         }
     }
 
+    /// Whether target `i` is marked down now.
+    pub fn is_down(&self, i: usize) -> bool {
+        let now = self.now_ms();
+        self.down_until
+            .get(i)
+            .is_some_and(|d| d.load(Ordering::Relaxed) > now)
+    }
+
     fn first_up_from(&self, start: usize) -> usize {
         let n = self.bases.len().max(1);
         let now = self.now_ms();
