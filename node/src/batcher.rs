@@ -6,9 +6,11 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::error::ClientWriteError;
-use raft_store::{BatchOutcome, Event, EventBatch, EventOutcome, NodeId};
+use openraft::raft::ClientWriteResponse;
+use raft_store::{BatchOutcome, Event, EventBatch, EventOutcome, Node, NodeId, TypeConfig};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::cluster::Raft;
@@ -48,8 +50,15 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Starts the group-commit task on `raft`.
-    pub fn spawn(raft: Raft, capacity: usize, max_inflight: usize, metrics: Metrics) -> Self {
+    /// Starts the group-commit task on `raft`. An entry whose outcome Raft has not reported
+    /// within `answer_timeout` gives its pipeline slot back (its callers get "unknown").
+    pub fn spawn(
+        raft: Raft,
+        capacity: usize,
+        max_inflight: usize,
+        answer_timeout: Duration,
+        metrics: Metrics,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(capacity);
         let queued_events = Arc::new(AtomicUsize::new(0));
         let run = Runner {
@@ -57,6 +66,7 @@ impl Batcher {
             rx,
             inflight: Arc::new(Semaphore::new(max_inflight)),
             queued_events: queued_events.clone(),
+            answer_timeout,
             metrics,
             carry: None,
         };
@@ -102,6 +112,10 @@ struct Runner {
     rx: mpsc::Receiver<Pending>,
     inflight: Arc<Semaphore>,
     queued_events: Arc<AtomicUsize>,
+    /// How long an entry may hold its pipeline slot waiting for Raft's answer. openraft 0.9
+    /// never answers a write whose entry a snapshot install purged on a deposed leader; without
+    /// this bound those slots would be held forever and the node would take no more writes.
+    answer_timeout: Duration,
     metrics: Metrics,
     /// A request drained but too big for the previous entry: it opens the next one.
     carry: Option<Pending>,
@@ -138,20 +152,11 @@ impl Runner {
             let queued = self.queued_events.clone();
             let started = std::time::Instant::now();
             let latency = self.metrics.entry_seconds.clone();
+            let answer_timeout = self.answer_timeout;
             match self.raft.client_write_ff(batch).await {
                 Ok(rx) => {
                     tokio::spawn(async move {
-                        let result = match rx.await {
-                            Ok(Ok(resp)) => Ok(resp.data),
-                            Ok(Err(ClientWriteError::ForwardToLeader(f))) => {
-                                Err(SubmitError::NotLeader(f.leader_id))
-                            }
-                            Ok(Err(e)) => Err(SubmitError::Unknown(e.to_string())),
-                            Err(_) => Err(SubmitError::Unknown(
-                                "Raft dropped the write (leadership changed or shutting down)"
-                                    .into(),
-                            )),
-                        };
+                        let result = await_outcome(rx, answer_timeout).await;
                         drop(permit);
                         latency.observe(started.elapsed().as_secs_f64());
                         queued.fetch_sub(n, Ordering::Relaxed);
@@ -189,6 +194,29 @@ impl Runner {
             }
         }
         merge(parts, count)
+    }
+}
+
+/// Raft's answer for one entry, or "unknown" when none comes within `limit`.
+async fn await_outcome<E>(
+    rx: impl std::future::Future<
+        Output = Result<Result<ClientWriteResponse<TypeConfig>, ClientWriteError<NodeId, Node>>, E>,
+    >,
+    limit: Duration,
+) -> Result<BatchOutcome, SubmitError> {
+    match tokio::time::timeout(limit, rx).await {
+        Ok(Ok(Ok(resp))) => Ok(resp.data),
+        Ok(Ok(Err(ClientWriteError::ForwardToLeader(f)))) => {
+            Err(SubmitError::NotLeader(f.leader_id))
+        }
+        Ok(Ok(Err(e))) => Err(SubmitError::Unknown(e.to_string())),
+        Ok(Err(_)) => Err(SubmitError::Unknown(
+            "Raft dropped the write (leadership changed or shutting down)".into(),
+        )),
+        Err(_) => Err(SubmitError::Unknown(format!(
+            "Raft reported no outcome within {} ms",
+            limit.as_millis()
+        ))),
     }
 }
 
@@ -339,5 +367,22 @@ mod tests {
         deliver(Err(SubmitError::NotLeader(Some(2))), callers);
         assert_eq!(ra.await.unwrap(), Err(SubmitError::NotLeader(Some(2))));
         assert_eq!(rb.await.unwrap(), Err(SubmitError::NotLeader(Some(2))));
+    }
+
+    #[tokio::test]
+    async fn an_entry_raft_never_answers_gives_its_slot_back() {
+        // The sender stays alive and silent, as openraft leaves a write whose entry a
+        // snapshot install purged.
+        let (_silent, rx) = tokio::sync::oneshot::channel();
+        let got = await_outcome(rx, Duration::from_millis(20)).await;
+        assert!(matches!(got, Err(SubmitError::Unknown(_))), "{got:?}");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_write_is_unknown_not_lost() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        drop(tx);
+        let got = await_outcome(rx, Duration::from_secs(5)).await;
+        assert!(matches!(got, Err(SubmitError::Unknown(_))), "{got:?}");
     }
 }

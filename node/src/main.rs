@@ -99,6 +99,8 @@ async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         raft.clone(),
         cfg.queue_capacity,
         cfg.max_inflight,
+        // Twice the client's wait: the entry is abandoned only well after its callers gave up.
+        cfg.limits.write_timeout * 2,
         metrics.clone(),
     );
     // Client forwarding gets its own pool so it never queues behind Raft traffic.

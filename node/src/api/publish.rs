@@ -222,7 +222,9 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
         return Err(too_large());
     }
     let mut stream = body.into_data_stream();
-    let mut buf = Vec::with_capacity(declared.map_or(16 * 1024, |n| n as usize));
+    // Reserve at most 1 MiB up front: a declared length alone must not make the node
+    // allocate the whole limit for a client that then sends nothing.
+    let mut buf = Vec::with_capacity(declared.map_or(16 * 1024, |n| (n as usize).min(1 << 20)));
     while let Some(chunk) = stream.next().await {
         let chunk =
             chunk.map_err(|e| ApiError::bad_request(format!("could not read the body: {e}")))?;
