@@ -101,10 +101,16 @@ impl StoreReader {
         limit: usize,
     ) -> Result<EventPage, StoreError> {
         let view = self.db.rocks.snapshot();
+        let as_of = sm_state::read_meta(&self.db, &view)?.last_applied;
         let prefix = keys::index_prefix(name);
         let start = match after {
             None => prefix.clone(),
-            Some(LamportStamp(u64::MAX)) => return Ok(EventPage::default()),
+            Some(LamportStamp(u64::MAX)) => {
+                return Ok(EventPage {
+                    as_of,
+                    ..EventPage::default()
+                })
+            }
             Some(LamportStamp(a)) => keys::index_key(name, LamportStamp(a + 1)),
         };
         let stamps = index_scan(
@@ -123,7 +129,11 @@ impl StoreReader {
             (true, Some(last)) => Some(*last),
             (true, None) => Some(after.unwrap_or_default()),
         };
-        Ok(EventPage { events, next })
+        Ok(EventPage {
+            events,
+            next,
+            as_of,
+        })
     }
 }
 

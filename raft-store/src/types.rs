@@ -200,4 +200,6 @@ pub struct EventPage {
     pub events: Vec<StoredEvent>,
     /// Pass as `after` to read the next page; `None` when this page is the last.
     pub next: Option<LamportStamp>,
+    /// Last log id applied to the state the page was read from (the same RocksDB view).
+    pub as_of: Option<openraft::LogId<NodeId>>,
 }

@@ -71,15 +71,13 @@ pub async fn events(
         Plan::Forward { id, addr } => return forward_read(&st, id, &addr, &uri, &headers).await,
         Plan::Local { linearizable } => linearizable,
     };
-    let (applied, page) = blocking(&st.reader, move |r| {
-        let applied = r.last_applied()?.map_or(0, |l| l.index);
-        let page = match &by {
-            By::Topic(t) => r.events_by_topic(t, after, limit)?,
-            By::Source(s) => r.events_by_source(s, after, limit)?,
-        };
-        Ok((applied, page))
+    let page = blocking(&st.reader, move |r| match &by {
+        By::Topic(t) => r.events_by_topic(t, after, limit),
+        By::Source(s) => r.events_by_source(s, after, limit),
     })
     .await?;
+    // The marker describes the very view the page was read from.
+    let applied = page.as_of.map_or(0, |l| l.index);
     let m = marker(&st, linearizable, applied).await;
     Ok(with_provenance(render_events(&page, &m), &m))
 }
@@ -276,6 +274,7 @@ mod tests {
                 log_index: 4,
             }],
             next: Some(LamportStamp(9)),
+            as_of: None,
         };
         let m = Marker {
             level: "eventual",

@@ -227,6 +227,18 @@ fn blank_and_membership_entries_advance_applied_state() {
     assert_eq!(mem.log_id(), &Some(log_id(2)));
     assert_eq!(s.reader.last_applied().unwrap(), Some(log_id(3)));
     assert_eq!(s.reader.digest().unwrap().0, Some(log_id(3)));
+    // A page says which applied state it was read from, even when it is empty.
+    assert_eq!(
+        s.reader.events_by_topic("none", None, 10).unwrap().as_of,
+        Some(log_id(3))
+    );
+    assert_eq!(
+        s.reader
+            .events_by_source("none", Some(raft_store::LamportStamp(u64::MAX)), 10)
+            .unwrap()
+            .as_of,
+        Some(log_id(3))
+    );
 }
 
 #[test]
