@@ -28,6 +28,11 @@ use crate::forward::Forwarder;
 use crate::metrics::Metrics;
 use crate::network::HttpNetwork;
 
+/// jemalloc for every allocation of the process, RocksDB's included (see the workspace manifest).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// How long in-flight requests may take to finish after a stop signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
