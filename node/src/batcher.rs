@@ -226,7 +226,7 @@ fn merge(mut parts: Vec<Pending>, count: usize) -> (EventBatch, Callers) {
         // The common case under low load: no copy at all.
         if let Some(p) = parts.pop() {
             let n = p.events.len();
-            return (EventBatch { events: p.events }, vec![(n, p.reply)]);
+            return (EventBatch::new(p.events), vec![(n, p.reply)]);
         }
     }
     let mut events = Vec::with_capacity(count);
@@ -235,7 +235,7 @@ fn merge(mut parts: Vec<Pending>, count: usize) -> (EventBatch, Callers) {
         callers.push((p.events.len(), p.reply));
         events.extend(p.events);
     }
-    (EventBatch { events }, callers)
+    (EventBatch::new(events), callers)
 }
 
 /// Hands each caller its slice of the entry's outcomes (or the shared error).

@@ -192,21 +192,7 @@ fn classify(e: reqwest::Error, ttl: Duration) -> CallError {
 /// Approximate wire size of an entry, from the text it carries.
 fn entry_bytes(e: &openraft::Entry<TypeConfig>) -> usize {
     match &e.payload {
-        EntryPayload::Normal(batch) => {
-            batch
-                .events
-                .iter()
-                .map(|ev| {
-                    ev.topic.len()
-                        + ev.event_id.len()
-                        + ev.timestamp.len()
-                        + ev.source.len()
-                        + ev.payload.len()
-                        + 24
-                })
-                .sum::<usize>()
-                + 32
-        }
+        EntryPayload::Normal(batch) => batch.approx_bytes(),
         _ => 256,
     }
 }
@@ -305,7 +291,7 @@ mod tests {
         };
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(EventBatch { events: vec![ev] }),
+            payload: EntryPayload::Normal(EventBatch::new(vec![ev])),
         }
     }
 

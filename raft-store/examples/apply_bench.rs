@@ -119,7 +119,7 @@ fn generate(total: usize) -> (Vec<Entry>, usize) {
         events.shuffle(&mut rng);
         entries.push(Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 0), entries.len() as u64 + 1),
-            payload: EntryPayload::Normal(EventBatch { events }),
+            payload: EntryPayload::Normal(EventBatch::new(events)),
         });
         generated += size;
     }

@@ -7,6 +7,7 @@
 mod db;
 mod error;
 mod keys;
+mod log_cache;
 mod log_store;
 mod reader;
 mod sm_state;

@@ -7,6 +7,9 @@
 //! treats as committed on this node — a committed write lost, and two nodes could disagree
 //! on the log. So `append` writes the entries unsynced (readable at once, which replication
 //! needs), and the flusher syncs the WAL and only then fires the callbacks.
+//!
+//! Reads of recent entries are served from the in-memory tail (`log_cache.rs`) when it
+//! holds the whole range; every write here is mirrored into it.
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -21,6 +24,7 @@ use rocksdb::{ReadOptions, WriteBatch};
 use crate::db::{self, Db, CF_LOG, CF_RAFT_META};
 use crate::error::StoreError;
 use crate::keys;
+use crate::log_cache::{self, LogCache};
 use crate::types::{NodeId, TypeConfig};
 
 type Entry = openraft::Entry<TypeConfig>;
@@ -31,13 +35,15 @@ type Entry = openraft::Entry<TypeConfig>;
 pub struct LogStore {
     db: Arc<Db>,
     flusher: Arc<Flusher>,
+    cache: Arc<LogCache>,
 }
 
 impl LogStore {
     /// A log store on `db`, with its flusher thread started.
     pub(crate) fn new(db: Arc<Db>) -> Result<LogStore, StoreError> {
         let flusher = Arc::new(Flusher::start(db.clone())?);
-        Ok(LogStore { db, flusher })
+        let cache = Arc::new(LogCache::new(log_cache::DEFAULT_BUDGET_BYTES));
+        Ok(LogStore { db, flusher, cache })
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(
@@ -114,6 +120,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError<NodeId>> {
         let (start, end) = index_bounds(&range);
+        if let Some(cached) = end.and_then(|end| self.cache.get(start, end)) {
+            return Ok(cached);
+        }
         self.entries_in(start, end)
             .map_err(|e| e.into_storage(ErrorSubject::Logs, ErrorVerb::Read))
     }
@@ -195,20 +204,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
         let write = || -> Result<(), StoreError> {
             let cf = self.db.cf(CF_LOG)?;
             let mut batch = WriteBatch::default();
-            for entry in entries {
+            for entry in &entries {
                 batch.put_cf(
                     cf,
                     keys::log_key(entry.log_id.index),
-                    db::encode("log entry", &entry)?,
+                    db::encode("log entry", entry)?,
                 );
             }
             self.db.rocks.write_opt(batch, &db::unsynced())?;
             Ok(())
         };
         write().map_err(|e| e.into_storage(ErrorSubject::Logs, ErrorVerb::Write))?;
+        self.cache.appended(entries);
         self.flusher.submit(&self.db, callback);
         Ok(())
     }
@@ -225,9 +236,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             );
             self.write_synced(batch).await
         };
-        write
-            .await
-            .map_err(|e| e.into_storage(ErrorSubject::Logs, ErrorVerb::Delete))
+        match write.await {
+            Ok(()) => {
+                self.cache.truncated(log_id.index);
+                Ok(())
+            }
+            Err(e) => {
+                self.cache.clear();
+                Err(e.into_storage(ErrorSubject::Logs, ErrorVerb::Delete))
+            }
+        }
     }
 
     /// Records `log_id` as last purged and deletes the entries up to it, in one batch.
@@ -246,6 +264,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             self.db.rocks.write_opt(batch, &db::unsynced())?;
             Ok(())
         };
+        // Purged entries leave the cache even if the write failed: openraft will not ask
+        // for them again, and a miss is always safe.
+        self.cache.purged(log_id.index);
         write().map_err(|e| e.into_storage(ErrorSubject::Logs, ErrorVerb::Delete))
     }
 }

@@ -25,8 +25,8 @@ use crate::keys;
 use crate::sm_state::SmState;
 use crate::snapshot::{self, SnapshotBuilder};
 use crate::types::{
-    ApplyStatus, BatchOutcome, EventOutcome, LamportStamp, Node, NodeId, StoredEvent, TypeConfig,
-    MAX_PRODUCER_LAMPORT,
+    ApplyStatus, BatchOutcome, Event, EventOutcome, LamportStamp, Node, NodeId, StoredEventRef,
+    TypeConfig, MAX_PRODUCER_LAMPORT,
 };
 
 type Entry = openraft::Entry<TypeConfig>;
@@ -217,13 +217,14 @@ fn apply_entries(
     let mut replies = Vec::with_capacity(entries.len());
     for entry in entries {
         state.meta.last_applied = Some(entry.log_id);
-        let events = match entry.payload {
-            EntryPayload::Blank => Vec::new(),
+        let events: &[Event] = match &entry.payload {
+            EntryPayload::Blank => &[],
             EntryPayload::Membership(membership) => {
-                state.meta.last_membership = StoredMembership::new(Some(entry.log_id), membership);
-                Vec::new()
+                state.meta.last_membership =
+                    StoredMembership::new(Some(entry.log_id), membership.clone());
+                &[]
             }
-            EntryPayload::Normal(batch) => batch.events,
+            EntryPayload::Normal(batch) => &batch.events,
         };
         let mut results = Vec::with_capacity(events.len());
         for event in events {
@@ -270,7 +271,7 @@ fn apply_entries(
             bump_topic(state, &mut dirty_topics, &event.topic);
             record_producer(state, &mut dirty_sources, &event.source, event.seq, stamp);
 
-            let stored = StoredEvent {
+            let stored = StoredEventRef {
                 event,
                 lamport: stamp,
                 log_index: entry.log_id.index,

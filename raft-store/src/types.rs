@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Cursor;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -72,6 +73,16 @@ pub struct Event {
 }
 
 impl Event {
+    /// Approximate size of the event: its text plus the numbers and framing.
+    pub fn approx_bytes(&self) -> usize {
+        self.topic.len()
+            + self.event_id.len()
+            + self.timestamp.len()
+            + self.source.len()
+            + self.payload.len()
+            + 24
+    }
+
     /// The deduplication key of this event.
     pub fn key(&self) -> EventKey {
         EventKey {
@@ -82,10 +93,29 @@ impl Event {
 }
 
 /// Application data of one Raft entry: one client request, or several coalesced.
+///
+/// The events are shared, not owned: an entry is read up to three times on a leader (one
+/// replication stream per follower, then apply), and cloning it must not copy its events.
+/// Serialized exactly like a `Vec<Event>`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventBatch {
     /// Events in the order they are applied.
-    pub events: Vec<Event>,
+    pub events: Arc<[Event]>,
+}
+
+impl EventBatch {
+    /// A batch of `events`, in order.
+    pub fn new(events: Vec<Event>) -> EventBatch {
+        EventBatch {
+            events: events.into(),
+        }
+    }
+
+    /// Approximate in-memory and wire size of the batch: its events' text plus a small
+    /// per-event overhead. Used for byte budgets, not for anything exact.
+    pub fn approx_bytes(&self) -> usize {
+        self.events.iter().map(Event::approx_bytes).sum::<usize>() + 32
+    }
 }
 
 impl fmt::Display for EventBatch {
@@ -130,6 +160,15 @@ pub struct StoredEvent {
     pub lamport: LamportStamp,
     /// Index of the Raft entry that stored it.
     pub log_index: u64,
+}
+
+/// Serializes exactly as [`StoredEvent`] does, from a borrowed event: apply encodes events
+/// that stay shared with the log cache.
+#[derive(Serialize)]
+pub(crate) struct StoredEventRef<'a> {
+    pub(crate) event: &'a Event,
+    pub(crate) lamport: LamportStamp,
+    pub(crate) log_index: u64,
 }
 
 /// The seed's counters. Invariant: `received == unique_processed + duplicate_dropped`.
@@ -202,4 +241,48 @@ pub struct EventPage {
     pub next: Option<LamportStamp>,
     /// Last log id applied to the state the page was read from (the same RocksDB view).
     pub as_of: Option<openraft::LogId<NodeId>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> Event {
+        Event {
+            topic: "orders".into(),
+            event_id: "e-1".into(),
+            timestamp: "2024-01-01T00:00:00Z".into(),
+            source: "api".into(),
+            payload: r#"{"level":"info"}"#.into(),
+            seq: Some(3),
+            lamport: None,
+        }
+    }
+
+    #[test]
+    fn a_shared_batch_encodes_like_a_vec_of_events() {
+        let batch = EventBatch::new(vec![event(), event()]);
+        let as_vec = postcard::to_stdvec(&vec![event(), event()]).unwrap();
+        assert_eq!(postcard::to_stdvec(&batch).unwrap(), as_vec);
+        let back: EventBatch = postcard::from_bytes(&as_vec).unwrap();
+        assert_eq!(back, batch);
+    }
+
+    #[test]
+    fn a_borrowed_stored_event_encodes_like_an_owned_one() {
+        let owned = StoredEvent {
+            event: event(),
+            lamport: LamportStamp(9),
+            log_index: 4,
+        };
+        let borrowed = StoredEventRef {
+            event: &owned.event,
+            lamport: owned.lamport,
+            log_index: owned.log_index,
+        };
+        assert_eq!(
+            postcard::to_stdvec(&borrowed).unwrap(),
+            postcard::to_stdvec(&owned).unwrap()
+        );
+    }
 }

@@ -93,12 +93,7 @@ pub fn parse_batch(body: &[u8], max_batch: usize) -> Result<ValidBatch<'_>, ApiE
     for (index, raw) in items.into_iter().enumerate() {
         match check_event(index, raw, &mut problems) {
             Some((event, key)) if problems.is_empty() => {
-                out.bytes += event.topic.len()
-                    + event.event_id.len()
-                    + event.timestamp.len()
-                    + event.source.len()
-                    + event.payload.len()
-                    + 24;
+                out.bytes += event.approx_bytes();
                 out.events.push(event);
                 out.keys.push(key);
             }
