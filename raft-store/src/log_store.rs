@@ -271,6 +271,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
+/// A WAL sync slower than this is logged: it delays every acknowledgement waiting on it.
+const SLOW_SYNC: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Group commit: one thread that syncs the WAL once for every callback queued since its
 /// last sync, then fires those callbacks in order. Joined when the last `LogStore` clone
 /// is dropped, so the database is closed when `Stores` is.
@@ -290,7 +293,16 @@ impl Flusher {
                     pending.extend(rx.try_iter());
                     // Every callback in `pending` was queued after its entries were written,
                     // so this one sync covers all of them.
+                    let started = std::time::Instant::now();
                     let result = db.rocks.flush_wal(true);
+                    let took = started.elapsed();
+                    if took >= SLOW_SYNC {
+                        tracing::warn!(
+                            took_ms = took.as_millis() as u64,
+                            appends = pending.len(),
+                            "slow Raft log sync: every write waiting on it was delayed as long"
+                        );
+                    }
                     for callback in pending {
                         callback.log_io_completed(match &result {
                             Ok(()) => Ok(()),
