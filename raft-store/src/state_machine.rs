@@ -31,6 +31,17 @@ use crate::types::{
 
 type Entry = openraft::Entry<TypeConfig>;
 
+/// Apply calls with at most this many events run on the calling task, not the blocking pool.
+const INLINE_APPLY_EVENTS: usize = 64;
+
+/// Events an entry carries.
+fn entry_events(e: &Entry) -> usize {
+    match &e.payload {
+        EntryPayload::Normal(batch) => batch.events.len(),
+        _ => 0,
+    }
+}
+
 /// openraft's state machine on the node's RocksDB. Bookkeeping is cached in memory
 /// (loaded on open) and written through in every apply's batch.
 pub struct StateMachineStore {
@@ -98,15 +109,24 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             Some(state) => state,
             None => SmState::load(&self.db, &self.db.rocks.snapshot()).map_err(to_storage)?,
         };
-        let db = self.db.clone();
-        let bytes = self.batch_bytes.clone();
-        // Off the async runtime: a batch of a thousand events is a few milliseconds of
-        // encoding and RocksDB work.
-        let joined = tokio::task::spawn_blocking(move || {
-            let result = apply_entries(&db, &mut state, entries, &bytes);
-            (state, result)
-        })
-        .await;
+        let events: usize = entries.iter().map(entry_events).sum();
+        let joined = if events <= INLINE_APPLY_EVENTS {
+            // A few events are tens of microseconds of work: less than handing them to
+            // another thread and waking this task again, which is on every small write's
+            // acknowledgement path.
+            let result = apply_entries(&self.db, &mut state, entries, &self.batch_bytes);
+            Ok((state, result))
+        } else {
+            let db = self.db.clone();
+            let bytes = self.batch_bytes.clone();
+            // Off the async runtime: a batch of a thousand events is a few milliseconds of
+            // encoding and RocksDB work.
+            tokio::task::spawn_blocking(move || {
+                let result = apply_entries(&db, &mut state, entries, &bytes);
+                (state, result)
+            })
+            .await
+        };
         match joined {
             Ok((state, Ok(replies))) => {
                 self.state = Some(state);
