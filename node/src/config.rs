@@ -104,6 +104,13 @@ pub struct RunArgs {
     #[arg(long, env = "AGG_LOG_LEVEL", default_value = "info,openraft=warn")]
     pub log_level: String,
 
+    /// Threads of the async runtime (HTTP, Raft, replication); 0 = one per CPU core. Apply of
+    /// large batches, the log's fsync and RocksDB's background work have threads of their own.
+    /// Where several nodes share a machine (a local test cluster), 1 each avoids most of the
+    /// cross-thread wake-ups on every request, which cost more than the work itself there.
+    #[arg(long, env = "AGG_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
+
     /// Largest accepted request body in bytes (413 beyond).
     #[arg(long, env = "AGG_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub max_body_bytes: usize,

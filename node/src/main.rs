@@ -42,6 +42,7 @@ fn main() -> ExitCode {
         return healthcheck(&args);
     }
     let (format, level) = (cli.run.log_format, cli.run.log_level.clone());
+    let worker_threads = cli.run.worker_threads;
     let cfg = match cli.run.into_config() {
         Ok(c) => c,
         Err(e) => {
@@ -53,10 +54,12 @@ fn main() -> ExitCode {
         eprintln!("aggregator: --log-level {level:?}: {e}");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if worker_threads > 0 {
+        builder.worker_threads(worker_threads);
+    }
+    let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("aggregator: starting the runtime: {e}");

@@ -46,8 +46,9 @@ local_check_ports_free() {
 local_start_node() {
 	local i="$1"
 	mkdir -p "$LOCAL_DIR/n$i"
+	# Three nodes share this machine's cores: one runtime thread each (see `--worker-threads`).
 	"$AGGREGATOR" --id "$i" --listen "$(local_addr "$i")" --peers "$(local_peers)" \
-		--data-dir "$LOCAL_DIR/n$i" >>"$LOCAL_DIR/n$i.log" 2>&1 &
+		--data-dir "$LOCAL_DIR/n$i" --worker-threads 1 >>"$LOCAL_DIR/n$i.log" 2>&1 &
 	LOCAL_PID[$i]=$!
 	log "node $i started (pid ${LOCAL_PID[$i]}, $(node_url "$i"), log $LOCAL_DIR/n$i.log)"
 }
