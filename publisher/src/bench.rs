@@ -154,7 +154,14 @@ pub async fn command(args: BenchArgs) -> anyhow::Result<bool> {
 
     let mut rows = Vec::new();
     let mut all_acked = true;
-    for s in scenarios() {
+    for (i, s) in scenarios().into_iter().enumerate() {
+        if i > 0 && !args.settle.is_zero() {
+            eprintln!(
+                "bench: settling {} s (background flushes and compactions of the previous scenario)",
+                args.settle.as_secs_f64()
+            );
+            tokio::time::sleep(args.settle).await;
+        }
         let events = ((s.events as f64 * args.scale).round() as u64).max(s.batch as u64);
         eprintln!(
             "bench: {} ({events} events, batch {}, {} in flight, {}) ...",

@@ -180,6 +180,10 @@ pub struct BenchArgs {
     /// Multiply every scenario's event count (e.g. 0.1 for a quick run).
     #[arg(long, default_value_t = 1.0, value_parser = parse_rate)]
     pub scale: f64,
+    /// Pause between scenarios (e.g. `10s`, `0s`): a heavy scenario leaves the nodes flushing
+    /// and compacting what it wrote, and the next one would otherwise measure that too.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub settle: Duration,
 }
 
 /// Normalizes a target to a base URL without a trailing slash, adding `http://` when missing.
