@@ -224,7 +224,20 @@ fn apply_entries(
         .flatten()
         .map(|ev| keys::event_key(&ev.topic, &ev.event_id))
         .collect();
-    let found = db.rocks.batched_multi_get_cf(keys_cf, lookup.iter(), false);
+    // RocksDB sorts a multi-get's keys itself unless told they are sorted, through a
+    // comparator behind virtual calls (~5% of a node's CPU); a plain byte sort of their order
+    // here is cheaper. The answers are put back in event order.
+    let mut order: Vec<usize> = (0..lookup.len()).collect();
+    order.sort_unstable_by(|&a, &b| lookup[a].cmp(&lookup[b]));
+    let answers = db
+        .rocks
+        .batched_multi_get_cf(keys_cf, order.iter().map(|&i| &lookup[i]), true);
+    let mut found: Vec<Option<_>> = (0..lookup.len()).map(|_| None).collect();
+    for (i, answer) in order.into_iter().zip(answers) {
+        if let Some(slot) = found.get_mut(i) {
+            *slot = Some(answer);
+        }
+    }
     let mut lookups = lookup.iter().zip(found);
     let mut fresh: HashMap<&[u8], LamportStamp> = HashMap::new();
     let mut dirty_topics: HashSet<String> = HashSet::new();
@@ -251,6 +264,8 @@ fn apply_entries(
             let (key, stored) = lookups
                 .next()
                 .ok_or_else(|| StoreError::corrupt("apply", "fewer key lookups than events"))?;
+            let stored =
+                stored.ok_or_else(|| StoreError::corrupt("apply", "a key lookup got no answer"))?;
             state.meta.counters.received += 1;
             let existing = match fresh.get(key.as_slice()) {
                 Some(stamp) => Some(*stamp),
