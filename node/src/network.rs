@@ -114,14 +114,21 @@ pub enum CallError {
 }
 
 impl PeerClient {
-    /// POSTs a postcard body to `/raft/{path}` and decodes the postcard answer.
-    async fn call<Req, Resp>(&self, path: &str, req: &Req, ttl: Duration) -> Result<Resp, CallError>
+    /// POSTs a postcard body to `/raft/{path}` and decodes the postcard answer. `size_hint`
+    /// presizes the body, so a large append is encoded without regrowing (and copying) it.
+    async fn call<Req, Resp>(
+        &self,
+        path: &str,
+        req: &Req,
+        size_hint: usize,
+        ttl: Duration,
+    ) -> Result<Resp, CallError>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
     {
-        let body =
-            postcard::to_stdvec(req).map_err(|e| CallError::Other(format!("encode: {e}")))?;
+        let body = postcard::to_extend(req, Vec::with_capacity(size_hint))
+            .map_err(|e| CallError::Other(format!("encode: {e}")))?;
         let mut rb = self
             .client
             .post(format!("{}/{path}", self.base))
@@ -218,6 +225,13 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         // Send only a prefix when the entries are large, and tell openraft how far it got;
         // it sends the rest next, so every request stays small and within its timeout.
         let keep = entries_within_budget(&rpc.entries, APPEND_BUDGET_BYTES);
+        let size_hint = rpc
+            .entries
+            .iter()
+            .take(keep)
+            .map(entry_bytes)
+            .sum::<usize>()
+            + 128;
         let partial = if keep < rpc.entries.len() {
             rpc.entries.truncate(keep);
             rpc.entries.last().map(|e| e.log_id)
@@ -225,7 +239,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             None
         };
         let answer: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> = self
-            .call("append", &rpc, option.hard_ttl())
+            .call("append", &rpc, size_hint, option.hard_ttl())
             .await
             .map_err(|e| self.rpc_error(e, RPCTypes::AppendEntries))?;
         match (answer, partial) {
@@ -249,7 +263,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             InstallSnapshotResponse<NodeId>,
             RaftError<NodeId, InstallSnapshotError>,
         > = self
-            .call("snapshot", &rpc, option.hard_ttl())
+            .call("snapshot", &rpc, rpc.data.len() + 256, option.hard_ttl())
             .await
             .map_err(|e| self.rpc_error(e, RPCTypes::InstallSnapshot))?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -261,7 +275,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         let answer: Result<VoteResponse<NodeId>, RaftError<NodeId>> = self
-            .call("vote", &rpc, option.hard_ttl())
+            .call("vote", &rpc, 128, option.hard_ttl())
             .await
             .map_err(|e| self.rpc_error(e, RPCTypes::Vote))?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))

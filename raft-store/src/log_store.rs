@@ -99,6 +99,14 @@ impl LogStore {
     }
 }
 
+/// Roughly the encoded size of an entry.
+fn entry_size_hint(entry: &Entry) -> usize {
+    match &entry.payload {
+        openraft::EntryPayload::Normal(batch) => batch.approx_bytes() + 64,
+        _ => 256,
+    }
+}
+
 /// Converts a range over log indexes into `[start, end)`; `end == None` means unbounded.
 fn index_bounds<RB: RangeBounds<u64>>(range: &RB) -> (u64, Option<u64>) {
     let start = match range.start_bound() {
@@ -208,12 +216,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let write = || -> Result<(), StoreError> {
             let cf = self.db.cf(CF_LOG)?;
             let mut batch = WriteBatch::default();
+            let mut buf = Vec::new();
             for entry in &entries {
-                batch.put_cf(
-                    cf,
-                    keys::log_key(entry.log_id.index),
-                    db::encode("log entry", entry)?,
-                );
+                // Presized: growing the buffer of a large entry copied it several times over.
+                buf.reserve(entry_size_hint(entry));
+                buf = db::encode_reusing("log entry", entry, buf)?;
+                batch.put_cf(cf, keys::log_key(entry.log_id.index), &buf);
             }
             self.db.rocks.write_opt(batch, &db::unsynced())?;
             Ok(())
