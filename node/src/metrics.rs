@@ -195,12 +195,14 @@ impl Metrics {
 
 /// Counts leader changes and logs them, for as long as Raft runs.
 pub async fn watch_leader(raft: Raft, metrics: Metrics) {
-    let mut rx = raft.metrics();
+    // The server metrics change only with the vote, role, leader or membership; the full
+    // metrics change several times per log entry, which would wake this task on every write.
+    let mut rx = raft.server_metrics();
     let mut leader: Option<NodeId> = rx.borrow().current_leader;
     while rx.changed().await.is_ok() {
         let (now, term) = {
             let m = rx.borrow_and_update();
-            (m.current_leader, m.current_term)
+            (m.current_leader, m.vote.leader_id().get_term())
         };
         if now != leader {
             if now.is_some() {
