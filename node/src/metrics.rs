@@ -8,7 +8,7 @@ use prometheus::{
     exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use raft_store::{NodeId, StoreStats};
+use raft_store::{LogCacheReads, NodeId, StoreStats};
 
 use crate::cluster::Raft;
 
@@ -40,6 +40,7 @@ pub struct Inner {
     replication_lag: IntGaugeVec,
     queued_events: IntGauge,
     store_counters: IntGaugeVec,
+    log_cache_reads: IntCounterVec,
 }
 
 impl std::ops::Deref for Metrics {
@@ -113,6 +114,14 @@ impl Metrics {
             ),
             &["counter"],
         )?;
+        let log_cache_reads = IntCounterVec::new(
+            Opts::new(
+                "log_cache_reads_total",
+                "Raft log reads (replication, apply) served from the in-memory tail (hit) or RocksDB (miss)",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(log_cache_reads.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(publish_events.clone()))?;
@@ -143,11 +152,24 @@ impl Metrics {
             replication_lag,
             queued_events,
             store_counters,
+            log_cache_reads,
         })))
     }
 
     /// Refreshes the sampled gauges and renders the text exposition format.
-    pub fn render(&self, raft: &Raft, queued: usize, store: Option<&StoreStats>) -> Vec<u8> {
+    pub fn render(
+        &self,
+        raft: &Raft,
+        queued: usize,
+        store: Option<&StoreStats>,
+        log_reads: &LogCacheReads,
+    ) -> Vec<u8> {
+        // Only this function moves these counters, so catching up to the store's totals
+        // keeps them monotonic.
+        for (result, total) in [("hit", log_reads.hits()), ("miss", log_reads.misses())] {
+            let counter = self.log_cache_reads.with_label_values(&[result]);
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
         {
             let m = raft.metrics();
             let m = m.borrow();

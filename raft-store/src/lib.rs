@@ -19,6 +19,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub use error::StoreError;
+pub use log_cache::LogCacheReads;
 pub use log_store::LogStore;
 pub use reader::StoreReader;
 pub use snapshot::SnapshotBuilder;
@@ -40,10 +41,12 @@ pub struct Stores {
 /// the vote, log, committed and purged ids, state machine and current snapshot.
 pub fn open(dir: &Path) -> Result<Stores, StoreError> {
     let db = Arc::new(db::Db::open(dir)?);
+    let log_store = LogStore::new(db.clone())?;
+    let log_reads = log_store.cache_reads();
     Ok(Stores {
-        log_store: LogStore::new(db.clone())?,
+        log_store,
         state_machine: StateMachineStore::load(db.clone())?,
-        reader: StoreReader::new(db),
+        reader: StoreReader::new(db, log_reads),
     })
 }
 

@@ -9,6 +9,7 @@
 //! sends readers back to RocksDB.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use openraft::EntryPayload;
@@ -19,6 +20,30 @@ type Entry = openraft::Entry<TypeConfig>;
 
 /// Most bytes of entries the cache holds (estimated); older entries are dropped first.
 pub(crate) const DEFAULT_BUDGET_BYTES: usize = 32 * 1024 * 1024;
+
+/// How log reads were served since the node started: from the cache or from RocksDB.
+#[derive(Debug, Default)]
+pub struct LogCacheReads {
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl LogCacheReads {
+    /// Reads served from memory.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    /// Reads that went to RocksDB.
+    pub fn misses(&self) -> u64 {
+        self.misses.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn record(&self, hit: bool) {
+        let counter = if hit { &self.hits } else { &self.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
 
 /// A contiguous run of recent log entries, bounded by an estimated byte budget.
 pub(crate) struct LogCache {

@@ -24,7 +24,7 @@ use rocksdb::{ReadOptions, WriteBatch};
 use crate::db::{self, Db, CF_LOG, CF_RAFT_META};
 use crate::error::StoreError;
 use crate::keys;
-use crate::log_cache::{self, LogCache};
+use crate::log_cache::{self, LogCache, LogCacheReads};
 use crate::types::{NodeId, TypeConfig};
 
 type Entry = openraft::Entry<TypeConfig>;
@@ -36,6 +36,7 @@ pub struct LogStore {
     db: Arc<Db>,
     flusher: Arc<Flusher>,
     cache: Arc<LogCache>,
+    reads: Arc<LogCacheReads>,
 }
 
 impl LogStore {
@@ -43,7 +44,17 @@ impl LogStore {
     pub(crate) fn new(db: Arc<Db>) -> Result<LogStore, StoreError> {
         let flusher = Arc::new(Flusher::start(db.clone())?);
         let cache = Arc::new(LogCache::new(log_cache::DEFAULT_BUDGET_BYTES));
-        Ok(LogStore { db, flusher, cache })
+        Ok(LogStore {
+            db,
+            flusher,
+            cache,
+            reads: Arc::default(),
+        })
+    }
+
+    /// How this log's reads were served (shared by every clone).
+    pub(crate) fn cache_reads(&self) -> Arc<LogCacheReads> {
+        self.reads.clone()
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(
@@ -128,7 +139,9 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, StorageError<NodeId>> {
         let (start, end) = index_bounds(&range);
-        if let Some(cached) = end.and_then(|end| self.cache.get(start, end)) {
+        let cached = end.and_then(|end| self.cache.get(start, end));
+        self.reads.record(cached.is_some());
+        if let Some(cached) = cached {
             return Ok(cached);
         }
         self.entries_in(start, end)

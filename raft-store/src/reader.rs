@@ -10,6 +10,7 @@ use rocksdb::Snapshot;
 use crate::db::{self, Db, CF_BY_SOURCE, CF_BY_TOPIC, CF_EVENTS, CF_KEYS};
 use crate::error::StoreError;
 use crate::keys;
+use crate::log_cache::LogCacheReads;
 use crate::sm_state::{self, SmState};
 use crate::types::{Digest, EventKey, EventPage, LamportStamp, NodeId, StoreStats, StoredEvent};
 
@@ -17,11 +18,17 @@ use crate::types::{Digest, EventKey, EventPage, LamportStamp, NodeId, StoreStats
 #[derive(Clone)]
 pub struct StoreReader {
     db: Arc<Db>,
+    log_reads: Arc<LogCacheReads>,
 }
 
 impl StoreReader {
-    pub(crate) fn new(db: Arc<Db>) -> StoreReader {
-        StoreReader { db }
+    pub(crate) fn new(db: Arc<Db>, log_reads: Arc<LogCacheReads>) -> StoreReader {
+        StoreReader { db, log_reads }
+    }
+
+    /// How the Raft log's reads (replication, apply) were served: memory or RocksDB.
+    pub fn log_cache_reads(&self) -> &LogCacheReads {
+        &self.log_reads
     }
 
     /// Events of `topic` with stamps above `after`, in stamp order, at most `limit` of them.

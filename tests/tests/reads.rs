@@ -113,5 +113,15 @@ async fn consistency_levels_forwarding_and_provenance_headers() {
     ] {
         assert!(metrics.contains(name), "/metrics lacks {name}");
     }
+    // The leader's replication and apply read the entries just appended: from memory.
+    let hits = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("aggregator_log_cache_reads_total{result=\"hit\"} "))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(
+        hits > 0,
+        "no log read was served from the cache:\n{metrics}"
+    );
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }

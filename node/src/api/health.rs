@@ -75,8 +75,11 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
         .await
         .ok()
         .and_then(Result::ok);
-    let text = st
-        .metrics
-        .render(&st.raft, st.batcher.queued_events(), store.as_ref());
+    let text = st.metrics.render(
+        &st.raft,
+        st.batcher.queued_events(),
+        store.as_ref(),
+        st.reader.log_cache_reads(),
+    );
     ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response()
 }
