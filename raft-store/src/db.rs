@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use rocksdb::{
-    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, MemtableFactory,
-    Options, SliceTransform, WriteOptions, DB,
+    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, FlushOptions,
+    MemtableFactory, Options, SliceTransform, WriteOptions, DB,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -106,12 +106,29 @@ impl Db {
         // last flushed: the WAL grew without bound (hundreds of MiB after 600,000 events), and so
         // did the replay on restart. Past this size RocksDB flushes whatever pins the oldest WAL.
         opts.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
+        // State-machine writes skip the WAL (see state_machine.rs); flushing every column family
+        // at one point of the write order is what keeps the state machine on disk a consistent
+        // prefix of the applied log after a crash, never one column family ahead of another.
+        opts.set_atomic_flush(true);
         let cfs = ALL_CFS.map(|name| ColumnFamilyDescriptor::new(name, cf_options(name)));
         let rocks = DB::open_cf_descriptors(&opts, dir.join(DB_SUBDIR), cfs)?;
         Ok(Db {
             rocks,
             snapshot_lock: Mutex::new(()),
         })
+    }
+
+    /// Flushes every column family's memtable, atomically, and waits: afterwards everything
+    /// written before the call is on disk, WAL or not.
+    pub(crate) fn flush_all(&self) -> Result<(), StoreError> {
+        let cfs = ALL_CFS
+            .iter()
+            .map(|name| self.cf(name))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut flush = FlushOptions::default();
+        flush.set_wait(true);
+        self.rocks.flush_cfs_opt(&cfs, &flush)?;
+        Ok(())
     }
 
     /// Handle of a column family opened by [`Db::open`].
@@ -161,6 +178,15 @@ fn cf_options(name: &str) -> Options {
         opts.set_memtable_prefix_bloom_ratio(0.1);
         opts.set_memtable_whole_key_filtering(true);
     }
+    opts
+}
+
+/// Write options for state-machine writes: no WAL. They become durable with the next
+/// (atomic) memtable flush; until then the log entries they came from are re-applied after a
+/// crash (see state_machine.rs).
+pub(crate) fn state_machine_write() -> WriteOptions {
+    let mut opts = WriteOptions::default();
+    opts.disable_wal(true);
     opts
 }
 

@@ -272,7 +272,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// Records `log_id` as last purged and deletes the entries up to it, in one batch.
     /// Unsynced: losing a purge in a crash only brings back entries that are already in
     /// the snapshot, together with the older last purged id, which is a consistent state.
+    /// The memtables are flushed first: state-machine writes skip the WAL, and after a crash
+    /// the entries between the state machine's last applied id on disk and the committed
+    /// index must still be in the log to be re-applied.
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush_all())
+            .await
+            .map_err(StoreError::Task)
+            .and_then(|r| r)
+            .map_err(|e| e.into_storage(ErrorSubject::Logs, ErrorVerb::Delete))?;
         let write = || -> Result<(), StoreError> {
             let mut batch = WriteBatch::default();
             batch.put_cf(
