@@ -2,6 +2,7 @@
 //! and the postcard codec every value goes through.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use rocksdb::{
@@ -78,6 +79,9 @@ pub(crate) struct Db {
     /// Held while reading-then-replacing the current snapshot, so a slow build that
     /// finishes after an install cannot overwrite the newer snapshot.
     pub(crate) snapshot_lock: Mutex<()>,
+    /// A log index the state machine on disk is known to have applied (a lower bound): a
+    /// purge up to it needs no flush first. Raised by opening, snapshot builds and installs.
+    durable_applied: AtomicU64,
 }
 
 impl Db {
@@ -115,7 +119,23 @@ impl Db {
         Ok(Db {
             rocks,
             snapshot_lock: Mutex::new(()),
+            durable_applied: AtomicU64::new(0),
         })
+    }
+
+    /// Records that the state machine on disk has applied at least up to `index`.
+    pub(crate) fn note_durable_applied(&self, index: u64) {
+        self.durable_applied.fetch_max(index, Ordering::AcqRel);
+    }
+
+    /// Makes the state machine on disk cover log index `index` before the log is purged up to
+    /// it: nothing to do when a snapshot build or install already made it so (openraft's own
+    /// purges), otherwise a flush of every memtable.
+    pub(crate) fn make_durable_up_to(&self, index: u64) -> Result<(), StoreError> {
+        if index <= self.durable_applied.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.flush_all()
     }
 
     /// Flushes every column family's memtable, atomically, and waits: afterwards everything

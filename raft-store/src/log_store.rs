@@ -272,12 +272,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// Records `log_id` as last purged and deletes the entries up to it, in one batch.
     /// Unsynced: losing a purge in a crash only brings back entries that are already in
     /// the snapshot, together with the older last purged id, which is a consistent state.
-    /// The memtables are flushed first: state-machine writes skip the WAL, and after a crash
-    /// the entries between the state machine's last applied id on disk and the committed
-    /// index must still be in the log to be re-applied.
+    /// The state machine on disk must cover `log_id` first: its writes skip the WAL, and after
+    /// a crash the entries between its last applied id on disk and the committed index must
+    /// still be in the log to be re-applied. openraft purges only up to a snapshot, whose build
+    /// or install already made that so; any other purge flushes the memtables first (this runs
+    /// inside openraft's core loop, so the common case must not wait for a flush).
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush_all())
+        let index = log_id.index;
+        tokio::task::spawn_blocking(move || db.make_durable_up_to(index))
             .await
             .map_err(StoreError::Task)
             .and_then(|r| r)

@@ -83,6 +83,7 @@ pub(crate) fn build(db: &Db) -> Result<(Meta, Vec<u8>), StoreError> {
     db.flush_all()?;
     db.rocks.flush_wal(true)?;
     let state = SmState::load(db, &view)?;
+    db.note_durable_applied(state.meta.last_applied.map_or(0, |id| id.index));
     let header = SnapshotHeader {
         meta: state.meta.clone(),
         topics: state.sorted_topics().into_iter().collect(),

@@ -60,6 +60,8 @@ impl StateMachineStore {
     /// Opens the state machine on `db`, loading its bookkeeping.
     pub(crate) fn load(db: Arc<Db>) -> Result<StateMachineStore, StoreError> {
         let state = SmState::load(&db, &db.rocks.snapshot())?;
+        // Freshly opened, the state machine is exactly what is on disk.
+        db.note_durable_applied(state.meta.last_applied.map_or(0, |id| id.index));
         Ok(StateMachineStore {
             db,
             state: Some(state),
@@ -174,6 +176,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         .and_then(|r| r);
         match installed {
             Ok(state) => {
+                // The install was one synced write.
+                self.db
+                    .note_durable_applied(state.meta.last_applied.map_or(0, |id| id.index));
                 self.state = Some(state);
                 Ok(())
             }
