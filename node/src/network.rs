@@ -17,8 +17,8 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::{BasicNode, EntryPayload, RaftNetwork, RaftNetworkFactory};
-use raft_store::{NodeId, TypeConfig};
+use openraft::{BasicNode, RaftNetwork, RaftNetworkFactory};
+use raft_store::{entry_approx_bytes, NodeId, TypeConfig};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -196,19 +196,11 @@ fn classify(e: reqwest::Error, ttl: Duration) -> CallError {
     }
 }
 
-/// Approximate wire size of an entry, from the text it carries.
-fn entry_bytes(e: &openraft::Entry<TypeConfig>) -> usize {
-    match &e.payload {
-        EntryPayload::Normal(batch) => batch.approx_bytes(),
-        _ => 256,
-    }
-}
-
 /// How many leading entries fit the byte budget (always at least one).
 fn entries_within_budget(entries: &[openraft::Entry<TypeConfig>], budget: usize) -> usize {
     let mut total = 0;
     for (i, e) in entries.iter().enumerate() {
-        total += entry_bytes(e);
+        total += entry_approx_bytes(e);
         if total > budget && i > 0 {
             return i;
         }
@@ -229,7 +221,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             .entries
             .iter()
             .take(keep)
-            .map(entry_bytes)
+            .map(entry_approx_bytes)
             .sum::<usize>()
             + 128;
         let partial = if keep < rpc.entries.len() {
@@ -290,7 +282,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use openraft::{CommittedLeaderId, Entry, LogId};
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
     use raft_store::{Event, EventBatch};
 
     fn entry(index: u64, payload_len: usize) -> Entry<TypeConfig> {

@@ -128,14 +128,9 @@ impl Db {
         self.durable_applied.fetch_max(index, Ordering::AcqRel);
     }
 
-    /// Makes the state machine on disk cover log index `index` before the log is purged up to
-    /// it: nothing to do when a snapshot build or install already made it so (openraft's own
-    /// purges), otherwise a flush of every memtable.
-    pub(crate) fn make_durable_up_to(&self, index: u64) -> Result<(), StoreError> {
-        if index <= self.durable_applied.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        self.flush_all()
+    /// Whether the state machine on disk is known to cover log index `index`.
+    pub(crate) fn durably_applied(&self, index: u64) -> bool {
+        index <= self.durable_applied.load(Ordering::Acquire)
     }
 
     /// Flushes every column family's memtable, atomically, and waits: afterwards everything

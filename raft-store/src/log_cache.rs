@@ -14,7 +14,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use openraft::EntryPayload;
 
-use crate::types::{Event, TypeConfig};
+use crate::types::{entry_approx_bytes, Event, TypeConfig};
 
 type Entry = openraft::Entry<TypeConfig>;
 
@@ -88,12 +88,11 @@ impl Tail {
 
 /// Estimated memory held by an entry: its events' text and their structs.
 fn cost(e: &Entry) -> usize {
-    match &e.payload {
-        EntryPayload::Normal(batch) => {
-            batch.approx_bytes() + batch.events.len() * std::mem::size_of::<Event>()
-        }
-        _ => 256,
-    }
+    let structs = match &e.payload {
+        EntryPayload::Normal(batch) => batch.events.len() * std::mem::size_of::<Event>(),
+        _ => 0,
+    };
+    entry_approx_bytes(e) + structs
 }
 
 impl LogCache {

@@ -25,7 +25,7 @@ use crate::db::{self, Db, CF_LOG, CF_RAFT_META};
 use crate::error::StoreError;
 use crate::keys;
 use crate::log_cache::{self, LogCache, LogCacheReads};
-use crate::types::{NodeId, TypeConfig};
+use crate::types::{entry_approx_bytes, NodeId, TypeConfig};
 
 type Entry = openraft::Entry<TypeConfig>;
 
@@ -107,14 +107,6 @@ impl LogStore {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || db.rocks.write_opt(batch, &db::synced())).await??;
         Ok(())
-    }
-}
-
-/// Roughly the encoded size of an entry.
-fn entry_size_hint(entry: &Entry) -> usize {
-    match &entry.payload {
-        openraft::EntryPayload::Normal(batch) => batch.approx_bytes() + 64,
-        _ => 256,
     }
 }
 
@@ -232,7 +224,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut buf = Vec::new();
             for entry in &entries {
                 // Presized: growing the buffer of a large entry copied it several times over.
-                buf.reserve(entry_size_hint(entry));
+                buf.reserve(entry_approx_bytes(entry) + 64);
                 buf = db::encode_reusing("log entry", entry, buf)?;
                 batch.put_cf(cf, keys::log_key(entry.log_id.index), &buf);
             }
@@ -278,13 +270,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// or install already made that so; any other purge flushes the memtables first (this runs
     /// inside openraft's core loop, so the common case must not wait for a flush).
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let db = self.db.clone();
-        let index = log_id.index;
-        tokio::task::spawn_blocking(move || db.make_durable_up_to(index))
-            .await
-            .map_err(StoreError::Task)
-            .and_then(|r| r)
-            .map_err(|e| e.into_storage(ErrorSubject::Logs, ErrorVerb::Delete))?;
+        if !self.db.durably_applied(log_id.index) {
+            let db = self.db.clone();
+            tokio::task::spawn_blocking(move || db.flush_all())
+                .await
+                .map_err(StoreError::Task)
+                .and_then(|r| r)
+                .map_err(|e| e.into_storage(ErrorSubject::Logs, ErrorVerb::Delete))?;
+        }
         let write = || -> Result<(), StoreError> {
             let mut batch = WriteBatch::default();
             batch.put_cf(

@@ -9,7 +9,8 @@
 //! re-applies the committed entries after that id from the (synced) log; apply is deterministic,
 //! so the re-applied events get the same stamps. The one thing that argument needs is that the
 //! log is never purged past what the state machine has on disk: building a snapshot (which
-//! openraft follows with a purge) and every purge flush the memtables first.
+//! openraft follows with a purge) flushes the memtables, and a purge past what a snapshot
+//! build or install covered flushes them first (`log_store.rs`).
 
 use std::collections::{HashMap, HashSet};
 use std::io::Cursor;

@@ -118,6 +118,15 @@ impl EventBatch {
     }
 }
 
+/// Approximate size of a log entry: its events' text, or a small constant for Raft's own
+/// (blank and membership) entries. Used for byte budgets and buffer sizes.
+pub fn entry_approx_bytes(entry: &openraft::Entry<TypeConfig>) -> usize {
+    match &entry.payload {
+        openraft::EntryPayload::Normal(batch) => batch.approx_bytes(),
+        _ => 256,
+    }
+}
+
 impl fmt::Display for EventBatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "EventBatch({} events)", self.events.len())
