@@ -121,6 +121,7 @@ async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         batcher,
         forwarder: Forwarder::new(fwd_client, cfg.id),
         contact: Arc::new(LeaderContact::default()),
+        snapshot_intake: Default::default(),
         metrics: metrics.clone(),
         limits: cfg.limits,
         timing: cfg.timing,

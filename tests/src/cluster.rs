@@ -186,6 +186,11 @@ impl TestCluster {
         }
     }
 
+    /// How node `id` exited, if it was started and has exited since (crashed, say).
+    pub fn exit_status(&mut self, id: NodeId) -> Option<ExitStatus> {
+        self.member_mut(id).process.as_mut()?.try_exit()
+    }
+
     /// SIGSTOPs node `id`: it keeps its sockets but answers nothing.
     pub fn pause(&mut self, id: NodeId) {
         let m = self.member_mut(id);

@@ -129,3 +129,70 @@ async fn api_token_and_cluster_secret_are_enforced() {
     assert_eq!(voters, json!([1, 2, 3]));
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// A snapshot chunk is written into memory at its offset. Without the cluster secret anyone can
+/// send one, and even with it a corrupt chunk must not kill the node: a chunk far past what its
+/// snapshot has received is refused with "resume at" instead of growing the buffer to its offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_chunk_past_what_was_received_is_refused_and_the_node_survives() {
+    use openraft::error::{InstallSnapshotError, RaftError};
+    use openraft::raft::{InstallSnapshotRequest, InstallSnapshotResponse};
+    use openraft::{SnapshotMeta, Vote};
+    use raft_store::TypeConfig;
+
+    type Answer = Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>;
+
+    let mut cluster = TestCluster::start(1).await;
+    let url = cluster.url(1);
+    let term = cluster.stats(1).await.raft.term;
+    let chunk = |offset: u64| InstallSnapshotRequest::<TypeConfig> {
+        // A vote above the node's own, so openraft takes the first chunk as a leader's.
+        vote: Vote::new_committed(term + 10, 9),
+        meta: SnapshotMeta {
+            last_log_id: None,
+            last_membership: Default::default(),
+            snapshot_id: "forged".into(),
+        },
+        offset,
+        data: vec![7u8; 64],
+        done: false,
+    };
+    let raft = reqwest::Client::new();
+    let send = |req: InstallSnapshotRequest<TypeConfig>| {
+        let raft = raft.clone();
+        let url = url.clone();
+        async move {
+            let resp = raft
+                .post(format!("{url}/raft/snapshot"))
+                .body(postcard::to_stdvec(&req).unwrap())
+                .send()
+                .await
+                .map_err(|e| format!("no answer: {e}"))?;
+            let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
+            postcard::from_bytes::<Answer>(&bytes).map_err(|e| format!("undecodable: {e}"))
+        }
+    };
+
+    let first = send(chunk(0)).await.unwrap();
+    assert!(first.is_ok(), "the first chunk was not taken: {first:?}");
+    let forged = send(chunk(1 << 40)).await;
+    match forged {
+        Ok(Err(RaftError::APIError(InstallSnapshotError::SnapshotMismatch(m)))) => {
+            assert_eq!(m.expect.offset, 64, "resume point: {m:?}")
+        }
+        other => panic!("a chunk at 1 TiB was not refused: {other:?}"),
+    }
+    // The next chunk in order is still taken, and the node is alive and answering.
+    let next = send(chunk(64)).await.unwrap();
+    assert!(next.is_ok(), "the next chunk was not taken: {next:?}");
+    assert!(
+        cluster.exit_status(1).is_none(),
+        "the node exited: {:?}",
+        cluster.exit_status(1)
+    );
+    let health = ApiClient::new(Duration::from_secs(5))
+        .get(&url, "/health")
+        .await
+        .unwrap();
+    assert_eq!(health.status, 200, "{}", health.body);
+}

@@ -9,6 +9,7 @@ pub mod health;
 pub mod publish;
 pub mod raft_rpc;
 pub mod read;
+pub mod snapshot_intake;
 pub mod validate;
 
 use std::ops::Deref;
@@ -32,6 +33,7 @@ use crate::forward::Forwarder;
 use crate::metrics::Metrics;
 use crate::network::SECRET_HEADER;
 use error::ApiError;
+use snapshot_intake::SnapshotIntake;
 
 /// Everything a handler needs; cheap to clone.
 #[derive(Clone)]
@@ -51,6 +53,8 @@ pub struct Shared {
     pub forwarder: Forwarder,
     /// What the leader's appends told us.
     pub contact: Arc<LeaderContact>,
+    /// Admission of incoming snapshot chunks.
+    pub snapshot_intake: SnapshotIntake,
     /// Prometheus metrics.
     pub metrics: Metrics,
     /// Request limits.

@@ -10,7 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest,
 };
 use raft_store::{NodeId, TypeConfig};
 use serde::de::DeserializeOwned;
@@ -61,12 +62,26 @@ pub async fn vote(State(st): State<AppState>, body: Bytes) -> Response {
     encode(&st.raft.vote(rpc).await)
 }
 
-/// One chunk of a snapshot; the last chunk installs it.
+/// One chunk of a snapshot; the last chunk installs it. A chunk that does not continue what
+/// was received is refused before openraft sees it (see [`super::snapshot_intake`]).
 pub async fn snapshot(State(st): State<AppState>, body: Bytes) -> Response {
     let rpc: InstallSnapshotRequest<TypeConfig> = match decode(&body) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
+    if let Err(refused) =
+        st.snapshot_intake
+            .admit(&rpc.meta.snapshot_id, rpc.offset, rpc.data.len())
+    {
+        tracing::warn!(
+            snapshot = %rpc.meta.snapshot_id,
+            offset = rpc.offset,
+            "snapshot chunk refused: {refused}"
+        );
+        let answer: Result<InstallSnapshotResponse<NodeId>, _> =
+            Err(RaftError::<NodeId, _>::APIError(refused));
+        return encode(&answer);
+    }
     let sender_vote = rpc.vote;
     let answer: Result<_, RaftError<NodeId, InstallSnapshotError>> =
         st.raft.install_snapshot(rpc).await;

@@ -1,0 +1,101 @@
+//! Admission of incoming snapshot chunks. openraft writes each chunk into an in-memory buffer
+//! at the chunk's `offset`, seeking there first, so one chunk with a forged or corrupt offset
+//! far past what was received (say 2^40) would grow the buffer to that size and abort the
+//! process on allocation failure. A sender only ever resends a chunk it sent or starts over at
+//! 0, so a chunk is admitted only when it starts at 0 or within what its snapshot has received.
+
+use std::sync::Mutex;
+
+use openraft::error::{InstallSnapshotError, SnapshotMismatch};
+use openraft::SnapshotSegmentId;
+
+/// What has arrived of the snapshot being received: its id and the end of its furthest chunk.
+#[derive(Debug, Default)]
+pub struct SnapshotIntake {
+    current: Mutex<Option<(String, u64)>>,
+}
+
+impl SnapshotIntake {
+    /// Admits the chunk `[offset, offset + len)` of snapshot `id`, recording its end, or says
+    /// where the sender must resume instead.
+    pub fn admit(&self, id: &str, offset: u64, len: usize) -> Result<(), InstallSnapshotError> {
+        let end = offset.saturating_add(len as u64);
+        // A poisoned lock only means another chunk's handler panicked; the record is a plain
+        // pair and stays meaningful.
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let received = match current.as_ref() {
+            Some((cur, received)) if cur == id => Some(*received),
+            _ => None,
+        };
+        let resume_at = match received {
+            _ if offset == 0 => None,
+            Some(received) if offset <= received => None,
+            Some(received) => Some(received),
+            None => Some(0),
+        };
+        if let Some(resume_at) = resume_at {
+            return Err(InstallSnapshotError::SnapshotMismatch(SnapshotMismatch {
+                expect: SnapshotSegmentId {
+                    id: id.to_owned(),
+                    offset: resume_at,
+                },
+                got: SnapshotSegmentId {
+                    id: id.to_owned(),
+                    offset,
+                },
+            }));
+        }
+        let furthest = match received {
+            Some(received) if offset > 0 => received.max(end),
+            _ => end,
+        };
+        *current = Some((id.to_owned(), furthest));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resume_point(r: Result<(), InstallSnapshotError>) -> Option<u64> {
+        match r {
+            Ok(()) => None,
+            Err(InstallSnapshotError::SnapshotMismatch(m)) => Some(m.expect.offset),
+        }
+    }
+
+    #[test]
+    fn chunks_in_order_and_resends_are_admitted() {
+        let intake = SnapshotIntake::default();
+        assert_eq!(resume_point(intake.admit("s1", 0, 100)), None);
+        assert_eq!(resume_point(intake.admit("s1", 100, 100)), None);
+        // The sender timed out and resends the same chunk.
+        assert_eq!(resume_point(intake.admit("s1", 100, 100)), None);
+        assert_eq!(resume_point(intake.admit("s1", 200, 50)), None);
+        // Starting over is always allowed.
+        assert_eq!(resume_point(intake.admit("s1", 0, 10)), None);
+        assert_eq!(resume_point(intake.admit("s1", 10, 10)), None);
+    }
+
+    #[test]
+    fn a_chunk_past_what_was_received_is_refused() {
+        let intake = SnapshotIntake::default();
+        assert_eq!(resume_point(intake.admit("s1", 1 << 40, 10)), Some(0));
+        assert_eq!(resume_point(intake.admit("s1", 0, 100)), None);
+        assert_eq!(resume_point(intake.admit("s1", 101, 10)), Some(100));
+        assert_eq!(resume_point(intake.admit("s1", u64::MAX, 10)), Some(100));
+        // Refusals record nothing: the next chunk in order is still admitted.
+        assert_eq!(resume_point(intake.admit("s1", 100, 10)), None);
+    }
+
+    #[test]
+    fn a_new_snapshot_must_start_at_zero() {
+        let intake = SnapshotIntake::default();
+        assert_eq!(resume_point(intake.admit("s1", 0, 100)), None);
+        assert_eq!(resume_point(intake.admit("s2", 100, 100)), Some(0));
+        assert_eq!(resume_point(intake.admit("s2", 0, 100)), None);
+        // The old snapshot's stream is gone: its chunks restart from 0 too.
+        assert_eq!(resume_point(intake.admit("s1", 100, 100)), Some(0));
+    }
+}
