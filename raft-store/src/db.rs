@@ -1,7 +1,7 @@
 //! The one RocksDB instance a node keeps: column families, their options, write options,
 //! and the postcard codec every value goes through.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -32,7 +32,7 @@ pub(crate) const CF_SM_META: &str = "sm_meta";
 pub(crate) const CF_TOPICS: &str = "topics";
 /// Per-producer tracking: `source -> postcard(ProducerStats)`.
 pub(crate) const CF_PRODUCERS: &str = "producers";
-/// The current snapshot: its meta and its data in chunks.
+/// The current snapshot's record: its meta and the file holding its data.
 pub(crate) const CF_SNAPSHOT: &str = "snapshot";
 
 /// Column families holding the state machine: exactly what a snapshot install replaces.
@@ -71,14 +71,19 @@ const MAX_TOTAL_WAL_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Subdirectory of the data directory that RocksDB owns.
 const DB_SUBDIR: &str = "rocksdb";
+/// Subdirectory of the data directory holding snapshot data files.
+const SNAPSHOT_SUBDIR: &str = "snapshots";
 
 /// The RocksDB handle plus the lock that orders writers of the `snapshot` column family.
 pub(crate) struct Db {
     /// The database; every column family of [`ALL_CFS`] is open.
     pub(crate) rocks: DB,
-    /// Held while reading-then-replacing the current snapshot, so a slow build that
-    /// finishes after an install cannot overwrite the newer snapshot.
+    /// Held while reading or replacing the current snapshot, so a slow build that finishes
+    /// after an install cannot overwrite the newer snapshot, and a read never finds its data
+    /// file deleted under it.
     pub(crate) snapshot_lock: Mutex<()>,
+    /// Where snapshot data files live (see snapshot.rs).
+    pub(crate) snapshot_dir: PathBuf,
     /// A log index the state machine on disk is known to have applied (a lower bound): a
     /// purge up to it needs no flush first. Raised by opening, snapshot builds and installs.
     durable_applied: AtomicU64,
@@ -116,9 +121,12 @@ impl Db {
         opts.set_atomic_flush(true);
         let cfs = ALL_CFS.map(|name| ColumnFamilyDescriptor::new(name, cf_options(name)));
         let rocks = DB::open_cf_descriptors(&opts, dir.join(DB_SUBDIR), cfs)?;
+        let snapshot_dir = dir.join(SNAPSHOT_SUBDIR);
+        std::fs::create_dir_all(&snapshot_dir)?;
         Ok(Db {
             rocks,
             snapshot_lock: Mutex::new(()),
+            snapshot_dir,
             durable_applied: AtomicU64::new(0),
         })
     }

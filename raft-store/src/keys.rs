@@ -12,10 +12,8 @@ pub(crate) const VOTE: &[u8] = b"vote";
 pub(crate) const COMMITTED: &[u8] = b"committed";
 /// Key of the last purged log id in `raft_meta`.
 pub(crate) const LAST_PURGED: &[u8] = b"last_purged";
-/// Key of the current snapshot's meta in `snapshot`.
-pub(crate) const SNAPSHOT_META: &[u8] = b"meta";
-/// Prefix of the current snapshot's data chunks in `snapshot`.
-pub(crate) const SNAPSHOT_CHUNK_PREFIX: &[u8] = b"data/";
+/// Key of the current snapshot's record (meta and data file) in `snapshot`.
+pub(crate) const SNAPSHOT_CURRENT: &[u8] = b"current";
 
 /// An exclusive upper bound above every key of every column family: no key starts with
 /// nine 0xFF bytes (UTF-8 never contains 0xFF, a length prefix starting with 0xFF would
@@ -79,13 +77,6 @@ pub(crate) fn index_key(name: &str, lamport: LamportStamp) -> Vec<u8> {
 pub(crate) fn index_stamp(prefix: &[u8], key: &[u8]) -> Option<LamportStamp> {
     let rest = key.strip_prefix(prefix)?;
     decode_u64(rest).map(LamportStamp)
-}
-
-/// Key of the `n`th data chunk of the current snapshot.
-pub(crate) fn snapshot_chunk_key(n: u32) -> Vec<u8> {
-    let mut key = SNAPSHOT_CHUNK_PREFIX.to_vec();
-    key.extend_from_slice(&n.to_be_bytes());
-    key
 }
 
 fn push_len_prefixed(buf: &mut Vec<u8>, s: &str) {
@@ -156,7 +147,7 @@ mod tests {
         assert!(worst.as_slice() < end);
         assert!(index_key(&"z".repeat(255), LamportStamp(u64::MAX)).as_slice() < end);
         assert!("\u{10FFFF}".repeat(4).as_bytes() < end);
-        assert!(SM_STATE < end && snapshot_chunk_key(u32::MAX).as_slice() < end);
+        assert!(SM_STATE < end && SNAPSHOT_CURRENT < end);
     }
 
     #[test]

@@ -41,6 +41,7 @@ pub struct Stores {
 /// the vote, log, committed and purged ids, state machine and current snapshot.
 pub fn open(dir: &Path) -> Result<Stores, StoreError> {
     let db = Arc::new(db::Db::open(dir)?);
+    snapshot::remove_orphans(&db)?;
     let log_store = LogStore::new(db.clone())?;
     let log_reads = log_store.cache_reads();
     Ok(Stores {

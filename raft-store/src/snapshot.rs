@@ -1,10 +1,21 @@
 //! Snapshots: building one from a consistent RocksDB view, its byte format, persisting the
-//! current one in the `snapshot` column family, and installing one atomically.
+//! current one, and installing one atomically.
 //!
 //! Format: `MAGIC | frame(postcard(SnapshotHeader)) | frame(postcard(StoredEvent))*` where
 //! `frame(b) = len(b) u32 BE | b`. Events are framed in stamp order, copied verbatim from
 //! the `events` column family; the indexes are rebuilt from them on install.
+//!
+//! The current snapshot's data is a file in `snapshots/`, named by a record in the `snapshot`
+//! column family that also holds its meta, length and checksum. The data is as large as the
+//! whole store, so it stays out of RocksDB: written through the WAL, one synced write of it
+//! held every other write (the Raft log's appends included) for most of a second, and it was
+//! then flushed and compacted like live data. A new file is synced before the record naming
+//! it is written; the file it replaces is deleted after. Files no record names (a crash between
+//! the two) are deleted at open.
 
+use std::fs::File;
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -20,14 +31,16 @@ use crate::db::{
 use crate::error::StoreError;
 use crate::keys;
 use crate::sm_state::{SmMeta, SmState};
+use xxhash_rust::xxh3::xxh3_64;
+
 use crate::types::{Digest, Node, NodeId, ProducerStats, StoredEvent, TypeConfig};
 
 /// openraft's snapshot meta for this type config.
 type Meta = SnapshotMeta<NodeId, Node>;
 
 const MAGIC: &[u8; 8] = b"AGSNAP01";
-/// Snapshot data is stored in values of at most this size.
-const CHUNK: usize = 4 << 20;
+/// Extension of snapshot data files.
+const FILE_EXT: &str = "snap";
 
 /// Everything in a snapshot except the events.
 #[derive(Serialize, Deserialize)]
@@ -37,12 +50,15 @@ struct SnapshotHeader {
     producers: Vec<(String, ProducerStats)>,
 }
 
-/// The `snapshot` column family's meta record.
+/// The `snapshot` column family's record of the current snapshot.
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: Meta,
-    chunks: u32,
+    /// Name of the data file in the snapshot directory.
+    file: String,
+    /// The data's length and XXH3-64, checked when the file is read back.
     len: u64,
+    checksum: u64,
 }
 
 /// Builds snapshots of the state machine; cheap to create, works off the async runtime.
@@ -124,39 +140,50 @@ pub(crate) fn build(db: &Db) -> Result<(Meta, Vec<u8>), StoreError> {
         None => false,
     };
     if !newer_exists {
-        let mut batch = WriteBatch::default();
-        put_current(db, &mut batch, &meta, &data)?;
-        db.rocks.write_opt(batch, &db::synced())?;
+        replace_current(db, WriteBatch::default(), &meta, &data)?;
     }
     Ok((meta, data))
 }
 
 /// The current snapshot (last built or installed), if any.
 pub(crate) fn load_current(db: &Db) -> Result<Option<(Meta, Vec<u8>)>, StoreError> {
-    let view = db.rocks.snapshot();
-    let cf = db.cf(CF_SNAPSHOT)?;
-    let Some(bytes) = view.get_pinned_cf(cf, keys::SNAPSHOT_META)? else {
+    // The lock keeps a concurrent replace from deleting the file between the two reads.
+    let _guard = db
+        .snapshot_lock
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let Some(stored) = read_stored(db)? else {
         return Ok(None);
     };
-    let stored: StoredSnapshot = db::decode("snapshot meta", &bytes)?;
-    let mut data = Vec::with_capacity(usize::try_from(stored.len).unwrap_or(0));
-    for n in 0..stored.chunks {
-        let chunk = view
-            .get_pinned_cf(cf, keys::snapshot_chunk_key(n))?
-            .ok_or_else(|| StoreError::corrupt("snapshot", format!("chunk {n} missing")))?;
-        data.extend_from_slice(&chunk);
-    }
-    if data.len() as u64 != stored.len {
+    let data = std::fs::read(db.snapshot_dir.join(&stored.file))
+        .map_err(|e| StoreError::corrupt("snapshot", format!("data file {}: {e}", stored.file)))?;
+    if data.len() as u64 != stored.len || xxh3_64(&data) != stored.checksum {
         return Err(StoreError::corrupt(
             "snapshot",
-            "length does not match its meta",
+            format!("data file {} does not match its record", stored.file),
         ));
     }
     Ok(Some((stored.meta, data)))
 }
 
+/// Deletes snapshot files that no record names: left by a crash between writing a file and
+/// recording it, or between recording a new file and deleting the old one.
+pub(crate) fn remove_orphans(db: &Db) -> Result<(), StoreError> {
+    let current = read_stored(db)?.map(|s| s.file);
+    for entry in std::fs::read_dir(&db.snapshot_dir)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str());
+        if name.is_some() && name != current.as_deref() {
+            tracing::info!(file = %path.display(), "removing an unreferenced snapshot file");
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
 /// Replaces the whole state machine with the snapshot's contents and makes it the current
-/// snapshot, in one synced `WriteBatch`: a crash leaves either the old state or the new one.
+/// snapshot, in one synced `WriteBatch` (after the data file is synced): a crash leaves either
+/// the old state and snapshot or the new ones.
 pub(crate) fn install(db: &Db, meta: &Meta, data: Vec<u8>) -> Result<SmState, StoreError> {
     let mut batch = WriteBatch::default();
     for name in STATE_MACHINE_CFS {
@@ -173,8 +200,7 @@ pub(crate) fn install(db: &Db, meta: &Meta, data: Vec<u8>) -> Result<SmState, St
         .snapshot_lock
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    put_current(db, &mut batch, meta, &data)?;
-    db.rocks.write_opt(batch, &db::synced())?;
+    replace_current(db, batch, meta, &data)?;
     Ok(state)
 }
 
@@ -225,39 +251,83 @@ fn decode_into(db: &Db, batch: &mut WriteBatch, data: &[u8]) -> Result<SmState, 
     Ok(state)
 }
 
-/// Queues `meta` and `data` as the current snapshot, replacing the previous one.
-fn put_current(
+/// Makes `data` the current snapshot: writes and syncs a new data file, then commits `batch`
+/// (synced) with the record naming the file, then deletes the previous file. The caller holds
+/// `snapshot_lock`.
+fn replace_current(
     db: &Db,
-    batch: &mut WriteBatch,
+    mut batch: WriteBatch,
     meta: &Meta,
     data: &[u8],
 ) -> Result<(), StoreError> {
-    let cf = db.cf(CF_SNAPSHOT)?;
-    batch.delete_range_cf(cf, [].as_slice(), keys::KEY_SPACE_END.as_slice());
-    let mut chunks = 0u32;
-    for chunk in data.chunks(CHUNK) {
-        batch.put_cf(cf, keys::snapshot_chunk_key(chunks), chunk);
-        chunks += 1;
-    }
+    let previous = read_stored(db)?.map(|s| s.file);
+    let file = write_data_file(db, meta, data)?;
     let stored = StoredSnapshot {
         meta: meta.clone(),
-        chunks,
+        file: file.clone(),
         len: data.len() as u64,
+        checksum: xxh3_64(data),
     };
+    let cf = db.cf(CF_SNAPSHOT)?;
+    // Also clears records of the older format, which kept the data in this column family.
+    batch.delete_range_cf(cf, [].as_slice(), keys::KEY_SPACE_END.as_slice());
     batch.put_cf(
         cf,
-        keys::SNAPSHOT_META,
-        db::encode("snapshot meta", &stored)?,
+        keys::SNAPSHOT_CURRENT,
+        db::encode("snapshot record", &stored)?,
     );
+    if let Err(e) = db.rocks.write_opt(batch, &db::synced()) {
+        remove_file_logged(db, &file);
+        return Err(e.into());
+    }
+    if let Some(previous) = previous.filter(|p| *p != file) {
+        remove_file_logged(db, &previous);
+    }
     Ok(())
+}
+
+/// Writes `data` to a new file in the snapshot directory and syncs it and the directory.
+fn write_data_file(db: &Db, meta: &Meta, data: &[u8]) -> Result<String, StoreError> {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let name = format!(
+        "{:020}-{nanos:x}-{}.{FILE_EXT}",
+        meta.last_log_id.map_or(0, |id| id.index),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    let path = db.snapshot_dir.join(&name);
+    let written = File::create(&path).and_then(|mut f| {
+        f.write_all(data)?;
+        f.sync_all()
+    });
+    // The file's directory entry must be durable too before a record names it.
+    let written = written.and_then(|()| File::open(&db.snapshot_dir)?.sync_all());
+    if let Err(e) = written {
+        remove_file_logged(db, &name);
+        return Err(e.into());
+    }
+    Ok(name)
+}
+
+/// Deletes a snapshot file whose loss is harmless; a failure only leaves an orphan behind,
+/// which the next open removes.
+fn remove_file_logged(db: &Db, name: &str) {
+    if let Err(e) = std::fs::remove_file(db.snapshot_dir.join(name)) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(file = name, error = %e, "could not delete a snapshot file");
+        }
+    }
 }
 
 fn read_stored(db: &Db) -> Result<Option<StoredSnapshot>, StoreError> {
     match db
         .rocks
-        .get_pinned_cf(db.cf(CF_SNAPSHOT)?, keys::SNAPSHOT_META)?
+        .get_pinned_cf(db.cf(CF_SNAPSHOT)?, keys::SNAPSHOT_CURRENT)?
     {
-        Some(bytes) => Ok(Some(db::decode("snapshot meta", &bytes)?)),
+        Some(bytes) => Ok(Some(db::decode("snapshot record", &bytes)?)),
         None => Ok(None),
     }
 }
