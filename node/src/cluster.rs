@@ -22,6 +22,9 @@ pub type Raft = openraft::Raft<TypeConfig>;
 /// Largest snapshot chunk sent in one `/raft/snapshot` request.
 const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
 
+/// Most log entries kept behind a snapshot when the log is purged.
+const SNAPSHOT_LOG_TO_KEEP: u64 = 10_000;
+
 /// Builds the openraft configuration from the command line.
 pub fn raft_config(cfg: &NodeConfig) -> anyhow::Result<Config> {
     let threshold = cfg.snapshot_threshold;
@@ -38,9 +41,9 @@ pub fn raft_config(cfg: &NodeConfig) -> anyhow::Result<Config> {
         replication_lag_threshold: 1000,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(threshold),
         snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
-        // Keep as much log behind the snapshot as the threshold: a follower that is a little
-        // behind, or is installing the snapshot, continues from the log instead of being cut off.
-        max_in_snapshot_log_to_keep: threshold,
+        // Keep some log behind the snapshot: a follower that is a little behind, or is
+        // installing the snapshot, continues from the log instead of being cut off.
+        max_in_snapshot_log_to_keep: threshold.min(SNAPSHOT_LOG_TO_KEEP),
         purge_batch_size: (threshold / 10).clamp(1, 1024),
         ..Default::default()
     };

@@ -83,10 +83,17 @@ pub struct RunArgs {
     #[arg(long, env = "AGG_DATA_DIR", required = true)]
     pub data_dir: Option<PathBuf>,
 
-    /// Log entries since the last snapshot that trigger a new one; older log is then purged.
-    #[arg(long, env = "AGG_SNAPSHOT_THRESHOLD", default_value_t = 10_000,
+    /// Log entries since the last snapshot that trigger a new one; older log is then purged
+    /// (up to the last min(N, 10000) entries, kept for followers a little behind).
+    #[arg(long, env = "AGG_SNAPSHOT_THRESHOLD", default_value_t = 100_000,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub snapshot_threshold: u64,
+
+    /// MiB of log written since the last snapshot that trigger a new one, whichever of this
+    /// and --snapshot-threshold comes first (0: entries only). Every snapshot reads the whole
+    /// store, so this bounds how often large entries make the node do it.
+    #[arg(long, env = "AGG_SNAPSHOT_LOG_MIB", default_value_t = 256)]
+    pub snapshot_log_mib: u64,
 
     /// Clients must send `Authorization: Bearer TOKEN` (except /health, /ready, /metrics).
     #[arg(long, env = "AGG_API_TOKEN", hide_env_values = true)]
@@ -159,8 +166,10 @@ pub struct NodeConfig {
     pub peers: Peers,
     /// Store directory.
     pub data_dir: PathBuf,
-    /// Snapshot policy threshold.
+    /// Snapshot policy: log entries since the last snapshot.
     pub snapshot_threshold: u64,
+    /// Snapshot policy: log bytes since the last snapshot (0: off).
+    pub snapshot_log_bytes: u64,
     /// Client bearer token.
     pub api_token: Option<String>,
     /// Inter-node secret.
@@ -235,6 +244,7 @@ impl RunArgs {
             peers,
             data_dir,
             snapshot_threshold: self.snapshot_threshold,
+            snapshot_log_bytes: self.snapshot_log_mib.saturating_mul(1024 * 1024),
             api_token: self.api_token.filter(|t| !t.is_empty()),
             cluster_secret: self.cluster_secret.filter(|s| !s.is_empty()),
             limits: Limits {

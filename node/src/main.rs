@@ -10,6 +10,7 @@ mod config;
 mod forward;
 mod metrics;
 mod network;
+mod snapshot_policy;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -131,6 +132,11 @@ async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     });
     tokio::spawn(metrics::watch_leader(raft.clone(), metrics.clone()));
     tokio::spawn(metrics::log_counts(raft.clone(), metrics.clone()));
+    tokio::spawn(snapshot_policy::trigger_by_log_bytes(
+        raft.clone(),
+        state.reader.clone(),
+        cfg.snapshot_log_bytes,
+    ));
     tokio::spawn(cluster::bootstrap(raft.clone(), cfg.clone(), net));
     if let Some(listed) = cfg.peers.get(cfg.id).filter(|a| *a != cfg.advertise) {
         // Peers reach members at the address in the membership, which --peers seeded.

@@ -87,6 +87,8 @@ pub(crate) struct Db {
     /// A log index the state machine on disk is known to have applied (a lower bound): a
     /// purge up to it needs no flush first. Raised by opening, snapshot builds and installs.
     durable_applied: AtomicU64,
+    /// Bytes of log entries written since the database was opened.
+    pub(crate) log_bytes_appended: AtomicU64,
 }
 
 impl Db {
@@ -128,6 +130,7 @@ impl Db {
             snapshot_lock: Mutex::new(()),
             snapshot_dir,
             durable_applied: AtomicU64::new(0),
+            log_bytes_appended: AtomicU64::new(0),
         })
     }
 

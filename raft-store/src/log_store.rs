@@ -228,7 +228,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 buf = db::encode_reusing("log entry", entry, buf)?;
                 batch.put_cf(cf, keys::log_key(entry.log_id.index), &buf);
             }
+            let bytes = batch.size_in_bytes() as u64;
             self.db.rocks.write_opt(batch, &db::unsynced())?;
+            self.db
+                .log_bytes_appended
+                .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
             Ok(())
         };
         write().map_err(|e| e.into_storage(ErrorSubject::Logs, ErrorVerb::Write))?;

@@ -31,6 +31,13 @@ impl StoreReader {
         &self.log_reads
     }
 
+    /// Bytes of Raft log entries written since the store was opened (a monotonic counter).
+    pub fn log_bytes_appended(&self) -> u64 {
+        self.db
+            .log_bytes_appended
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Events of `topic` with stamps above `after`, in stamp order, at most `limit` of them.
     pub fn events_by_topic(
         &self,

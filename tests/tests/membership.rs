@@ -9,7 +9,8 @@ use std::time::Duration;
 use cluster_tests::event::unique;
 use cluster_tests::model::ReplicatedState;
 use cluster_tests::{
-    assert_each_once, event, event_at, ClusterOptions, StoredEventJson, TestCluster,
+    assert_each_once, event, event_at, wait_until, ClusterOptions, EventBuilder, StoredEventJson,
+    TestCluster,
 };
 use serde_json::Value;
 
@@ -249,4 +250,50 @@ async fn all_three_restarted_come_back_identical() {
         .publish(2, &event(&topics[0], "after-restart"))
         .await
         .expect_ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_is_built_once_the_log_passes_its_byte_limit() {
+    // An entry count that is never reached: only the byte limit (1 MiB) can cause a snapshot.
+    let mut options = ClusterOptions::new(3);
+    options.snapshot_threshold = Some(1_000_000);
+    options.extra_args = vec!["--snapshot-log-mib".into(), "1".into()];
+    let cluster = TestCluster::start_with(options).await;
+    let leader = cluster.leader().await.unwrap();
+    let topic = unique("bytes");
+    let filler = "x".repeat(8 * 1024);
+    // 6 entries of 40 events of ~8 KiB: about 2 MiB of log in a handful of entries.
+    for b in 0..6 {
+        let batch: Vec<Value> = (0..40)
+            .map(|i| {
+                EventBuilder::new(&topic, &format!("{b}-{i}"))
+                    .payload(serde_json::json!({ "message": filler }))
+                    .build()
+            })
+            .collect();
+        cluster
+            .publish(leader, &Value::Array(batch))
+            .await
+            .expect_ok();
+    }
+    let digest = cluster.wait_converged(&[1, 2, 3], CONVERGE).await;
+    assert_eq!(digest.count, 240);
+    for id in [1, 2, 3] {
+        let probe = &cluster;
+        wait_until(
+            &format!("node {id} to build a snapshot"),
+            Duration::from_secs(15),
+            move || async move {
+                let s = probe.stats(id).await;
+                match s.raft.snapshot_index {
+                    Some(_) => Ok(()),
+                    None => Err(format!(
+                        "no snapshot after {:?} entries",
+                        s.raft.last_log_index
+                    )),
+                }
+            },
+        )
+        .await;
+    }
 }
