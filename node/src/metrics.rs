@@ -8,7 +8,7 @@ use prometheus::{
     exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use raft_store::{LogCacheReads, NodeId, StoreStats};
+use raft_store::{NodeId, StoreReader, StoreStats};
 
 use crate::cluster::Raft;
 
@@ -41,6 +41,11 @@ pub struct Inner {
     queued_events: IntGauge,
     store_counters: IntGaugeVec,
     log_cache_reads: IntCounterVec,
+    log_bytes: IntCounter,
+    snapshot_index: IntGauge,
+    snapshot_builds: IntCounter,
+    snapshot_build_seconds: prometheus::Counter,
+    snapshot_bytes: IntGauge,
 }
 
 impl std::ops::Deref for Metrics {
@@ -121,7 +126,30 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let log_bytes = IntCounter::new(
+            "raft_log_written_bytes_total",
+            "Bytes of Raft log entries this node wrote since it started",
+        )?;
+        let snapshot_index = IntGauge::new(
+            "raft_snapshot_index",
+            "Last log index the current snapshot covers (0: none)",
+        )?;
+        let snapshot_builds = IntCounter::new(
+            "snapshot_builds_total",
+            "Snapshots this node built since it started (each reads the whole store)",
+        )?;
+        let snapshot_build_seconds = prometheus::Counter::new(
+            "snapshot_build_seconds_total",
+            "Time this node spent building snapshots since it started",
+        )?;
+        let snapshot_bytes =
+            IntGauge::new("snapshot_bytes", "Size of the current snapshot's data file")?;
         registry.register(Box::new(log_cache_reads.clone()))?;
+        registry.register(Box::new(log_bytes.clone()))?;
+        registry.register(Box::new(snapshot_index.clone()))?;
+        registry.register(Box::new(snapshot_builds.clone()))?;
+        registry.register(Box::new(snapshot_build_seconds.clone()))?;
+        registry.register(Box::new(snapshot_bytes.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(publish_events.clone()))?;
@@ -153,6 +181,11 @@ impl Metrics {
             queued_events,
             store_counters,
             log_cache_reads,
+            log_bytes,
+            snapshot_index,
+            snapshot_builds,
+            snapshot_build_seconds,
+            snapshot_bytes,
         })))
     }
 
@@ -162,14 +195,28 @@ impl Metrics {
         raft: &Raft,
         queued: usize,
         store: Option<&StoreStats>,
-        log_reads: &LogCacheReads,
+        reader: &StoreReader,
     ) -> Vec<u8> {
         // Only this function moves these counters, so catching up to the store's totals
         // keeps them monotonic.
+        let log_reads = reader.log_cache_reads();
         for (result, total) in [("hit", log_reads.hits()), ("miss", log_reads.misses())] {
             let counter = self.log_cache_reads.with_label_values(&[result]);
             counter.inc_by(total.saturating_sub(counter.get()));
         }
+        self.log_bytes.inc_by(
+            reader
+                .log_bytes_appended()
+                .saturating_sub(self.log_bytes.get()),
+        );
+        let snap = reader.snapshot_stats();
+        self.snapshot_builds
+            .inc_by(snap.builds.saturating_sub(self.snapshot_builds.get()));
+        let build_seconds = snap.build_micros as f64 / 1e6;
+        self.snapshot_build_seconds
+            .inc_by((build_seconds - self.snapshot_build_seconds.get()).max(0.0));
+        self.snapshot_bytes
+            .set(i64::try_from(snap.bytes).unwrap_or(i64::MAX));
         {
             let m = raft.metrics();
             let m = m.borrow();
@@ -178,6 +225,8 @@ impl Metrics {
                 .set(m.last_applied.map_or(0, |l| l.index) as i64);
             let last = m.last_log_index.unwrap_or(0);
             self.last_log_index.set(last as i64);
+            self.snapshot_index
+                .set(m.snapshot.map_or(0, |l| l.index) as i64);
             self.is_leader.set(i64::from(
                 m.current_leader == Some(m.id) && m.replication.is_some(),
             ));

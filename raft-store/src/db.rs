@@ -89,6 +89,10 @@ pub(crate) struct Db {
     durable_applied: AtomicU64,
     /// Bytes of log entries written since the database was opened.
     pub(crate) log_bytes_appended: AtomicU64,
+    /// Snapshot builds since open, their total duration, and the current snapshot's size.
+    pub(crate) snapshot_builds: AtomicU64,
+    pub(crate) snapshot_build_micros: AtomicU64,
+    pub(crate) snapshot_bytes: AtomicU64,
 }
 
 impl Db {
@@ -131,6 +135,9 @@ impl Db {
             snapshot_dir,
             durable_applied: AtomicU64::new(0),
             log_bytes_appended: AtomicU64::new(0),
+            snapshot_builds: AtomicU64::new(0),
+            snapshot_build_micros: AtomicU64::new(0),
+            snapshot_bytes: AtomicU64::new(0),
         })
     }
 

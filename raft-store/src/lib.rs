@@ -22,7 +22,7 @@ pub use error::StoreError;
 pub use log_cache::LogCacheReads;
 pub use log_store::LogStore;
 pub use reader::StoreReader;
-pub use snapshot::SnapshotBuilder;
+pub use snapshot::{SnapshotBuilder, SnapshotStats};
 pub use state_machine::StateMachineStore;
 pub use types::*;
 

@@ -31,6 +31,11 @@ impl StoreReader {
         &self.log_reads
     }
 
+    /// Snapshot builds since the store was opened, and the current snapshot's size.
+    pub fn snapshot_stats(&self) -> crate::SnapshotStats {
+        crate::snapshot::SnapshotStats::read(&self.db)
+    }
+
     /// Bytes of Raft log entries written since the store was opened (a monotonic counter).
     pub fn log_bytes_appended(&self) -> u64 {
         self.db

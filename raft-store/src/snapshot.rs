@@ -90,8 +90,30 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
+/// Snapshot activity since the store was opened, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotStats {
+    /// Snapshots built.
+    pub builds: u64,
+    /// Time spent building them, in microseconds.
+    pub build_micros: u64,
+    /// Size of the current snapshot's data (last built, installed or found at open).
+    pub bytes: u64,
+}
+
+impl SnapshotStats {
+    pub(crate) fn read(db: &Db) -> SnapshotStats {
+        SnapshotStats {
+            builds: db.snapshot_builds.load(Ordering::Relaxed),
+            build_micros: db.snapshot_build_micros.load(Ordering::Relaxed),
+            bytes: db.snapshot_bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// Builds a snapshot of the current state and makes it the current snapshot.
 pub(crate) fn build(db: &Db) -> Result<(Meta, Vec<u8>), StoreError> {
+    let started = std::time::Instant::now();
     let view = db.rocks.snapshot();
     // openraft may purge the log up to this snapshot, so the state it covers must be durable
     // first; apply writes skip the WAL. Flushing after taking the view covers every write the
@@ -142,6 +164,19 @@ pub(crate) fn build(db: &Db) -> Result<(Meta, Vec<u8>), StoreError> {
     if !newer_exists {
         replace_current(db, WriteBatch::default(), &meta, &data)?;
     }
+    let took = started.elapsed();
+    db.snapshot_builds.fetch_add(1, Ordering::Relaxed);
+    db.snapshot_build_micros.fetch_add(
+        u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
+    tracing::info!(
+        last_log_index = last.map_or(0, |id| id.index),
+        bytes = data.len(),
+        took_ms = took.as_millis() as u64,
+        replaced = !newer_exists,
+        "snapshot built"
+    );
     Ok((meta, data))
 }
 
@@ -169,7 +204,10 @@ pub(crate) fn load_current(db: &Db) -> Result<Option<(Meta, Vec<u8>)>, StoreErro
 /// Deletes snapshot files that no record names: left by a crash between writing a file and
 /// recording it, or between recording a new file and deleting the old one.
 pub(crate) fn remove_orphans(db: &Db) -> Result<(), StoreError> {
-    let current = read_stored(db)?.map(|s| s.file);
+    let stored = read_stored(db)?;
+    db.snapshot_bytes
+        .store(stored.as_ref().map_or(0, |s| s.len), Ordering::Relaxed);
+    let current = stored.map(|s| s.file);
     for entry in std::fs::read_dir(&db.snapshot_dir)? {
         let path = entry?.path();
         let name = path.file_name().and_then(|n| n.to_str());
@@ -201,6 +239,11 @@ pub(crate) fn install(db: &Db, meta: &Meta, data: Vec<u8>) -> Result<SmState, St
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     replace_current(db, batch, meta, &data)?;
+    tracing::info!(
+        last_log_index = meta.last_log_id.map_or(0, |id| id.index),
+        bytes = data.len(),
+        "snapshot installed"
+    );
     Ok(state)
 }
 
@@ -268,6 +311,7 @@ fn replace_current(
         len: data.len() as u64,
         checksum: xxh3_64(data),
     };
+    let size = stored.len;
     let cf = db.cf(CF_SNAPSHOT)?;
     // Also clears records of the older format, which kept the data in this column family.
     batch.delete_range_cf(cf, [].as_slice(), keys::KEY_SPACE_END.as_slice());
@@ -283,6 +327,7 @@ fn replace_current(
     if let Some(previous) = previous.filter(|p| *p != file) {
         remove_file_logged(db, &previous);
     }
+    db.snapshot_bytes.store(size, Ordering::Relaxed);
     Ok(())
 }
 

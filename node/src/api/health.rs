@@ -79,7 +79,7 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
         &st.raft,
         st.batcher.queued_events(),
         store.as_ref(),
-        st.reader.log_cache_reads(),
+        &st.reader,
     );
     ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response()
 }
