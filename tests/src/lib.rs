@@ -26,7 +26,7 @@ pub use client::{ApiClient, PublishReply};
 pub use cluster::{ClusterOptions, TestCluster};
 pub use event::{event, event_at, EventBuilder};
 pub use model::{DigestReply, EventsPage, PublishResponse, Stats, StoredEventJson};
-pub use observe::assert_each_once;
+pub use observe::{assert_each_once, metric_value};
 pub use wait::wait_until;
 
 /// Identifier of a cluster member, as the server numbers them.

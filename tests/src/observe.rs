@@ -146,6 +146,19 @@ impl TestCluster {
             .unwrap_or_else(|e| panic!("stats of node {id}: {e}"))
     }
 
+    /// Node `id`'s `/metrics` page (Prometheus text).
+    pub async fn metrics_page(&self, id: NodeId) -> String {
+        let fetch = async {
+            reqwest::get(format!("{}/metrics", self.url(id)))
+                .await?
+                .text()
+                .await
+        };
+        fetch
+            .await
+            .unwrap_or_else(|e| panic!("metrics of node {id}: {e}"))
+    }
+
     /// Node `id`'s `/digest`.
     pub async fn digest(&self, id: NodeId) -> DigestReply {
         self.probe
@@ -178,6 +191,14 @@ impl TestCluster {
             .find(|&&id| id != leader)
             .expect("a live follower")
     }
+}
+
+/// The value of the series `name` (with its labels, if any, as the page prints them) in a
+/// Prometheus text page.
+pub fn metric_value(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// Panics unless every key in `keys` is present exactly once in `events`.

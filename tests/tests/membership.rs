@@ -9,8 +9,8 @@ use std::time::Duration;
 use cluster_tests::event::unique;
 use cluster_tests::model::ReplicatedState;
 use cluster_tests::{
-    assert_each_once, event, event_at, wait_until, ClusterOptions, EventBuilder, StoredEventJson,
-    TestCluster,
+    assert_each_once, event, event_at, metric_value, wait_until, ClusterOptions, EventBuilder,
+    StoredEventJson, TestCluster,
 };
 use serde_json::Value;
 
@@ -296,30 +296,18 @@ async fn a_snapshot_is_built_once_the_log_passes_its_byte_limit() {
         )
         .await;
         // An operator sees the build, its size and what caused it in /metrics.
-        let page = reqwest::get(format!("{}/metrics", cluster.url(id)))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let page = cluster.metrics_page(id).await;
         for (name, at_least) in [
             ("aggregator_snapshot_builds_total", 1.0),
             ("aggregator_snapshot_bytes", 240.0 * 8192.0),
             ("aggregator_raft_snapshot_index", 1.0),
             ("aggregator_raft_log_written_bytes_total", 1024.0 * 1024.0),
         ] {
-            let value = metric(&page, name);
+            let value = metric_value(&page, name);
             assert!(
                 value.is_some_and(|v| v >= at_least),
                 "node {id}: {name} = {value:?}, expected at least {at_least}"
             );
         }
     }
-}
-
-/// The value of an unlabelled metric in a Prometheus text page.
-fn metric(page: &str, name: &str) -> Option<f64> {
-    page.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
 }

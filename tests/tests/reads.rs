@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)] // A failed unwrap in a test is that test failing.
 
 use cluster_tests::event::unique;
-use cluster_tests::{event, TestCluster};
+use cluster_tests::{event, metric_value, TestCluster};
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,12 +100,7 @@ async fn consistency_levels_forwarding_and_provenance_headers() {
             200
         );
     }
-    let metrics = reqwest::get(format!("{}/metrics", cluster.url(leader)))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = cluster.metrics_page(leader).await;
     for name in [
         "aggregator_raft_term",
         "aggregator_http_requests_total",
@@ -114,13 +109,9 @@ async fn consistency_levels_forwarding_and_provenance_headers() {
         assert!(metrics.contains(name), "/metrics lacks {name}");
     }
     // The leader's replication and apply read the entries just appended: from memory.
-    let hits = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("aggregator_log_cache_reads_total{result=\"hit\"} "))
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(0);
+    let hits = metric_value(&metrics, "aggregator_log_cache_reads_total{result=\"hit\"}");
     assert!(
-        hits > 0,
+        hits.is_some_and(|h| h > 0.0),
         "no log read was served from the cache:\n{metrics}"
     );
     assert!(problems.is_empty(), "{}", problems.join("\n"));
