@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::error::StoreError;
+use crate::snapshot::SnapshotCounters;
 
 /// Raft log entries: `u64 BE index -> postcard(Entry)`.
 pub(crate) const CF_LOG: &str = "log";
@@ -94,9 +95,7 @@ pub(crate) struct Db {
     /// Bytes of log entries written since the database was opened.
     pub(crate) log_bytes_appended: AtomicU64,
     /// Snapshot builds since open, their total duration, and the current snapshot's size.
-    pub(crate) snapshot_builds: AtomicU64,
-    pub(crate) snapshot_build_micros: AtomicU64,
-    pub(crate) snapshot_bytes: AtomicU64,
+    pub(crate) snapshot_counters: SnapshotCounters,
 }
 
 impl Db {
@@ -157,9 +156,7 @@ impl Db {
             snapshot_dir,
             durable_applied: AtomicU64::new(0),
             log_bytes_appended: AtomicU64::new(0),
-            snapshot_builds: AtomicU64::new(0),
-            snapshot_build_micros: AtomicU64::new(0),
-            snapshot_bytes: AtomicU64::new(0),
+            snapshot_counters: SnapshotCounters::default(),
         })
     }
 

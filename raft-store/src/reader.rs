@@ -33,7 +33,7 @@ impl StoreReader {
 
     /// Snapshot builds since the store was opened, and the current snapshot's size.
     pub fn snapshot_stats(&self) -> crate::SnapshotStats {
-        crate::snapshot::SnapshotStats::read(&self.db)
+        self.db.snapshot_counters.stats()
     }
 
     /// Bytes of Raft log entries written since the store was opened (a monotonic counter).

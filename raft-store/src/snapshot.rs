@@ -24,6 +24,7 @@ use openraft::{
 };
 use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::xxh3_64;
 
 use crate::db::{
     self, Db, CF_BY_SOURCE, CF_BY_TOPIC, CF_EVENTS, CF_KEYS, CF_SNAPSHOT, STATE_MACHINE_CFS,
@@ -31,8 +32,6 @@ use crate::db::{
 use crate::error::StoreError;
 use crate::keys;
 use crate::sm_state::{SmMeta, SmState};
-use xxhash_rust::xxh3::xxh3_64;
-
 use crate::types::{Digest, Node, NodeId, ProducerStats, StoredEvent, TypeConfig};
 
 /// openraft's snapshot meta for this type config.
@@ -103,12 +102,30 @@ pub struct SnapshotStats {
     pub bytes: u64,
 }
 
-impl SnapshotStats {
-    pub(crate) fn read(db: &Db) -> SnapshotStats {
+/// The live counters behind [`SnapshotStats`], kept in [`Db`].
+#[derive(Debug, Default)]
+pub(crate) struct SnapshotCounters {
+    builds: AtomicU64,
+    build_micros: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl SnapshotCounters {
+    fn record_build(&self, took: std::time::Duration) {
+        self.builds.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.build_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    fn set_bytes(&self, bytes: u64) {
+        self.bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn stats(&self) -> SnapshotStats {
         SnapshotStats {
-            builds: db.snapshot_builds.load(Ordering::Relaxed),
-            build_micros: db.snapshot_build_micros.load(Ordering::Relaxed),
-            bytes: db.snapshot_bytes.load(Ordering::Relaxed),
+            builds: self.builds.load(Ordering::Relaxed),
+            build_micros: self.build_micros.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
         }
     }
 }
@@ -167,11 +184,7 @@ pub(crate) fn build(db: &Db) -> Result<(Meta, Vec<u8>), StoreError> {
         replace_current(db, WriteBatch::default(), &meta, &data)?;
     }
     let took = started.elapsed();
-    db.snapshot_builds.fetch_add(1, Ordering::Relaxed);
-    db.snapshot_build_micros.fetch_add(
-        u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
-        Ordering::Relaxed,
-    );
+    db.snapshot_counters.record_build(took);
     tracing::info!(
         last_log_index = last.map_or(0, |id| id.index),
         bytes = data.len(),
@@ -207,8 +220,8 @@ pub(crate) fn load_current(db: &Db) -> Result<Option<(Meta, Vec<u8>)>, StoreErro
 /// recording it, or between recording a new file and deleting the old one.
 pub(crate) fn remove_orphans(db: &Db) -> Result<(), StoreError> {
     let stored = read_stored(db)?;
-    db.snapshot_bytes
-        .store(stored.as_ref().map_or(0, |s| s.len), Ordering::Relaxed);
+    db.snapshot_counters
+        .set_bytes(stored.as_ref().map_or(0, |s| s.len));
     let current = stored.map(|s| s.file);
     for entry in std::fs::read_dir(&db.snapshot_dir)? {
         let path = entry?.path();
@@ -329,7 +342,7 @@ fn replace_current(
     if let Some(previous) = previous.filter(|p| *p != file) {
         remove_file_logged(db, &previous);
     }
-    db.snapshot_bytes.store(size, Ordering::Relaxed);
+    db.snapshot_counters.set_bytes(size);
     Ok(())
 }
 

@@ -18,15 +18,7 @@ async fn leader_killed_while_publishing_loses_nothing_acknowledged() {
     let mut cluster = TestCluster::start(3).await;
     let old = cluster.leader().await.unwrap();
     let others: Vec<u64> = (1..=3).filter(|&i| i != old).collect();
-    let topic = unique("kill9");
-    let urls = (1..=3).map(|i| cluster.url(i)).collect();
-    let writer = Writer::start(
-        cluster.client.with_timeout(Duration::from_secs(5)),
-        urls,
-        &topic,
-        &unique("writer"),
-        5,
-    );
+    let (topic, writer) = start_writer(&cluster, "kill9");
     writer.wait_acked(100, Duration::from_secs(20)).await;
 
     cluster.kill(old);
@@ -46,6 +38,21 @@ async fn leader_killed_while_publishing_loses_nothing_acknowledged() {
 
     cluster.restart(old);
     assert_acked_kept(&cluster, &topic, &report).await;
+}
+
+/// A writer publishing one event at a time to a fresh topic over all three nodes, with 5 in
+/// flight; the topic and the writer.
+fn start_writer(cluster: &TestCluster, topic_prefix: &str) -> (String, Writer) {
+    let topic = unique(topic_prefix);
+    let urls = (1..=3).map(|i| cluster.url(i)).collect();
+    let writer = Writer::start(
+        cluster.client.with_timeout(Duration::from_secs(5)),
+        urls,
+        &topic,
+        &unique("writer"),
+        5,
+    );
+    (topic, writer)
 }
 
 /// Waits for a leader and convergence, then checks on every node that each acknowledged key
@@ -88,15 +95,7 @@ async fn assert_acked_kept(cluster: &TestCluster, topic: &str, report: &WriterRe
 async fn whole_cluster_killed_at_once_keeps_every_acknowledged_event() {
     let mut cluster = TestCluster::start(3).await;
     cluster.leader().await.unwrap();
-    let topic = unique("all-killed");
-    let urls = (1..=3).map(|i| cluster.url(i)).collect();
-    let writer = Writer::start(
-        cluster.client.with_timeout(Duration::from_secs(5)),
-        urls,
-        &topic,
-        &unique("writer"),
-        5,
-    );
+    let (topic, writer) = start_writer(&cluster, "all-killed");
     writer.wait_acked(300, Duration::from_secs(20)).await;
     let report = writer.stop().await;
 
