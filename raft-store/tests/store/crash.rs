@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use openraft::storage::RaftLogStorage;
+use openraft::storage::{RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{CommittedLeaderId, LogId};
 
 use crate::common::{apply, ev, normal, observe, rt, Entry};
@@ -20,6 +20,8 @@ const CHILD_DIR_VAR: &str = "RAFT_STORE_CRASH_CHILD_DIR";
 const READY_VAR: &str = "RAFT_STORE_CRASH_CHILD_READY";
 /// The child purges the log about every this many entries.
 const PURGE_EVERY: u64 = 50;
+/// The child builds a snapshot (data file, then its record) about every this many entries.
+const SNAPSHOT_EVERY: u64 = 120;
 /// The child stops by itself after this many entries if it is never killed.
 const MAX_ENTRIES: u64 = 100_000;
 
@@ -71,6 +73,15 @@ fn crash_child() {
         if upto / PURGE_EVERY != next.saturating_sub(1) / PURGE_EVERY {
             let purged = LogId::new(CommittedLeaderId::new(1, 1), upto);
             rt.block_on(s.log_store.purge(purged)).unwrap();
+        }
+        // Snapshots now and then, so kills also land between writing a data file, recording
+        // it and deleting the one it replaced.
+        if upto / SNAPSHOT_EVERY != next.saturating_sub(1) / SNAPSHOT_EVERY {
+            rt.block_on(async {
+                let mut builder = s.state_machine.get_snapshot_builder().await;
+                builder.build_snapshot().await
+            })
+            .unwrap();
         }
         if let Some(ready) = std::env::var_os(READY_VAR).filter(|_| !announced) {
             std::fs::write(ready, b"").unwrap();
@@ -135,6 +146,26 @@ fn sigkill_leaves_a_prefix_of_the_log() {
             "the log was purged to {purged} but the state machine on disk is only at {applied}: \
              entries {} to {purged} could never be re-applied",
             applied + 1
+        );
+        // The current snapshot, if any, reads back whole (its file is the one its record names
+        // and matches it), covers no more than the state on disk, and no other file is left.
+        let current = rt
+            .block_on(crashed.state_machine.get_current_snapshot())
+            .unwrap_or_else(|e| panic!("the current snapshot does not read back: {e}"));
+        if let Some(snap) = &current {
+            let covered = snap.meta.last_log_id.map_or(0, |id| id.index);
+            assert!(
+                covered <= applied,
+                "the snapshot covers {covered} but the state on disk is only at {applied}"
+            );
+        }
+        let files = std::fs::read_dir(dir.path().join("snapshots"))
+            .unwrap()
+            .count();
+        assert_eq!(
+            files,
+            usize::from(current.is_some()),
+            "snapshot files left besides the current one"
         );
         let seen = observe(&crashed.reader);
         drop(crashed);
