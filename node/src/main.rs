@@ -10,6 +10,7 @@ mod config;
 mod forward;
 mod metrics;
 mod network;
+mod rpc_stream;
 mod snapshot_policy;
 
 use std::process::ExitCode;
@@ -101,7 +102,12 @@ async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
     let raft_client = network::build_client(cfg.outbound_ip(), Duration::from_millis(500))
         .context("building the Raft HTTP client")?;
-    let net = HttpNetwork::new(cfg.id, raft_client, cfg.cluster_secret.clone());
+    let net = HttpNetwork::new(
+        cfg.id,
+        raft_client,
+        cfg.cluster_secret.clone(),
+        network::raft_message_limit(cfg.limits.max_body_bytes),
+    );
     let (raft, reader) = cluster::start(&cfg, stores, net.clone()).await?;
     let metrics = Metrics::new().context("registering metrics")?;
     let batcher = Batcher::spawn(

@@ -23,6 +23,8 @@ pub struct Inner {
     pub requests: IntCounterVec,
     /// Request latency by route.
     pub latency: HistogramVec,
+    /// Time to answer a request on a Raft RPC stream, by kind (append, vote).
+    pub stream_rpc_seconds: HistogramVec,
     /// Events this node answered as stored / duplicate (on the node that committed them).
     pub publish_events: IntCounterVec,
     /// Publish requests refused: overload, no leader, invalid, too large.
@@ -70,6 +72,14 @@ impl Metrics {
             )
             .buckets(exponential_buckets(0.0001, 2.0, 18)?),
             &["route"],
+        )?;
+        let stream_rpc_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "raft_stream_rpc_seconds",
+                "Time to answer a Raft RPC that came over a stream (append, vote), by kind",
+            )
+            .buckets(exponential_buckets(0.0001, 2.0, 18)?),
+            &["kind"],
         )?;
         let publish_events = IntCounterVec::new(
             Opts::new(
@@ -152,6 +162,7 @@ impl Metrics {
         registry.register(Box::new(snapshot_bytes.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
+        registry.register(Box::new(stream_rpc_seconds.clone()))?;
         registry.register(Box::new(publish_events.clone()))?;
         registry.register(Box::new(publish_rejected.clone()))?;
         registry.register(Box::new(entry_events.clone()))?;
@@ -168,6 +179,7 @@ impl Metrics {
             registry,
             requests,
             latency,
+            stream_rpc_seconds,
             publish_events,
             publish_rejected,
             entry_events,

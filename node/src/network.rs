@@ -1,9 +1,11 @@
-//! Raft transport between nodes: openraft's `RaftNetworkFactory`/`RaftNetwork` over HTTP.
-//! Bodies are postcard (binary); the answer is a postcard `Result<Resp, RaftError>` so a
-//! remote Raft error reaches openraft as such. One pooled reqwest client per node, bound to
-//! the `--listen` IP, with per-request timeouts from openraft. Appends are cut to a byte
-//! budget (answered as a partial success) so no request grows unbounded; snapshots use
-//! openraft's chunked transfer over `/raft/snapshot`.
+//! Raft transport between nodes: openraft's `RaftNetworkFactory`/`RaftNetwork`.
+//! Appends and votes go over a [Raft RPC stream](crate::rpc_stream) that each client opens
+//! once (an HTTP upgrade) and keeps; a peer that does not know the stream (404, an older
+//! release) is spoken to with one HTTP POST per RPC instead. Messages are postcard; the answer
+//! is a postcard `Result<Resp, RaftError>` so a remote Raft error reaches openraft as such.
+//! One reqwest client per node, bound to the `--listen` IP; openraft's per-RPC timeout covers
+//! connecting as well. Appends are cut to a byte budget (answered as a partial success) so no
+//! message grows unbounded; snapshots use openraft's chunked transfer over `/raft/snapshot`.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -21,8 +23,10 @@ use openraft::{BasicNode, RaftNetwork, RaftNetworkFactory};
 use raft_store::{entry_approx_bytes, NodeId, TypeConfig};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use sync_wrapper::SyncWrapper;
 
 use crate::cluster::RaftStatus;
+use crate::rpc_stream::{RpcStream, StreamError, StreamRequest, PROTOCOL};
 
 /// Header carrying `--cluster-secret` on every request to `/raft/*`.
 pub const SECRET_HEADER: &str = "x-cluster-secret";
@@ -35,6 +39,13 @@ const APPEND_BUDGET_BYTES: usize = 2 * 1024 * 1024;
 
 /// Timeout of a `/raft/status` probe at bootstrap.
 const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Largest Raft message a node accepts, as an HTTP body or a stream frame. Appends are cut to
+/// ~2 MiB and snapshot chunks to 1 MiB, but one entry can hold a whole publish request: leave
+/// room for the largest body a client may send, twice over.
+pub fn raft_message_limit(max_body_bytes: usize) -> usize {
+    (max_body_bytes * 2 + 4 * 1024 * 1024).max(32 * 1024 * 1024)
+}
 
 /// Builds an HTTP client for node-to-node traffic: pooled keep-alive connections, no proxy,
 /// Nagle off (latency matters more than packet count), bound to `local_ip` when given.
@@ -58,15 +69,23 @@ pub struct HttpNetwork {
     id: NodeId,
     client: reqwest::Client,
     secret: Option<Arc<str>>,
+    max_message: usize,
 }
 
 impl HttpNetwork {
-    /// A factory for node `id`, sending `secret` with every RPC.
-    pub fn new(id: NodeId, client: reqwest::Client, secret: Option<String>) -> Self {
+    /// A factory for node `id`, sending `secret` with every RPC and accepting answers of up to
+    /// `max_message` bytes.
+    pub fn new(
+        id: NodeId,
+        client: reqwest::Client,
+        secret: Option<String>,
+        max_message: usize,
+    ) -> Self {
         Self {
             id,
             client,
             secret: secret.map(Arc::from),
+            max_message,
         }
     }
 
@@ -78,6 +97,9 @@ impl HttpNetwork {
             base: format!("http://{addr}/raft"),
             client: self.client.clone(),
             secret: self.secret.clone(),
+            max_message: self.max_message,
+            stream: None,
+            http_only: false,
         }
     }
 }
@@ -97,6 +119,19 @@ pub struct PeerClient {
     base: String,
     client: reqwest::Client,
     secret: Option<Arc<str>>,
+    max_message: usize,
+    /// The open Raft RPC stream; `None` until the first call and after any failure. Only
+    /// ever used through `&mut self`, which is what makes the wrapper's `Sync` sound.
+    stream: Option<SyncWrapper<RpcStream<reqwest::Upgraded>>>,
+    /// The peer answered 404 to the upgrade: it predates the stream, use one POST per RPC.
+    http_only: bool,
+}
+
+/// An RPC that can go over the stream or, to an older peer, as a POST to `/raft/{path}`.
+struct Rpc<'a, A, V> {
+    request: StreamRequest<&'a A, &'a V>,
+    path: &'static str,
+    size_hint: usize,
 }
 
 /// How an RPC failed before a Raft answer came back.
@@ -148,6 +183,105 @@ impl PeerClient {
         postcard::from_bytes(&bytes).map_err(|e| CallError::Other(format!("decode: {e}")))
     }
 
+    /// Sends `rpc` over the stream (opening it first if needed) and waits for the answer,
+    /// all within `ttl`. Any failure drops the stream: after a timeout an answer may still be
+    /// on its way, and the next call must not read it as its own.
+    async fn stream_call<A, V, Resp>(
+        &mut self,
+        rpc: Rpc<'_, A, V>,
+        ttl: Duration,
+    ) -> Result<Resp, CallError>
+    where
+        A: Serialize,
+        V: Serialize,
+        Resp: DeserializeOwned,
+    {
+        if self.http_only {
+            return self.post(rpc, ttl).await;
+        }
+        let exchange = async {
+            if self.stream.is_none() {
+                self.stream = self.open_stream().await?.map(SyncWrapper::new);
+            }
+            let Some(stream) = self.stream.as_mut().map(SyncWrapper::get_mut) else {
+                return Ok(None);
+            };
+            stream
+                .send(&rpc.request, rpc.size_hint)
+                .await
+                .map_err(stream_error)?;
+            stream.recv().await.map(Some).map_err(stream_error)
+        };
+        let answer = match tokio::time::timeout(ttl, exchange).await {
+            Ok(Ok(Some(answer))) => return Ok(answer),
+            Ok(Ok(None)) => None,
+            Ok(Err(e)) => Some(e),
+            Err(_) => Some(CallError::Timeout(ttl)),
+        };
+        self.stream = None;
+        match answer {
+            Some(e) => Err(e),
+            // The peer does not know the stream: this one call, and all later ones, by POST.
+            None => self.post(rpc, ttl).await,
+        }
+    }
+
+    /// Sends `rpc` as a POST of its own.
+    async fn post<A, V, Resp>(&self, rpc: Rpc<'_, A, V>, ttl: Duration) -> Result<Resp, CallError>
+    where
+        A: Serialize,
+        V: Serialize,
+        Resp: DeserializeOwned,
+    {
+        match rpc.request {
+            StreamRequest::Append(req) => self.call(rpc.path, req, rpc.size_hint, ttl).await,
+            StreamRequest::Vote(req) => self.call(rpc.path, req, rpc.size_hint, ttl).await,
+        }
+    }
+
+    /// Opens a Raft RPC stream to the peer; `Ok(None)` (and `http_only` set) when the peer
+    /// does not offer one.
+    async fn open_stream(&mut self) -> Result<Option<RpcStream<reqwest::Upgraded>>, CallError> {
+        let mut rb = self
+            .client
+            .get(format!("{}/stream", self.base))
+            .header(reqwest::header::CONNECTION, "upgrade")
+            .header(reqwest::header::UPGRADE, PROTOCOL);
+        if let Some(s) = &self.secret {
+            rb = rb.header(SECRET_HEADER, &**s);
+        }
+        let resp = rb.send().await.map_err(|e| {
+            if e.is_connect() {
+                CallError::Unreachable(e)
+            } else {
+                CallError::Other(e.to_string())
+            }
+        })?;
+        match resp.status() {
+            reqwest::StatusCode::SWITCHING_PROTOCOLS => {}
+            reqwest::StatusCode::NOT_FOUND => {
+                tracing::info!(
+                    peer = self.target,
+                    "peer has no Raft RPC stream; using HTTP"
+                );
+                self.http_only = true;
+                return Ok(None);
+            }
+            status => {
+                let text = resp.text().await.unwrap_or_default();
+                let text = &text[..text.len().min(200)];
+                return Err(CallError::Other(format!(
+                    "peer refused the Raft RPC stream: {status}: {text}"
+                )));
+            }
+        }
+        let io = resp
+            .upgrade()
+            .await
+            .map_err(|e| CallError::Other(format!("upgrading to the Raft RPC stream: {e}")))?;
+        Ok(Some(RpcStream::new(io, self.max_message)))
+    }
+
     /// Asks the peer for its Raft status (JSON, used at bootstrap).
     pub async fn status(&self) -> Result<RaftStatus, CallError> {
         let mut rb = self
@@ -184,6 +318,10 @@ impl PeerClient {
             }
         }
     }
+}
+
+fn stream_error(e: StreamError) -> CallError {
+    CallError::Other(e.to_string())
 }
 
 fn classify(e: reqwest::Error, ttl: Duration) -> CallError {
@@ -230,8 +368,13 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         } else {
             None
         };
+        let call = Rpc {
+            request: StreamRequest::<_, &VoteRequest<NodeId>>::Append(&rpc),
+            path: "append",
+            size_hint,
+        };
         let answer: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> = self
-            .call("append", &rpc, size_hint, option.hard_ttl())
+            .stream_call(call, option.hard_ttl())
             .await
             .map_err(|e| self.rpc_error(e, RPCTypes::AppendEntries))?;
         match (answer, partial) {
@@ -266,8 +409,13 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        let call = Rpc {
+            request: StreamRequest::<&AppendEntriesRequest<TypeConfig>, _>::Vote(&rpc),
+            path: "vote",
+            size_hint: 128,
+        };
         let answer: Result<VoteResponse<NodeId>, RaftError<NodeId>> = self
-            .call("vote", &rpc, 128, option.hard_ttl())
+            .stream_call(call, option.hard_ttl())
             .await
             .map_err(|e| self.rpc_error(e, RPCTypes::Vote))?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -310,6 +458,44 @@ mod tests {
         assert_eq!(entries_within_budget(&es[..1], 10), 1);
         let big = vec![entry(1, 5000), entry(2, 10)];
         assert_eq!(entries_within_budget(&big, 100), 1);
+    }
+
+    /// A peer from before the stream answers 404 to the upgrade; the client must then send the
+    /// same RPC, and later ones, as POSTs.
+    #[tokio::test]
+    async fn a_peer_without_the_stream_is_spoken_to_by_post() {
+        use axum::routing::post;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        static VOTES: AtomicUsize = AtomicUsize::new(0);
+        async fn vote(body: axum::body::Bytes) -> Vec<u8> {
+            VOTES.fetch_add(1, Ordering::SeqCst);
+            let req: VoteRequest<NodeId> = postcard::from_bytes(&body).unwrap();
+            let answer: Result<VoteResponse<NodeId>, RaftError<NodeId>> = Ok(VoteResponse {
+                vote: req.vote,
+                vote_granted: true,
+                last_log_id: None,
+            });
+            postcard::to_stdvec(&answer).unwrap()
+        }
+        let app = axum::Router::new().route("/raft/vote", post(vote));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let client = build_client(None, Duration::from_secs(1)).unwrap();
+        let net = HttpNetwork::new(1, client, None, 1 << 20);
+        let mut peer = net.peer(2, &addr.to_string());
+        for term in [3, 4] {
+            let req = VoteRequest::new(openraft::Vote::new(term, 1), None);
+            let answer = peer
+                .vote(req, RPCOption::new(Duration::from_secs(2)))
+                .await
+                .unwrap();
+            assert!(answer.vote_granted);
+            assert!(peer.http_only && peer.stream.is_none());
+        }
+        assert_eq!(VOTES.load(Ordering::SeqCst), 2);
     }
 
     #[test]

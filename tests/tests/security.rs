@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use cluster_tests::event::unique;
-use cluster_tests::{event, ApiClient, ClusterOptions, TestCluster};
+use cluster_tests::{event, metric_value, ApiClient, ClusterOptions, TestCluster};
 use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,11 +72,19 @@ async fn api_token_and_cluster_secret_are_enforced() {
             .await
             .unwrap();
         let status = raft.get(format!("{url}/raft/status")).send().await.unwrap();
-        if vote.status() != 401 || status.status() != 401 {
+        let stream = raft
+            .get(format!("{url}/raft/stream"))
+            .header("Connection", "upgrade")
+            .header("Upgrade", "aggregator-raft/1")
+            .send()
+            .await
+            .unwrap();
+        if vote.status() != 401 || status.status() != 401 || stream.status() != 401 {
             problems.push(format!(
-                "node {node}: /raft/* without the secret -> vote {}, status {}",
+                "node {node}: /raft/* without the secret -> vote {}, status {}, stream {}",
                 vote.status(),
-                status.status()
+                status.status(),
+                stream.status()
             ));
         }
         let with_secret = raft
@@ -108,6 +116,23 @@ async fn api_token_and_cluster_secret_are_enforced() {
             (s.received, s.unique_processed),
             (1, 1),
             "node {id}: refused requests changed state"
+        );
+    }
+    // The followers got their appends over Raft RPC streams opened with the secret, not as
+    // one POST each.
+    for id in cluster.ids().into_iter().filter(|&id| id != leader) {
+        let page = cluster.metrics_page(id).await;
+        let streamed = metric_value(
+            &page,
+            "aggregator_raft_stream_rpc_seconds_count{kind=\"append\"}",
+        );
+        assert!(
+            streamed.is_some_and(|n| n > 0.0),
+            "node {id}: no append came over a stream"
+        );
+        assert!(
+            !page.contains("route=\"/raft/append\""),
+            "node {id}: appends came as POSTs"
         );
     }
     let admin = bare
@@ -185,6 +210,99 @@ async fn a_snapshot_chunk_past_what_was_received_is_refused_and_the_node_survive
     // The next chunk in order is still taken, and the node is alive and answering.
     let next = send(chunk(64)).await.unwrap();
     assert!(next.is_ok(), "the next chunk was not taken: {next:?}");
+    assert!(
+        cluster.exit_status(1).is_none(),
+        "the node exited: {:?}",
+        cluster.exit_status(1)
+    );
+    let health = ApiClient::new(Duration::from_secs(5))
+        .get(&url, "/health")
+        .await
+        .unwrap();
+    assert_eq!(health.status, 200, "{}", health.body);
+}
+
+/// Opens a Raft RPC stream to `addr` by hand: the upgrade request, then the `101` head.
+async fn open_raft_stream(addr: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "GET /raft/stream HTTP/1.1\r\nHost: {addr}\r\nConnection: upgrade\r\n\
+         Upgrade: aggregator-raft/1\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    // Byte by byte, so nothing after the head (there is nothing yet) is consumed.
+    let mut answer = Vec::new();
+    while !answer.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        let n = conn.read(&mut byte).await.unwrap();
+        assert!(n == 1, "connection closed during the upgrade: {answer:?}");
+        answer.push(byte[0]);
+    }
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 101"), "no upgrade: {text}");
+    conn
+}
+
+/// Whether the node closes `conn` within 5 s (reading nothing but the end).
+async fn closed_by_peer(conn: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+/// The Raft RPC stream reads a 4-byte length before each frame. A forged length must not make
+/// the node allocate it, and a frame that does not decode must end the connection, not the node;
+/// a well-formed request on a new stream is still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raft_stream_that_breaks_the_protocol_is_closed_and_the_node_survives() {
+    use openraft::error::RaftError;
+    use openraft::raft::{VoteRequest, VoteResponse};
+    use openraft::Vote;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut cluster = TestCluster::start(1).await;
+    let url = cluster.url(1);
+    let addr = url.trim_start_matches("http://").to_string();
+
+    // A 4 GiB frame announced.
+    let mut conn = open_raft_stream(&addr).await;
+    conn.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3])
+        .await
+        .unwrap();
+    assert!(
+        closed_by_peer(&mut conn).await,
+        "a 4 GiB frame was not refused"
+    );
+
+    // A frame of the right length holding no request (variant 9 does not exist).
+    let mut conn = open_raft_stream(&addr).await;
+    conn.write_all(&[0, 0, 0, 4, 9, 9, 9, 9]).await.unwrap();
+    assert!(
+        closed_by_peer(&mut conn).await,
+        "an undecodable frame was not refused"
+    );
+
+    // A real vote request (variant 1) from a stale term is answered, not granted.
+    let mut conn = open_raft_stream(&addr).await;
+    let mut frame = vec![1u8];
+    frame.extend(postcard::to_stdvec(&VoteRequest::<u64>::new(Vote::new(0, 9), None)).unwrap());
+    let mut msg = u32::try_from(frame.len()).unwrap().to_be_bytes().to_vec();
+    msg.extend(frame);
+    conn.write_all(&msg).await.unwrap();
+    let mut len = [0u8; 4];
+    conn.read_exact(&mut len).await.unwrap();
+    let mut answer = vec![0u8; u32::from_be_bytes(len) as usize];
+    conn.read_exact(&mut answer).await.unwrap();
+    let answer: Result<VoteResponse<u64>, RaftError<u64>> = postcard::from_bytes(&answer).unwrap();
+    assert!(
+        matches!(&answer, Ok(r) if !r.vote_granted),
+        "a stale vote was not refused: {answer:?}"
+    );
+
     assert!(
         cluster.exit_status(1).is_none(),
         "the node exited: {:?}",

@@ -94,6 +94,11 @@ impl ApiError {
         )
     }
 
+    /// 426: the endpoint speaks only an upgraded protocol.
+    pub fn upgrade_required(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UPGRADE_REQUIRED, message)
+    }
+
     /// 409 (a cluster change conflicts with the current state).
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, message)

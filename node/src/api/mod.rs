@@ -31,7 +31,7 @@ use crate::cluster::{LeaderContact, Raft};
 use crate::config::{Limits, RaftTiming};
 use crate::forward::Forwarder;
 use crate::metrics::Metrics;
-use crate::network::SECRET_HEADER;
+use crate::network::{raft_message_limit, SECRET_HEADER};
 use error::ApiError;
 use snapshot_intake::SnapshotIntake;
 
@@ -105,10 +105,9 @@ impl Shared {
 
 /// Builds the router with every route and layer.
 pub fn router(state: AppState) -> Router {
-    // Appends are cut to ~2 MiB and snapshot chunks to 1 MiB, but one entry can hold a whole
-    // publish request: leave room for the largest body a client may send, twice over.
-    let raft_limit = (state.limits.max_body_bytes * 2 + 4 * 1024 * 1024).max(32 * 1024 * 1024);
+    let raft_limit = raft_message_limit(state.limits.max_body_bytes);
     let raft = Router::new()
+        .route("/raft/stream", get(raft_rpc::stream))
         .route("/raft/append", post(raft_rpc::append))
         .route("/raft/vote", post(raft_rpc::vote))
         .route("/raft/snapshot", post(raft_rpc::snapshot))

@@ -1,17 +1,22 @@
-//! The receiving side of Raft RPCs: `/raft/append`, `/raft/vote`, `/raft/snapshot` take a
-//! postcard body and answer a postcard `Result<Resp, RaftError>`; `/raft/status` answers
-//! JSON for peers deciding whether to bootstrap. Accepted appends from the leader are noted
-//! in [`LeaderContact`](crate::cluster::LeaderContact) for follower lag reporting.
+//! The receiving side of Raft RPCs: `/raft/stream` upgrades to a [Raft RPC
+//! stream](crate::rpc_stream) carrying appends and votes; `/raft/append`, `/raft/vote`,
+//! `/raft/snapshot` take one postcard body each and answer a postcard `Result<Resp,
+//! RaftError>`; `/raft/status` answers JSON for peers deciding whether to bootstrap. Accepted
+//! appends from the leader are noted in [`LeaderContact`](crate::cluster::LeaderContact) for
+//! follower lag reporting.
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::header;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use hyper_util::rt::TokioIo;
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest,
+    VoteRequest, VoteResponse,
 };
 use raft_store::{NodeId, TypeConfig};
 use serde::de::DeserializeOwned;
@@ -19,7 +24,8 @@ use serde::Serialize;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::network::POSTCARD;
+use crate::network::{raft_message_limit, POSTCARD};
+use crate::rpc_stream::{RpcStream, StreamRequest, PROTOCOL};
 
 fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     postcard::from_bytes(body)
@@ -33,12 +39,11 @@ fn encode<T: Serialize>(answer: &T) -> Response {
     }
 }
 
-/// AppendEntries (replication and heartbeats).
-pub async fn append(State(st): State<AppState>, body: Bytes) -> Response {
-    let rpc: AppendEntriesRequest<TypeConfig> = match decode(&body) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
+/// Hands an AppendEntries to Raft and notes contact with the leader when it was accepted.
+async fn handle_append(
+    st: &AppState,
+    rpc: AppendEntriesRequest<TypeConfig>,
+) -> Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
     let leader_commit = rpc.leader_commit.map(|l| l.index);
     let answer = st.raft.append_entries(rpc).await;
     if let Ok(
@@ -50,16 +55,96 @@ pub async fn append(State(st): State<AppState>, body: Bytes) -> Response {
         // The sender's vote was accepted: it is the current leader.
         st.contact.record(leader_commit);
     }
-    encode(&answer)
+    answer
 }
 
-/// RequestVote.
+/// AppendEntries (replication and heartbeats), one per request.
+pub async fn append(State(st): State<AppState>, body: Bytes) -> Response {
+    match decode(&body) {
+        Ok(rpc) => encode(&handle_append(&st, rpc).await),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// RequestVote, one per request.
 pub async fn vote(State(st): State<AppState>, body: Bytes) -> Response {
     let rpc: VoteRequest<NodeId> = match decode(&body) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
     encode(&st.raft.vote(rpc).await)
+}
+
+/// Switches the connection to a Raft RPC stream. The cluster secret was checked by the
+/// router like on every `/raft/*` request, so the stream needs no check of its own.
+pub async fn stream(State(st): State<AppState>, mut req: Request) -> Response {
+    let asks = req
+        .headers()
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(PROTOCOL.as_bytes()));
+    if !asks {
+        let mut r = ApiError::upgrade_required(format!(
+            "/raft/stream needs `Connection: upgrade` and `Upgrade: {PROTOCOL}`"
+        ))
+        .into_response();
+        r.headers_mut()
+            .insert(header::UPGRADE, header::HeaderValue::from_static(PROTOCOL));
+        return r;
+    }
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(io) => serve_stream(st, TokioIo::new(io)).await,
+            Err(e) => tracing::debug!(error = %e, "Raft RPC stream upgrade failed"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, PROTOCOL)
+        .body(Body::empty())
+        .unwrap_or_else(|e| ApiError::internal(e.to_string()).into_response())
+}
+
+type OwnedRequest = StreamRequest<AppendEntriesRequest<TypeConfig>, VoteRequest<NodeId>>;
+
+/// Answers the requests of one stream in turn until the peer closes it or breaks the
+/// protocol (an undecodable or oversize frame ends the connection: nothing after it can be
+/// trusted to start on a frame boundary).
+async fn serve_stream<S>(st: AppState, io: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut stream = RpcStream::new(io, raft_message_limit(st.limits.max_body_bytes));
+    loop {
+        let request: OwnedRequest = match stream.recv().await {
+            Ok(r) => r,
+            Err(crate::rpc_stream::StreamError::Closed) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "closing a Raft RPC stream");
+                return;
+            }
+        };
+        let start = Instant::now();
+        let (kind, sent) = match request {
+            StreamRequest::Append(rpc) => (
+                "append",
+                stream.send(&handle_append(&st, rpc).await, 64).await,
+            ),
+            StreamRequest::Vote(rpc) => {
+                let answer: Result<VoteResponse<NodeId>, _> = st.raft.vote(rpc).await;
+                ("vote", stream.send(&answer, 64).await)
+            }
+        };
+        st.metrics
+            .stream_rpc_seconds
+            .with_label_values(&[kind])
+            .observe(start.elapsed().as_secs_f64());
+        if let Err(e) = sent {
+            tracing::debug!(error = %e, "Raft RPC stream closed while answering");
+            return;
+        }
+    }
 }
 
 /// One chunk of a snapshot; the last chunk installs it. A chunk that does not continue what
