@@ -140,10 +140,19 @@ pub async fn command(args: BenchArgs) -> anyhow::Result<bool> {
         concurrency: s.concurrency,
         rate: s.rate,
         policy: RetryPolicy::default(),
-        history: None,
+        history: args.history_dir.as_ref().map(|dir| {
+            dir.join(format!(
+                "{}-{}.jsonl",
+                s.name.replace(' ', "-"),
+                s.routing.as_str()
+            ))
+        }),
         progress: ProgressMode::Off,
         prefer_leader: s.routing == Routing::Leader,
     };
+    if let Some(dir) = &args.history_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     // Warm-up: open the pooled connections and let the nodes settle before measuring.
     let warmup = Scenario {
         name: "warmup",

@@ -184,6 +184,10 @@ pub struct BenchArgs {
     /// and compacting what it wrote, and the next one would otherwise measure that too.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub settle: Duration,
+    /// Also write each scenario's history (one JSON line per request, as `send --history`)
+    /// into this directory, to find where a slow request fell.
+    #[arg(long)]
+    pub history_dir: Option<PathBuf>,
 }
 
 /// Normalizes a target to a base URL without a trailing slash, adding `http://` when missing.
