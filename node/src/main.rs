@@ -8,6 +8,7 @@ mod batcher;
 mod cluster;
 mod config;
 mod forward;
+mod idle_flush;
 mod metrics;
 mod network;
 mod rpc_stream;
@@ -142,6 +143,11 @@ async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         raft.clone(),
         state.reader.clone(),
         cfg.snapshot_log_bytes,
+    ));
+    tokio::spawn(idle_flush::flush_when_idle(
+        state.reader.clone(),
+        metrics.clone(),
+        cfg.idle_flush,
     ));
     tokio::spawn(cluster::bootstrap(raft.clone(), cfg.clone(), net));
     if let Some(listed) = cfg.peers.get(cfg.id).filter(|a| *a != cfg.advertise) {

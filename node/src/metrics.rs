@@ -35,6 +35,8 @@ pub struct Inner {
     pub entry_seconds: Histogram,
     /// Leader changes seen by this node.
     pub leader_changes: IntCounter,
+    /// Memtable flushes made because writes paused.
+    pub idle_flushes: IntCounter,
     term: IntGauge,
     applied_index: IntGauge,
     last_log_index: IntGauge,
@@ -107,6 +109,11 @@ impl Metrics {
             .buckets(exponential_buckets(0.0002, 2.0, 16)?),
         )?;
         let leader_changes = IntCounter::new("raft_leader_changes_total", "Leader changes seen")?;
+        let idle_flushes = IntCounter::new(
+            "store_idle_flushes_total",
+            "Memtable flushes made because writes paused (--idle-flush-secs)",
+        )?;
+        registry.register(Box::new(idle_flushes.clone()))?;
         let term = IntGauge::new("raft_term", "Current Raft term")?;
         let applied_index = IntGauge::new("raft_applied_index", "Last applied log index")?;
         let last_log_index = IntGauge::new("raft_last_log_index", "Last log index")?;
@@ -185,6 +192,7 @@ impl Metrics {
             entry_events,
             entry_seconds,
             leader_changes,
+            idle_flushes,
             term,
             applied_index,
             last_log_index,

@@ -183,6 +183,18 @@ impl Db {
         Ok(())
     }
 
+    /// Bytes in every column family's memtables (active, immutable and being flushed).
+    pub(crate) fn memtable_bytes(&self) -> Result<u64, StoreError> {
+        let mut total = 0;
+        for name in ALL_CFS {
+            total += self
+                .rocks
+                .property_int_value_cf(self.cf(name)?, "rocksdb.cur-size-all-mem-tables")?
+                .unwrap_or(0);
+        }
+        Ok(total)
+    }
+
     /// Handle of a column family opened by [`Db::open`].
     pub(crate) fn cf(&self, name: &'static str) -> Result<&ColumnFamily, StoreError> {
         self.rocks

@@ -14,7 +14,8 @@ use crate::log_cache::LogCacheReads;
 use crate::sm_state::{self, SmState};
 use crate::types::{Digest, EventKey, EventPage, LamportStamp, NodeId, StoreStats, StoredEvent};
 
-/// Cheap-to-clone read handle on the store; `Send + Sync`. Call it from blocking threads.
+/// Cheap-to-clone read handle on the store (plus the memtable flush); `Send + Sync`. Call it
+/// from blocking threads.
 #[derive(Clone)]
 pub struct StoreReader {
     db: Arc<Db>,
@@ -41,6 +42,18 @@ impl StoreReader {
         self.db
             .log_bytes_appended
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Bytes held in memtables (all column families, flushed or not yet), as RocksDB reports.
+    pub fn memtable_bytes(&self) -> Result<u64, StoreError> {
+        self.db.memtable_bytes()
+    }
+
+    /// Writes every memtable to disk and waits (blocking). It changes where data lives, not
+    /// what the store holds: the one call here that is not a query. The node does it when
+    /// writes pause, so the flush does not fall on the next burst of acknowledgements.
+    pub fn flush_memtables(&self) -> Result<(), StoreError> {
+        self.db.flush_all()
     }
 
     /// Events of `topic` with stamps above `after`, in stamp order, at most `limit` of them.

@@ -311,3 +311,62 @@ async fn a_snapshot_is_built_once_the_log_passes_its_byte_limit() {
         }
     }
 }
+
+/// Once writes pause for `--idle-flush-secs`, every node flushes its memtables, once per
+/// pause, so the flush a burst leaves behind does not land in the next burst.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memtables_are_flushed_once_writes_pause() {
+    let mut options = ClusterOptions::new(3);
+    options.extra_args = vec!["--idle-flush-secs".into(), "1".into()];
+    let cluster = TestCluster::start_with(options).await;
+    let leader = cluster.leader().await.unwrap();
+    let flushes = |page: &str| metric_value(page, "aggregator_store_idle_flushes_total");
+    // Forming the cluster writes a few bytes: too little to be worth a flush.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for id in [1, 2, 3] {
+        let page = cluster.metrics_page(id).await;
+        assert_eq!(
+            flushes(&page),
+            Some(0.0),
+            "node {id} flushed almost nothing"
+        );
+    }
+    let topic = unique("idle");
+    let filler = "x".repeat(8 * 1024);
+    // 1,000 events of ~8 KiB: ~8 MiB in the state machine and as much in the log.
+    for b in 0..25 {
+        let batch: Vec<Value> = (0..40)
+            .map(|i| {
+                EventBuilder::new(&topic, &format!("{b}-{i}"))
+                    .payload(serde_json::json!({ "message": filler }))
+                    .build()
+            })
+            .collect();
+        cluster
+            .publish(leader, &Value::Array(batch))
+            .await
+            .expect_ok();
+    }
+    let digest = cluster.wait_converged(&[1, 2, 3], CONVERGE).await;
+    assert_eq!(digest.count, 1000);
+    for id in [1, 2, 3] {
+        let probe = &cluster;
+        wait_until(
+            &format!("node {id} to flush its memtables"),
+            Duration::from_secs(15),
+            move || async move {
+                match flushes(&probe.metrics_page(id).await) {
+                    Some(n) if n >= 1.0 => Ok(()),
+                    other => Err(format!("idle flushes: {other:?}")),
+                }
+            },
+        )
+        .await;
+    }
+    // Still quiet: no second flush for the same pause.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for id in [1, 2, 3] {
+        let page = cluster.metrics_page(id).await;
+        assert_eq!(flushes(&page), Some(1.0), "node {id}: one flush per pause");
+    }
+}
