@@ -40,9 +40,9 @@ pub(crate) fn decode_u64(bytes: &[u8]) -> Option<u64> {
 /// Key of an event's dedup record in `keys`: `hash u64 BE | len(topic) u32 BE | topic |
 /// event_id`, where `hash` is xxh3-64 of the rest. The topic's length prefix makes the split
 /// unambiguous (the event id is the remainder); the full key follows the hash, so equal
-/// hashes never merge two keys. The hash leads so that the column family's hash-bucketed
-/// memtable (see `db.rs`) spreads keys evenly: dedup keys arrive in random order, which is
-/// the expensive case for a skip list.
+/// hashes never merge two keys. The hash leads because `keys` once had a memtable bucketed
+/// on it; it still serves the memtable's prefix bloom (see `db.rs`), and stores written since
+/// depend on this layout.
 pub(crate) fn event_key(topic: &str, event_id: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(8 + 4 + topic.len() + event_id.len());
     key.extend_from_slice(&[0; 8]);
