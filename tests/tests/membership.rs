@@ -252,6 +252,24 @@ async fn all_three_restarted_come_back_identical() {
         .expect_ok();
 }
 
+/// Publishes `batches` requests of 40 events of ~8 KiB each to `node`: many bytes in few entries.
+async fn publish_large_events(cluster: &TestCluster, node: u64, topic: &str, batches: usize) {
+    let filler = "x".repeat(8 * 1024);
+    for b in 0..batches {
+        let batch: Vec<Value> = (0..40)
+            .map(|i| {
+                EventBuilder::new(topic, &format!("{b}-{i}"))
+                    .payload(serde_json::json!({ "message": filler }))
+                    .build()
+            })
+            .collect();
+        cluster
+            .publish(node, &Value::Array(batch))
+            .await
+            .expect_ok();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_is_built_once_the_log_passes_its_byte_limit() {
     // An entry count that is never reached: only the byte limit (1 MiB) can cause a snapshot.
@@ -260,22 +278,8 @@ async fn a_snapshot_is_built_once_the_log_passes_its_byte_limit() {
     options.extra_args = vec!["--snapshot-log-mib".into(), "1".into()];
     let cluster = TestCluster::start_with(options).await;
     let leader = cluster.leader().await.unwrap();
-    let topic = unique("bytes");
-    let filler = "x".repeat(8 * 1024);
     // 6 entries of 40 events of ~8 KiB: about 2 MiB of log in a handful of entries.
-    for b in 0..6 {
-        let batch: Vec<Value> = (0..40)
-            .map(|i| {
-                EventBuilder::new(&topic, &format!("{b}-{i}"))
-                    .payload(serde_json::json!({ "message": filler }))
-                    .build()
-            })
-            .collect();
-        cluster
-            .publish(leader, &Value::Array(batch))
-            .await
-            .expect_ok();
-    }
+    publish_large_events(&cluster, leader, &unique("bytes"), 6).await;
     let digest = cluster.wait_converged(&[1, 2, 3], CONVERGE).await;
     assert_eq!(digest.count, 240);
     for id in [1, 2, 3] {
@@ -331,22 +335,8 @@ async fn memtables_are_flushed_once_writes_pause() {
             "node {id} flushed almost nothing"
         );
     }
-    let topic = unique("idle");
-    let filler = "x".repeat(8 * 1024);
     // 1,000 events of ~8 KiB: ~8 MiB in the state machine and as much in the log.
-    for b in 0..25 {
-        let batch: Vec<Value> = (0..40)
-            .map(|i| {
-                EventBuilder::new(&topic, &format!("{b}-{i}"))
-                    .payload(serde_json::json!({ "message": filler }))
-                    .build()
-            })
-            .collect();
-        cluster
-            .publish(leader, &Value::Array(batch))
-            .await
-            .expect_ok();
-    }
+    publish_large_events(&cluster, leader, &unique("idle"), 25).await;
     let digest = cluster.wait_converged(&[1, 2, 3], CONVERGE).await;
     assert_eq!(digest.count, 1000);
     for id in [1, 2, 3] {

@@ -210,16 +210,7 @@ async fn a_snapshot_chunk_past_what_was_received_is_refused_and_the_node_survive
     // The next chunk in order is still taken, and the node is alive and answering.
     let next = send(chunk(64)).await.unwrap();
     assert!(next.is_ok(), "the next chunk was not taken: {next:?}");
-    assert!(
-        cluster.exit_status(1).is_none(),
-        "the node exited: {:?}",
-        cluster.exit_status(1)
-    );
-    let health = ApiClient::new(Duration::from_secs(5))
-        .get(&url, "/health")
-        .await
-        .unwrap();
-    assert_eq!(health.status, 200, "{}", health.body);
+    assert_still_serving(&mut cluster, 1).await;
 }
 
 /// Opens a Raft RPC stream to `addr` by hand: the upgrade request, then the `101` head.
@@ -303,13 +294,18 @@ async fn a_raft_stream_that_breaks_the_protocol_is_closed_and_the_node_survives(
         "a stale vote was not refused: {answer:?}"
     );
 
+    assert_still_serving(&mut cluster, 1).await;
+}
+
+/// Panics unless node `id` is still running and answers `/health`.
+async fn assert_still_serving(cluster: &mut TestCluster, id: u64) {
     assert!(
-        cluster.exit_status(1).is_none(),
-        "the node exited: {:?}",
-        cluster.exit_status(1)
+        cluster.exit_status(id).is_none(),
+        "node {id} exited: {:?}",
+        cluster.exit_status(id)
     );
     let health = ApiClient::new(Duration::from_secs(5))
-        .get(&url, "/health")
+        .get(&cluster.url(id), "/health")
         .await
         .unwrap();
     assert_eq!(health.status, 200, "{}", health.body);
