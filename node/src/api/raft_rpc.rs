@@ -108,6 +108,12 @@ pub async fn stream(State(st): State<AppState>, mut req: Request) -> Response {
 
 type OwnedRequest = StreamRequest<AppendEntriesRequest<TypeConfig>, VoteRequest<NodeId>>;
 
+/// A stream that carries no request for this long is closed. A leader's replication stream
+/// carries a heartbeat every `--heartbeat-ms`; silence this long means a peer that vanished
+/// without closing the connection (a cut link, a powered-off host), whose task and socket
+/// would otherwise wait forever. A live client just opens a new stream on its next call.
+const STREAM_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Answers the requests of one stream in turn until the peer closes it or breaks the
 /// protocol (an undecodable or oversize frame ends the connection: nothing after it can be
 /// trusted to start on a frame boundary).
@@ -117,14 +123,19 @@ where
 {
     let mut stream = RpcStream::new(io, raft_message_limit(st.limits.max_body_bytes));
     loop {
-        let request: OwnedRequest = match stream.recv().await {
-            Ok(r) => r,
-            Err(crate::rpc_stream::StreamError::Closed) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "closing a Raft RPC stream");
-                return;
-            }
-        };
+        let request: OwnedRequest =
+            match tokio::time::timeout(STREAM_IDLE_TIMEOUT, stream.recv()).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(crate::rpc_stream::StreamError::Closed)) => return,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "closing a Raft RPC stream");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("closing an idle Raft RPC stream");
+                    return;
+                }
+            };
         let start = Instant::now();
         let (kind, sent) = match request {
             StreamRequest::Append(rpc) => (
