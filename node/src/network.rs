@@ -498,6 +498,78 @@ mod tests {
         assert_eq!(VOTES.load(Ordering::SeqCst), 2);
     }
 
+    /// An answer that arrives after its call timed out must not be read as the answer to the
+    /// next call on the same client: the stream is dropped on timeout and a new one opened.
+    #[tokio::test]
+    async fn a_late_answer_is_never_taken_for_the_next_calls() {
+        use axum::body::Body;
+        use axum::extract::Request;
+        use axum::http::{header, StatusCode};
+        use axum::response::Response;
+        use axum::routing::get;
+        use hyper_util::rt::TokioIo;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        type Owned = StreamRequest<AppendEntriesRequest<TypeConfig>, VoteRequest<NodeId>>;
+        static CALLS: AtomicUsize = AtomicUsize::new(0);
+        // Echoes each vote back as granted; the very first answer comes 300 ms late.
+        async fn stream(mut req: Request) -> Response {
+            let upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                let mut s = RpcStream::new(TokioIo::new(upgrade.await.unwrap()), 1 << 20);
+                while let Ok(StreamRequest::Vote(v)) = s.recv::<Owned>().await {
+                    if CALLS.fetch_add(1, Ordering::SeqCst) == 0 {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                    let answer: Result<VoteResponse<NodeId>, RaftError<NodeId>> =
+                        Ok(VoteResponse {
+                            vote: v.vote,
+                            vote_granted: true,
+                            last_log_id: None,
+                        });
+                    if s.send(&answer, 64).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header(header::CONNECTION, "upgrade")
+                .header(header::UPGRADE, PROTOCOL)
+                .body(Body::empty())
+                .unwrap()
+        }
+        let app = axum::Router::new().route("/raft/stream", get(stream));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let client = build_client(None, Duration::from_secs(1)).unwrap();
+        let mut peer = HttpNetwork::new(1, client, None, 1 << 20).peer(2, &addr.to_string());
+        let vote = |term| VoteRequest::new(openraft::Vote::new(term, 1), None);
+        let first = peer
+            .vote(vote(1), RPCOption::new(Duration::from_millis(100)))
+            .await;
+        assert!(
+            matches!(first, Err(RPCError::Timeout(_))),
+            "the slow call did not time out: {first:?}"
+        );
+        assert!(peer.stream.is_none(), "the stream outlived the timeout");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        for term in [2, 3] {
+            let answer = peer
+                .vote(vote(term), RPCOption::new(Duration::from_secs(2)))
+                .await
+                .unwrap();
+            assert_eq!(
+                answer.vote,
+                openraft::Vote::new(term, 1),
+                "call for term {term} got another call's answer"
+            );
+        }
+        assert!(!peer.http_only);
+    }
+
     #[test]
     fn raft_messages_roundtrip_through_postcard() {
         let rpc = AppendEntriesRequest::<TypeConfig> {
