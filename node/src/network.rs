@@ -268,8 +268,14 @@ impl PeerClient {
                 return Ok(None);
             }
             status => {
-                let text = resp.text().await.unwrap_or_default();
-                let text = &text[..text.len().min(200)];
+                // Characters, not bytes: a cut inside a multi-byte character would panic.
+                let text: String = resp
+                    .text()
+                    .await
+                    .unwrap_or_default()
+                    .chars()
+                    .take(200)
+                    .collect();
                 return Err(CallError::Other(format!(
                     "peer refused the Raft RPC stream: {status}: {text}"
                 )));
