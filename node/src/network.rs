@@ -504,6 +504,38 @@ mod tests {
         assert_eq!(VOTES.load(Ordering::SeqCst), 2);
     }
 
+    /// A peer that refuses the stream with any text, however it is encoded, costs an error,
+    /// never a panic (the text is cut for the message).
+    #[tokio::test]
+    async fn a_refused_upgrade_is_an_error_whatever_its_text() {
+        use axum::http::StatusCode;
+        use axum::routing::get;
+
+        // 'é' is two bytes: byte 200 falls inside one.
+        let text = format!("x{}", "é".repeat(300));
+        let app = axum::Router::new().route(
+            "/raft/stream",
+            get(move || async move { (StatusCode::BAD_REQUEST, text) }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let client = build_client(None, Duration::from_secs(1)).unwrap();
+        let mut peer = HttpNetwork::new(1, client, None, 1 << 20).peer(2, &addr.to_string());
+        let answer = peer
+            .vote(
+                VoteRequest::new(openraft::Vote::new(1, 1), None),
+                RPCOption::new(Duration::from_secs(2)),
+            )
+            .await;
+        match answer {
+            Err(RPCError::Network(e)) => assert!(e.to_string().contains("400"), "{e}"),
+            other => panic!("expected a network error, got {other:?}"),
+        }
+        assert!(!peer.http_only && peer.stream.is_none());
+    }
+
     /// An answer that arrives after its call timed out must not be read as the answer to the
     /// next call on the same client: the stream is dropped on timeout and a new one opened.
     #[tokio::test]
