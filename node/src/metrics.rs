@@ -113,7 +113,6 @@ impl Metrics {
             "store_idle_flushes_total",
             "Memtable flushes made because writes paused (--idle-flush-secs)",
         )?;
-        registry.register(Box::new(idle_flushes.clone()))?;
         let term = IntGauge::new("raft_term", "Current Raft term")?;
         let applied_index = IntGauge::new("raft_applied_index", "Last applied log index")?;
         let last_log_index = IntGauge::new("raft_last_log_index", "Last log index")?;
@@ -170,6 +169,7 @@ impl Metrics {
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(stream_rpc_seconds.clone()))?;
+        registry.register(Box::new(idle_flushes.clone()))?;
         registry.register(Box::new(publish_events.clone()))?;
         registry.register(Box::new(publish_rejected.clone()))?;
         registry.register(Box::new(entry_events.clone()))?;

@@ -201,7 +201,7 @@ impl PeerClient {
         }
         let exchange = async {
             if self.stream.is_none() {
-                self.stream = self.open_stream().await?.map(SyncWrapper::new);
+                self.stream = self.open_stream(ttl).await?.map(SyncWrapper::new);
             }
             let Some(stream) = self.stream.as_mut().map(SyncWrapper::get_mut) else {
                 return Ok(None);
@@ -239,9 +239,12 @@ impl PeerClient {
         }
     }
 
-    /// Opens a Raft RPC stream to the peer; `Ok(None)` (and `http_only` set) when the peer
-    /// does not offer one.
-    async fn open_stream(&mut self) -> Result<Option<RpcStream<reqwest::Upgraded>>, CallError> {
+    /// Opens a Raft RPC stream to the peer within the caller's `ttl`; `Ok(None)` (and
+    /// `http_only` set) when the peer does not offer one.
+    async fn open_stream(
+        &mut self,
+        ttl: Duration,
+    ) -> Result<Option<RpcStream<reqwest::Upgraded>>, CallError> {
         let mut rb = self
             .client
             .get(format!("{}/stream", self.base))
@@ -250,13 +253,7 @@ impl PeerClient {
         if let Some(s) = &self.secret {
             rb = rb.header(SECRET_HEADER, &**s);
         }
-        let resp = rb.send().await.map_err(|e| {
-            if e.is_connect() {
-                CallError::Unreachable(e)
-            } else {
-                CallError::Other(e.to_string())
-            }
-        })?;
+        let resp = rb.send().await.map_err(|e| classify(e, ttl))?;
         match resp.status() {
             reqwest::StatusCode::SWITCHING_PROTOCOLS => {}
             reqwest::StatusCode::NOT_FOUND => {

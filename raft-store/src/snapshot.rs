@@ -158,10 +158,7 @@ pub(crate) fn build(db: &Db) -> Result<(Meta, Vec<u8>), StoreError> {
     drop(it);
     drop(view);
 
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+    let nanos = unix_nanos();
     let last = state.meta.last_applied;
     let meta = SnapshotMeta {
         last_log_id: last,
@@ -176,12 +173,12 @@ pub(crate) fn build(db: &Db) -> Result<(Meta, Vec<u8>), StoreError> {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     // A build that raced with an install must not replace the newer installed snapshot.
-    let newer_exists = match read_stored(db)? {
-        Some(stored) => stored.meta.last_log_id > meta.last_log_id,
-        None => false,
-    };
+    let current = read_stored(db)?;
+    let newer_exists = current
+        .as_ref()
+        .is_some_and(|stored| stored.meta.last_log_id > meta.last_log_id);
     if !newer_exists {
-        replace_current(db, WriteBatch::default(), &meta, &data)?;
+        replace_current(db, current, WriteBatch::default(), &meta, &data)?;
     }
     let took = started.elapsed();
     db.snapshot_counters.record_build(took);
@@ -253,7 +250,7 @@ pub(crate) fn install(db: &Db, meta: &Meta, data: Vec<u8>) -> Result<SmState, St
         .snapshot_lock
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    replace_current(db, batch, meta, &data)?;
+    replace_current(db, read_stored(db)?, batch, meta, &data)?;
     tracing::info!(
         last_log_index = meta.last_log_id.map_or(0, |id| id.index),
         bytes = data.len(),
@@ -309,16 +306,17 @@ fn decode_into(db: &Db, batch: &mut WriteBatch, data: &[u8]) -> Result<SmState, 
     Ok(state)
 }
 
-/// Makes `data` the current snapshot: writes and syncs a new data file, then commits `batch`
-/// (synced) with the record naming the file, then deletes the previous file. The caller holds
-/// `snapshot_lock`.
+/// Makes `data` the current snapshot in place of `previous` (the record as read under the
+/// lock): writes and syncs a new data file, then commits `batch` (synced) with the record
+/// naming the file, then deletes the previous file. The caller holds `snapshot_lock`.
 fn replace_current(
     db: &Db,
+    previous: Option<StoredSnapshot>,
     mut batch: WriteBatch,
     meta: &Meta,
     data: &[u8],
 ) -> Result<(), StoreError> {
-    let previous = read_stored(db)?.map(|s| s.file);
+    let previous = previous.map(|s| s.file);
     let file = write_data_file(db, meta, data)?;
     let stored = StoredSnapshot {
         meta: meta.clone(),
@@ -349,13 +347,10 @@ fn replace_current(
 /// Writes `data` to a new file in the snapshot directory and syncs it and the directory.
 fn write_data_file(db: &Db, meta: &Meta, data: &[u8]) -> Result<String, StoreError> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
     let name = format!(
-        "{:020}-{nanos:x}-{}.{FILE_EXT}",
+        "{:020}-{:x}-{}.{FILE_EXT}",
         meta.last_log_id.map_or(0, |id| id.index),
+        unix_nanos(),
         SEQ.fetch_add(1, Ordering::Relaxed)
     );
     let path = db.snapshot_dir.join(&name);
@@ -386,6 +381,13 @@ fn remove_file_logged(db: &Db, name: &str) {
             tracing::warn!(file = name, error = %e, "could not delete a snapshot file");
         }
     }
+}
+
+/// Nanoseconds since the Unix epoch (0 if the clock is before it): makes names unique.
+fn unix_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
 }
 
 fn read_stored(db: &Db) -> Result<Option<StoredSnapshot>, StoreError> {
