@@ -101,6 +101,12 @@ pub struct RunArgs {
     #[arg(long, env = "AGG_IDLE_FLUSH_SECS", default_value_t = 3)]
     pub idle_flush_secs: u64,
 
+    /// MiB past which the Raft log starts a new segment file. A purge deletes whole segments,
+    /// so the log keeps up to one segment more on disk than the snapshot policy needs.
+    #[arg(long, env = "AGG_LOG_SEGMENT_MIB", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub log_segment_mib: u64,
+
     /// Clients must send `Authorization: Bearer TOKEN` (except /health, /ready, /metrics).
     #[arg(long, env = "AGG_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
@@ -178,6 +184,8 @@ pub struct NodeConfig {
     pub snapshot_log_bytes: u64,
     /// Quiet time after which memtables are flushed (zero: off).
     pub idle_flush: Duration,
+    /// Size past which the Raft log starts a new segment file.
+    pub log_segment_bytes: u64,
     /// Client bearer token.
     pub api_token: Option<String>,
     /// Inter-node secret.
@@ -254,6 +262,7 @@ impl RunArgs {
             snapshot_threshold: self.snapshot_threshold,
             snapshot_log_bytes: self.snapshot_log_mib.saturating_mul(1024 * 1024),
             idle_flush: Duration::from_secs(self.idle_flush_secs),
+            log_segment_bytes: self.log_segment_mib * 1024 * 1024,
             api_token: self.api_token.filter(|t| !t.is_empty()),
             cluster_secret: self.cluster_secret.filter(|s| !s.is_empty()),
             limits: Limits {

@@ -99,7 +99,10 @@ async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", cfg.listen))?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
-    let stores = raft_store::open(&cfg.data_dir)
+    let options = raft_store::StoreOptions {
+        log_segment_bytes: cfg.log_segment_bytes,
+    };
+    let stores = raft_store::open_with(&cfg.data_dir, &options)
         .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
     let raft_client = network::build_client(cfg.outbound_ip(), Duration::from_millis(500))
         .context("building the Raft HTTP client")?;

@@ -46,6 +46,7 @@ pub struct Inner {
     store_counters: IntGaugeVec,
     log_cache_reads: IntCounterVec,
     log_bytes: IntCounter,
+    log_disk_bytes: IntGauge,
     snapshot_index: IntGauge,
     snapshot_builds: IntCounter,
     snapshot_build_seconds: prometheus::Counter,
@@ -138,13 +139,17 @@ impl Metrics {
         let log_cache_reads = IntCounterVec::new(
             Opts::new(
                 "log_cache_reads_total",
-                "Raft log reads (replication, apply) served from the in-memory tail (hit) or RocksDB (miss)",
+                "Raft log reads (replication, apply) served from the in-memory tail (hit) or the segment files (miss)",
             ),
             &["result"],
         )?;
         let log_bytes = IntCounter::new(
             "raft_log_written_bytes_total",
             "Bytes of Raft log entries this node wrote since it started",
+        )?;
+        let log_disk_bytes = IntGauge::new(
+            "raft_log_disk_bytes",
+            "Bytes of Raft log records in the segment files (shrinks when a purge deletes a segment)",
         )?;
         let snapshot_index = IntGauge::new(
             "raft_snapshot_index",
@@ -162,6 +167,7 @@ impl Metrics {
             IntGauge::new("snapshot_bytes", "Size of the current snapshot's data file")?;
         registry.register(Box::new(log_cache_reads.clone()))?;
         registry.register(Box::new(log_bytes.clone()))?;
+        registry.register(Box::new(log_disk_bytes.clone()))?;
         registry.register(Box::new(snapshot_index.clone()))?;
         registry.register(Box::new(snapshot_builds.clone()))?;
         registry.register(Box::new(snapshot_build_seconds.clone()))?;
@@ -202,6 +208,7 @@ impl Metrics {
             store_counters,
             log_cache_reads,
             log_bytes,
+            log_disk_bytes,
             snapshot_index,
             snapshot_builds,
             snapshot_build_seconds,
@@ -229,6 +236,8 @@ impl Metrics {
                 .log_bytes_appended()
                 .saturating_sub(self.log_bytes.get()),
         );
+        self.log_disk_bytes
+            .set(i64::try_from(reader.log_disk_bytes()).unwrap_or(i64::MAX));
         let snap = reader.snapshot_stats();
         self.snapshot_builds
             .inc_by(snap.builds.saturating_sub(self.snapshot_builds.get()));

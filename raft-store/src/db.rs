@@ -1,5 +1,5 @@
-//! The one RocksDB instance a node keeps: column families, their options, write options,
-//! and the postcard codec every value goes through.
+//! The one RocksDB instance a node keeps (everything but the Raft log's entries): column
+//! families, their options, write options, and the postcard codec every value goes through.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +15,8 @@ use serde::Serialize;
 use crate::error::StoreError;
 use crate::snapshot::SnapshotCounters;
 
-/// Raft log entries: `u64 BE index -> postcard(Entry)`.
+/// Raft log entries as older releases kept them: `u64 BE index -> postcard(Entry)`. Opening
+/// a store moves them into segment files (`log_store.rs`); nothing writes here any more.
 pub(crate) const CF_LOG: &str = "log";
 /// Raft bookkeeping: vote, committed log id, last purged log id.
 pub(crate) const CF_RAFT_META: &str = "raft_meta";

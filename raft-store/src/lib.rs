@@ -1,5 +1,6 @@
-//! Storage layer of the aggregator: a durable Raft log and a deduplicating event state
-//! machine, both on one RocksDB instance, implementing openraft's storage-v2 traits.
+//! Storage layer of the aggregator: a durable Raft log (segment files, with its vote and
+//! purge records in RocksDB) and a deduplicating event state machine on RocksDB,
+//! implementing openraft's storage-v2 traits.
 //!
 //! [`open`] gives the three handles the node needs: the log store and the state machine
 //! (handed to openraft) and a [`StoreReader`] for queries.
@@ -10,6 +11,7 @@ mod keys;
 mod log_cache;
 mod log_store;
 mod reader;
+mod segment_log;
 mod sm_state;
 mod snapshot;
 mod state_machine;
@@ -37,17 +39,39 @@ pub struct Stores {
     pub reader: StoreReader,
 }
 
-/// Opens the store in `dir` (created if needed; RocksDB lives in `dir/rocksdb`), restoring
-/// the vote, log, committed and purged ids, state machine and current snapshot.
+/// Settings of a store that an operator may change between restarts.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Size past which the Raft log starts a new segment file.
+    pub log_segment_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            log_segment_bytes: segment_log::DEFAULT_SEGMENT_BYTES,
+        }
+    }
+}
+
+/// Opens the store in `dir` with default options (see [`open_with`]).
 pub fn open(dir: &Path) -> Result<Stores, StoreError> {
+    open_with(dir, &StoreOptions::default())
+}
+
+/// Opens the store in `dir` (created if needed; RocksDB lives in `dir/rocksdb`, the log's
+/// segments in `dir/raft-log`), restoring the vote, log, committed and purged ids, state
+/// machine and current snapshot.
+pub fn open_with(dir: &Path, options: &StoreOptions) -> Result<Stores, StoreError> {
     let db = Arc::new(db::Db::open(dir)?);
     snapshot::remove_orphans(&db)?;
-    let log_store = LogStore::new(db.clone())?;
+    let log_store = LogStore::open(db.clone(), dir, options.log_segment_bytes.max(1))?;
     let log_reads = log_store.cache_reads();
+    let segments = log_store.segments();
     Ok(Stores {
         log_store,
         state_machine: StateMachineStore::load(db.clone())?,
-        reader: StoreReader::new(db, log_reads),
+        reader: StoreReader::new(db, log_reads, segments),
     })
 }
 

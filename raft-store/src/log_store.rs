@@ -1,55 +1,98 @@
-//! The Raft log on RocksDB: entries, vote, committed and last purged log ids, and the
-//! group-commit flusher that reports appends durable.
+//! The Raft log: entries in segment files (`segment_log.rs`), the vote, committed and last
+//! purged log ids in RocksDB, and the group-commit flusher that reports appends durable.
 //!
 //! Durability order matters: openraft counts an entry towards a quorum (and so may commit
 //! it and answer a client) as soon as the `LogFlushed` callback fires. If the callback fired
-//! before the WAL was synced, a power loss could erase an entry that the cluster already
+//! before the entry was synced, a power loss could erase an entry that the cluster already
 //! treats as committed on this node — a committed write lost, and two nodes could disagree
 //! on the log. So `append` writes the entries unsynced (readable at once, which replication
-//! needs), and the flusher syncs the WAL and only then fires the callbacks.
+//! needs), and the flusher syncs them and only then fires the callbacks.
 //!
 //! Reads of recent entries are served from the in-memory tail (`log_cache.rs`) when it
 //! holds the whole range; every write here is mirrored into it.
+//!
+//! Stores written before the segment files kept the entries in RocksDB's `log` column family;
+//! opening one moves them over once (`migrate_column_family`).
 
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::path::Path;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader, StorageError, Vote};
-use rocksdb::{ReadOptions, WriteBatch};
+use rocksdb::WriteBatch;
 
 use crate::db::{self, Db, CF_LOG, CF_RAFT_META};
 use crate::error::StoreError;
 use crate::keys;
 use crate::log_cache::{self, LogCache, LogCacheReads};
-use crate::types::{entry_approx_bytes, NodeId, TypeConfig};
+use crate::segment_log::SegmentLog;
+use crate::types::{NodeId, TypeConfig};
 
 type Entry = openraft::Entry<TypeConfig>;
 
-/// openraft's log storage (and log reader) on the node's RocksDB. Clones share the
-/// database and the flusher.
+/// Subdirectory of the data directory holding the log's segment files.
+const LOG_SUBDIR: &str = "raft-log";
+
+/// openraft's log storage (and log reader). Clones share the segment files, the database and
+/// the flusher.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Db>,
+    log: Arc<SegmentLog>,
     flusher: Arc<Flusher>,
     cache: Arc<LogCache>,
     reads: Arc<LogCacheReads>,
 }
 
 impl LogStore {
-    /// A log store on `db`, with its flusher thread started.
-    pub(crate) fn new(db: Arc<Db>) -> Result<LogStore, StoreError> {
-        let flusher = Arc::new(Flusher::start(db.clone())?);
+    /// Opens the log under `dir` (the node's data directory) beside `db`, recovering its
+    /// intact prefix, and starts the flusher thread. A new segment starts past
+    /// `segment_bytes`.
+    pub(crate) fn open(
+        db: Arc<Db>,
+        dir: &Path,
+        segment_bytes: u64,
+    ) -> Result<LogStore, StoreError> {
+        let purged: Option<LogId<NodeId>> =
+            read_meta(&db, keys::LAST_PURGED, "last purged log id")?;
+        let (log, recovery) = SegmentLog::open(
+            &dir.join(LOG_SUBDIR),
+            purged.map(|id| id.index),
+            segment_bytes,
+        )?;
+        tracing::info!(
+            segments = recovery.segments,
+            records = recovery.records,
+            cut_bytes = recovery.cut_bytes,
+            deleted_segments = recovery.deleted_segments,
+            "Raft log opened"
+        );
+        let migrated = migrate_column_family(&db, &log, purged.map(|id| id.index))?;
+        if migrated > 0 {
+            tracing::info!(
+                entries = migrated,
+                "moved the Raft log from RocksDB into segment files"
+            );
+        }
+        let log = Arc::new(log);
+        let flusher = Arc::new(Flusher::start(log.clone())?);
         let cache = Arc::new(LogCache::new(log_cache::DEFAULT_BUDGET_BYTES));
         Ok(LogStore {
             db,
+            log,
             flusher,
             cache,
             reads: Arc::default(),
         })
+    }
+
+    /// The segment files (shared by every clone).
+    pub(crate) fn segments(&self) -> Arc<SegmentLog> {
+        self.log.clone()
     }
 
     /// How this log's reads were served (shared by every clone).
@@ -62,44 +105,7 @@ impl LogStore {
         key: &[u8],
         what: &'static str,
     ) -> Result<Option<T>, StoreError> {
-        let cf = self.db.cf(CF_RAFT_META)?;
-        match self.db.rocks.get_pinned_cf(cf, key)? {
-            Some(bytes) => Ok(Some(db::decode(what, &bytes)?)),
-            None => Ok(None),
-        }
-    }
-
-    fn entries_in(&self, start: u64, end: Option<u64>) -> Result<Vec<Entry>, StoreError> {
-        let cf = self.db.cf(CF_LOG)?;
-        let mut opts = ReadOptions::default();
-        if let Some(end) = end {
-            if end <= start {
-                return Ok(Vec::new());
-            }
-            opts.set_iterate_upper_bound(keys::log_key(end).to_vec());
-        }
-        let mut it = self.db.rocks.raw_iterator_cf_opt(cf, opts);
-        it.seek(keys::log_key(start));
-        let mut entries = Vec::new();
-        while let Some(value) = it.value() {
-            entries.push(db::decode::<Entry>("log entry", value)?);
-            it.next();
-        }
-        it.status()?;
-        Ok(entries)
-    }
-
-    fn last_entry_log_id(&self) -> Result<Option<LogId<NodeId>>, StoreError> {
-        let cf = self.db.cf(CF_LOG)?;
-        let mut it = self.db.rocks.raw_iterator_cf(cf);
-        it.seek_to_last();
-        match it.value() {
-            Some(value) => Ok(Some(db::decode::<Entry>("log entry", value)?.log_id)),
-            None => {
-                it.status()?;
-                Ok(None)
-            }
-        }
+        read_meta(&self.db, key, what)
     }
 
     /// Runs a synced write off the async runtime: an fsync can take milliseconds.
@@ -108,6 +114,64 @@ impl LogStore {
         tokio::task::spawn_blocking(move || db.rocks.write_opt(batch, &db::synced())).await??;
         Ok(())
     }
+}
+
+fn read_meta<T: serde::de::DeserializeOwned>(
+    db: &Db,
+    key: &[u8],
+    what: &'static str,
+) -> Result<Option<T>, StoreError> {
+    let cf = db.cf(CF_RAFT_META)?;
+    match db.rocks.get_pinned_cf(cf, key)? {
+        Some(bytes) => Ok(Some(db::decode(what, &bytes)?)),
+        None => Ok(None),
+    }
+}
+
+/// Moves entries left in RocksDB's `log` column family by an older release into the segment
+/// files, synced, then deletes them there (synced); returns how many moved. While the column
+/// family holds entries the move is unfinished (it is emptied only after the copy is durable),
+/// so any segments found beside it are an interrupted copy and are replaced.
+fn migrate_column_family(
+    db: &Db,
+    log: &SegmentLog,
+    purged: Option<u64>,
+) -> Result<u64, StoreError> {
+    let cf = db.cf(CF_LOG)?;
+    let mut it = db.rocks.raw_iterator_cf(cf);
+    it.seek_to_first();
+    if it.value().is_none() {
+        it.status()?;
+        return Ok(0);
+    }
+    log.truncate(0)?;
+    let mut moved = 0;
+    let mut chunk = Vec::new();
+    while let Some(value) = it.value() {
+        let entry = db::decode::<Entry>("log entry", value)?;
+        if purged.is_none_or(|p| entry.log_id.index > p) {
+            chunk.push(entry);
+        }
+        if chunk.len() >= 256 {
+            log.append(&chunk)?;
+            moved += chunk.len() as u64;
+            chunk.clear();
+        }
+        it.next();
+    }
+    it.status()?;
+    drop(it);
+    log.append(&chunk)?;
+    moved += chunk.len() as u64;
+    log.sync()?;
+    let mut batch = WriteBatch::default();
+    batch.delete_range_cf(
+        cf,
+        keys::log_key(0).as_slice(),
+        keys::KEY_SPACE_END.as_slice(),
+    );
+    db.rocks.write_opt(batch, &db::synced())?;
+    Ok(moved)
 }
 
 /// Converts a range over log indexes into `[start, end)`; `end == None` means unbounded.
@@ -136,7 +200,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
         if let Some(cached) = cached {
             return Ok(cached);
         }
-        self.entries_in(start, end)
+        self.log
+            .read(start, end)
             .map_err(|e| e.into_storage(ErrorSubject::Logs, ErrorVerb::Read))
     }
 }
@@ -148,7 +213,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let read = || -> Result<LogState<TypeConfig>, StoreError> {
             let last_purged_log_id: Option<LogId<NodeId>> =
                 self.read_meta(keys::LAST_PURGED, "last purged log id")?;
-            let last_log_id = self.last_entry_log_id()?.or(last_purged_log_id);
+            let last_log_id = self.log.last_log_id().or(last_purged_log_id);
             Ok(LogState {
                 last_purged_log_id,
                 last_log_id,
@@ -207,7 +272,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     /// Writes the entries unsynced (readable at once), then queues `callback` for the
-    /// flusher, which fires it only after the WAL holding them is synced (see module docs).
+    /// flusher, which fires it only after they are synced (see module docs).
     async fn append<I>(
         &mut self,
         entries: I,
@@ -218,42 +283,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        let write = || -> Result<(), StoreError> {
-            let cf = self.db.cf(CF_LOG)?;
-            let mut batch = WriteBatch::default();
-            let mut buf = Vec::new();
-            for entry in &entries {
-                // Presized: growing the buffer of a large entry copied it several times over.
-                buf.reserve(entry_approx_bytes(entry) + 64);
-                buf = db::encode_reusing("log entry", entry, buf)?;
-                batch.put_cf(cf, keys::log_key(entry.log_id.index), &buf);
-            }
-            let bytes = batch.size_in_bytes() as u64;
-            self.db.rocks.write_opt(batch, &db::unsynced())?;
-            self.db
-                .log_bytes_appended
-                .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
-            Ok(())
-        };
-        write().map_err(|e| e.into_storage(ErrorSubject::Logs, ErrorVerb::Write))?;
+        let bytes = self
+            .log
+            .append(&entries)
+            .map_err(|e| e.into_storage(ErrorSubject::Logs, ErrorVerb::Write))?;
+        self.db
+            .log_bytes_appended
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
         self.cache.appended(entries);
-        self.flusher.submit(&self.db, callback);
+        self.flusher.submit(callback);
         Ok(())
     }
 
     /// Deletes `log_id` and everything after it, synced: entries that openraft was told are
     /// gone must not come back after a crash and be mistaken for the leader's.
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        let write = async {
-            let mut batch = WriteBatch::default();
-            batch.delete_range_cf(
-                self.db.cf(CF_LOG)?,
-                keys::log_key(log_id.index).as_slice(),
-                keys::KEY_SPACE_END.as_slice(),
-            );
-            self.write_synced(batch).await
-        };
-        match write.await {
+        let log = self.log.clone();
+        let truncated = tokio::task::spawn_blocking(move || log.truncate(log_id.index))
+            .await
+            .map_err(StoreError::Task)
+            .and_then(|r| r);
+        match truncated {
             Ok(()) => {
                 self.cache.truncated(log_id.index);
                 Ok(())
@@ -265,9 +315,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
     }
 
-    /// Records `log_id` as last purged and deletes the entries up to it, in one batch.
-    /// Unsynced: losing a purge in a crash only brings back entries that are already in
-    /// the snapshot, together with the older last purged id, which is a consistent state.
+    /// Records `log_id` as last purged, synced, then deletes the segments holding nothing
+    /// after it. The record is synced first because opening takes the log to start right
+    /// after it: a purge forgotten in a crash whose deletes survived would leave a hole.
     /// The state machine on disk must cover `log_id` first: its writes skip the WAL, and after
     /// a crash the entries between its last applied id on disk and the committed index must
     /// still be in the log to be re-applied. openraft purges only up to a snapshot, whose build
@@ -282,39 +332,42 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .and_then(|r| r)
                 .map_err(|e| e.into_storage(ErrorSubject::Logs, ErrorVerb::Delete))?;
         }
-        let write = || -> Result<(), StoreError> {
+        let write = async {
             let mut batch = WriteBatch::default();
             batch.put_cf(
                 self.db.cf(CF_RAFT_META)?,
                 keys::LAST_PURGED,
                 db::encode("last purged log id", &log_id)?,
             );
-            let end = log_id.index.saturating_add(1);
-            batch.delete_range_cf(self.db.cf(CF_LOG)?, keys::log_key(0), keys::log_key(end));
-            self.db.rocks.write_opt(batch, &db::unsynced())?;
-            Ok(())
+            self.write_synced(batch).await?;
+            let log = self.log.clone();
+            tokio::task::spawn_blocking(move || log.purge(log_id.index)).await?
         };
         // Purged entries leave the cache even if the write failed: openraft will not ask
         // for them again, and a miss is always safe.
         self.cache.purged(log_id.index);
-        write().map_err(|e| e.into_storage(ErrorSubject::Logs, ErrorVerb::Delete))
+        write
+            .await
+            .map_err(|e| e.into_storage(ErrorSubject::Logs, ErrorVerb::Delete))
     }
 }
 
-/// A WAL sync slower than this is logged: it delays every acknowledgement waiting on it.
+/// A log sync slower than this is logged: it delays every acknowledgement waiting on it.
 const SLOW_SYNC: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// Group commit: one thread that syncs the WAL once for every callback queued since its
+/// Group commit: one thread that syncs the log once for every callback queued since its
 /// last sync, then fires those callbacks in order. Joined when the last `LogStore` clone
-/// is dropped, so the database is closed when `Stores` is.
+/// is dropped, so the files are closed when `Stores` is.
 struct Flusher {
     tx: Option<mpsc::Sender<LogFlushed<TypeConfig>>>,
     thread: Option<JoinHandle<()>>,
+    log: Arc<SegmentLog>,
 }
 
 impl Flusher {
-    fn start(db: Arc<Db>) -> Result<Flusher, StoreError> {
+    fn start(log: Arc<SegmentLog>) -> Result<Flusher, StoreError> {
         let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
+        let synced = log.clone();
         let thread = std::thread::Builder::new()
             .name("raft-log-flusher".into())
             .spawn(move || {
@@ -324,7 +377,7 @@ impl Flusher {
                     // Every callback in `pending` was queued after its entries were written,
                     // so this one sync covers all of them.
                     let started = std::time::Instant::now();
-                    let result = db.rocks.flush_wal(true);
+                    let result = synced.sync();
                     let took = started.elapsed();
                     if took >= SLOW_SYNC {
                         tracing::warn!(
@@ -344,11 +397,12 @@ impl Flusher {
         Ok(Flusher {
             tx: Some(tx),
             thread: Some(thread),
+            log,
         })
     }
 
     /// Queues `callback`; if the thread is gone, syncs inline instead.
-    fn submit(&self, db: &Db, callback: LogFlushed<TypeConfig>) {
+    fn submit(&self, callback: LogFlushed<TypeConfig>) {
         let unsent = match &self.tx {
             Some(tx) => match tx.send(callback) {
                 Ok(()) => return,
@@ -356,9 +410,9 @@ impl Flusher {
             },
             None => callback,
         };
-        let result = db
-            .rocks
-            .flush_wal(true)
+        let result = self
+            .log
+            .sync()
             .map_err(|e| std::io::Error::other(e.to_string()));
         unsent.log_io_completed(result);
     }
@@ -378,7 +432,96 @@ impl Drop for Flusher {
 
 #[cfg(test)]
 mod tests {
-    use super::index_bounds;
+    use std::sync::Arc;
+
+    use openraft::storage::RaftLogStorage;
+    use openraft::{CommittedLeaderId, EntryPayload, LogId, RaftLogReader};
+    use rocksdb::WriteBatch;
+
+    use super::{index_bounds, Entry, LogStore, LOG_SUBDIR};
+    use crate::db::{self, Db, CF_LOG, CF_RAFT_META};
+    use crate::keys;
+    use crate::segment_log::SegmentLog;
+
+    fn blank(index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(2, 1), index),
+            payload: EntryPayload::Blank,
+        }
+    }
+
+    /// What an older release left: entries 3..=20 in the `log` column family, purged to 2.
+    fn write_old_layout(db: &Db) {
+        let mut batch = WriteBatch::default();
+        let cf = db.cf(CF_LOG).unwrap();
+        for i in 3..=20 {
+            batch.put_cf(
+                cf,
+                keys::log_key(i),
+                db::encode("entry", &blank(i)).unwrap(),
+            );
+        }
+        let purged = db::encode("purged", &blank(2).log_id).unwrap();
+        batch.put_cf(db.cf(CF_RAFT_META).unwrap(), keys::LAST_PURGED, purged);
+        db.rocks.write(batch).unwrap();
+    }
+
+    fn column_family_is_empty(db: &Db) -> bool {
+        let mut it = db.rocks.raw_iterator_cf(db.cf(CF_LOG).unwrap());
+        it.seek_to_first();
+        !it.valid()
+    }
+
+    fn read_all(log: &mut LogStore) -> Vec<u64> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(log.try_get_log_entries(0..))
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect()
+    }
+
+    #[test]
+    fn entries_of_an_older_release_move_into_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Db::open(dir.path()).unwrap());
+        write_old_layout(&db);
+        let mut log = LogStore::open(db.clone(), dir.path(), 1 << 20).unwrap();
+        assert_eq!(read_all(&mut log), (3..=20).collect::<Vec<_>>());
+        assert!(column_family_is_empty(&db));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let state = rt.block_on(log.get_log_state()).unwrap();
+        assert_eq!(state.last_log_id, Some(blank(20).log_id));
+        assert_eq!(state.last_purged_log_id, Some(blank(2).log_id));
+    }
+
+    /// A move interrupted after part of the copy reached the segments (the column family is
+    /// emptied only once the copy is synced) is redone from the start, not appended to.
+    #[test]
+    fn an_interrupted_move_is_redone() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Db::open(dir.path()).unwrap());
+        write_old_layout(&db);
+        {
+            let (partial, _) =
+                SegmentLog::open(&dir.path().join(LOG_SUBDIR), Some(2), 1 << 20).unwrap();
+            partial
+                .append(&(3..=9).map(blank).collect::<Vec<_>>())
+                .unwrap();
+            partial.sync().unwrap();
+        }
+        let mut log = LogStore::open(db.clone(), dir.path(), 1 << 20).unwrap();
+        assert_eq!(read_all(&mut log), (3..=20).collect::<Vec<_>>());
+        assert!(column_family_is_empty(&db));
+        drop(log);
+        // Opening again finds nothing left to move and keeps the segments.
+        let mut log = LogStore::open(db, dir.path(), 1 << 20).unwrap();
+        assert_eq!(read_all(&mut log), (3..=20).collect::<Vec<_>>());
+    }
 
     #[test]
     fn index_bounds_cover_every_range_shape() {

@@ -11,6 +11,7 @@ use crate::db::{self, Db, CF_BY_SOURCE, CF_BY_TOPIC, CF_EVENTS, CF_KEYS};
 use crate::error::StoreError;
 use crate::keys;
 use crate::log_cache::LogCacheReads;
+use crate::segment_log::SegmentLog;
 use crate::sm_state::{self, SmState};
 use crate::types::{Digest, EventKey, EventPage, LamportStamp, NodeId, StoreStats, StoredEvent};
 
@@ -20,14 +21,24 @@ use crate::types::{Digest, EventKey, EventPage, LamportStamp, NodeId, StoreStats
 pub struct StoreReader {
     db: Arc<Db>,
     log_reads: Arc<LogCacheReads>,
+    log: Arc<SegmentLog>,
 }
 
 impl StoreReader {
-    pub(crate) fn new(db: Arc<Db>, log_reads: Arc<LogCacheReads>) -> StoreReader {
-        StoreReader { db, log_reads }
+    pub(crate) fn new(
+        db: Arc<Db>,
+        log_reads: Arc<LogCacheReads>,
+        log: Arc<SegmentLog>,
+    ) -> StoreReader {
+        StoreReader { db, log_reads, log }
     }
 
-    /// How the Raft log's reads (replication, apply) were served: memory or RocksDB.
+    /// Bytes of Raft log records in the segment files, purged ones not yet deleted included.
+    pub fn log_disk_bytes(&self) -> u64 {
+        self.log.disk_bytes()
+    }
+
+    /// How the Raft log's reads (replication, apply) were served: memory or segment files.
     pub fn log_cache_reads(&self) -> &LogCacheReads {
         &self.log_reads
     }

@@ -136,7 +136,7 @@ pub(crate) fn build(db: &Db) -> Result<(Meta, Vec<u8>), StoreError> {
     let view = db.rocks.snapshot();
     // openraft may purge the log up to this snapshot, so the state it covers must be durable
     // first; apply writes skip the WAL. Flushing after taking the view covers every write the
-    // view can see (the WAL sync covers the log's own unsynced writes).
+    // view can see (the WAL sync covers the unsynced Raft bookkeeping).
     db.flush_all()?;
     db.rocks.flush_wal(true)?;
     let state = SmState::load(db, &view)?;

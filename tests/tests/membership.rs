@@ -316,6 +316,46 @@ async fn a_snapshot_is_built_once_the_log_passes_its_byte_limit() {
     }
 }
 
+/// Snapshots purge the log, and a purge deletes whole segment files: with 1 MiB segments the
+/// log on disk stays near what the snapshot policy keeps, far below what was written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purges_delete_log_segments() {
+    let mut options = ClusterOptions::new(3);
+    // A snapshot every 8 entries; each purge keeps the last 8 (~2.5 MiB here).
+    options.snapshot_threshold = Some(8);
+    options.extra_args = vec!["--log-segment-mib".into(), "1".into()];
+    let mut cluster = TestCluster::start_with(options).await;
+    let leader = cluster.leader().await.unwrap();
+    // 40 entries of 40 events of ~8 KiB: about 13 MiB of log.
+    publish_large_events(&cluster, leader, &unique("segments"), 40).await;
+    let digest = cluster.wait_converged(&[1, 2, 3], CONVERGE).await;
+    assert_eq!(digest.count, 1600);
+    for id in [1, 2, 3] {
+        let probe = &cluster;
+        wait_until(
+            &format!("node {id} to delete purged log segments"),
+            Duration::from_secs(15),
+            move || async move {
+                let page = probe.metrics_page(id).await;
+                let written = metric_value(&page, "aggregator_raft_log_written_bytes_total");
+                let on_disk = metric_value(&page, "aggregator_raft_log_disk_bytes");
+                match (written, on_disk) {
+                    (Some(w), Some(d)) if w > 10e6 && d < 6e6 => Ok(()),
+                    other => Err(format!("written, on disk: {other:?}")),
+                }
+            },
+        )
+        .await;
+    }
+    // Restarted, a follower opens its purged log and catches up from it and its peers.
+    let follower = [1, 2, 3].into_iter().find(|&id| id != leader).unwrap();
+    cluster.kill(follower);
+    publish_large_events(&cluster, leader, &unique("segments-after"), 4).await;
+    cluster.restart(follower);
+    let digest = cluster.wait_converged(&[1, 2, 3], CONVERGE).await;
+    assert_eq!(digest.count, 1760);
+}
+
 /// Once writes pause for `--idle-flush-secs`, every node flushes its memtables, once per
 /// pause, so the flush a burst leaves behind does not land in the next burst.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

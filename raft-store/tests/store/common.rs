@@ -103,3 +103,14 @@ pub fn observe(reader: &StoreReader) -> Observed {
         stats,
     }
 }
+
+/// This test binary re-run as a child that runs only the test `name` (which acts only when
+/// `dir_var` is set), with `dir_var` pointing at `dir`; the caller adds to it and spawns it.
+pub fn spawn_child(name: &str, dir_var: &str, dir: &std::path::Path) -> std::process::Command {
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+    child
+        .args(["--exact", name, "--test-threads", "1", "--quiet"])
+        .env(dir_var, dir)
+        .stdout(std::process::Stdio::null());
+    child
+}

@@ -3,7 +3,6 @@
 //! each kill the reopened state must equal a fresh store's state after exactly the first
 //! `last_applied` entries — a prefix of the log, never counters out of step with events.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -12,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use openraft::storage::{RaftLogStorage, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{CommittedLeaderId, LogId};
 
-use crate::common::{apply, ev, normal, observe, rt, Entry};
+use crate::common::{apply, ev, normal, observe, rt, spawn_child, Entry};
 
 const CHILD_DIR_VAR: &str = "RAFT_STORE_CRASH_CHILD_DIR";
 /// File the child creates after its first apply, so that kills land mid-run even on a
@@ -94,7 +93,6 @@ fn crash_child() {
 #[test]
 fn sigkill_leaves_a_prefix_of_the_log() {
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
     let mut rng = StdRng::seed_from_u64(7);
     let rt = rt();
     // The reference advances with the prefixes, which never shrink: each child starts from
@@ -105,19 +103,9 @@ fn sigkill_leaves_a_prefix_of_the_log() {
     let ready = reference_dir.path().join("child-ready");
     for _round in 0..4 {
         let _ = std::fs::remove_file(&ready);
-        let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "crash::crash_child",
-                "--test-threads",
-                "1",
-                "--quiet",
-            ])
-            .env(CHILD_DIR_VAR, dir.path())
-            .env(READY_VAR, &ready)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_child("crash::crash_child", CHILD_DIR_VAR, dir.path());
+        child.env(READY_VAR, &ready);
+        let mut child = child.spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         while !ready.exists() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));

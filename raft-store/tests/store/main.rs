@@ -7,5 +7,6 @@ mod common;
 mod conformance;
 mod crash;
 mod log;
+mod log_crash;
 mod props;
 mod queries;

@@ -1,0 +1,886 @@
+//! The Raft log's entries in append-only segment files (`<data dir>/raft-log/`): appending,
+//! syncing, truncating and purging records, and recovering the longest intact prefix on open.
+//!
+//! Why files and not a RocksDB column family: there every entry was written to the WAL, copied
+//! into a memtable, written again by the flush into an SST file and rewritten by compactions,
+//! only to be deleted after the next snapshot. Here it is written once, synced once, and a
+//! purge deletes whole files.
+//!
+//! A segment is named after the index of its first record (`{index:020}.seg`) and holds records
+//! `index u64 LE | len u32 LE | crc32 u32 LE | payload`: the payload is the postcard-encoded
+//! entry, and the CRC covers the index, the length and the payload. Indexes are contiguous,
+//! across segments too. Appends go to the last segment until it passes the segment size; the
+//! next append starts a new one.
+//!
+//! Crash consistency. Appends are written without a sync; [`SegmentLog::sync`] makes every
+//! record written before it durable, syncing the files in the order they were written, and a
+//! segment is never written again once a later one exists. So a record that is torn or fails
+//! its CRC after a crash was never synced, and neither was anything after it: opening keeps the
+//! longest prefix of intact records with contiguous indexes and cuts off the rest (the file
+//! truncated, later segments deleted, and both synced before anything new is appended, so a
+//! stale record can never reappear behind a new one). Truncation is synced before it returns.
+//! A purge deletes files without syncing the directory: a deleted segment that comes back holds
+//! only entries at or below the purged index, which opening ignores and deletes again.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use openraft::LogId;
+
+use crate::db;
+use crate::error::StoreError;
+use crate::types::{entry_approx_bytes, NodeId, TypeConfig};
+
+type Entry = openraft::Entry<TypeConfig>;
+
+/// Size past which the next append starts a new segment. Purges free whole segments, so the
+/// log holds up to one segment more than the snapshot policy lets it grow to.
+pub(crate) const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Bytes of a record's header: index, payload length, CRC.
+const HEADER_BYTES: usize = 16;
+const SEGMENT_SUFFIX: &str = ".seg";
+
+/// What opening found and repaired, for the node's start-up log.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Recovery {
+    /// Segments kept.
+    pub(crate) segments: usize,
+    /// Records kept (including any at or below the purged index).
+    pub(crate) records: u64,
+    /// Bytes cut off the end of the log: a torn or corrupt tail.
+    pub(crate) cut_bytes: u64,
+    /// Segment files deleted: after a cut, or wholly purged.
+    pub(crate) deleted_segments: usize,
+}
+
+/// The Raft log's records on disk, with the position of every record in memory.
+pub(crate) struct SegmentLog {
+    dir: PathBuf,
+    segment_bytes: u64,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    /// Ascending, with contiguous indexes; appends go to the last one.
+    segments: Vec<Segment>,
+    /// Files written since the last sync, in write order (each once).
+    dirty: Vec<Arc<File>>,
+    /// A segment file was created since the last sync: its directory entry needs a sync too.
+    dir_dirty: bool,
+    /// The highest index purged; the log's next index when it holds no segment.
+    purged: Option<u64>,
+    /// Log id of the last record, if the log holds any.
+    last: Option<LogId<NodeId>>,
+}
+
+impl Inner {
+    /// Deletes the segments holding nothing above the purged index, so that the log's next
+    /// index is the one after it.
+    fn drop_purged_segments(&mut self) -> Result<(), StoreError> {
+        let Some(purged) = self.purged else {
+            return Ok(());
+        };
+        while self.segments.first().is_some_and(|s| s.end() <= purged + 1) {
+            let gone = self.segments.remove(0);
+            self.dirty.retain(|f| !Arc::ptr_eq(f, &gone.file));
+            std::fs::remove_file(&gone.path)?;
+        }
+        if self.segments.is_empty() {
+            self.last = None;
+        }
+        Ok(())
+    }
+}
+
+struct Segment {
+    first: u64,
+    path: PathBuf,
+    file: Arc<File>,
+    /// Byte offset of each record; record `i` has index `first + i`.
+    offsets: Vec<u64>,
+    /// Bytes of intact records: where the next one is written.
+    len: u64,
+}
+
+impl Segment {
+    /// One past the last record's index.
+    fn end(&self) -> u64 {
+        self.first + self.offsets.len() as u64
+    }
+
+    /// Byte range of records `[from, to)` (indexes within this segment).
+    fn byte_range(&self, from: u64, to: u64) -> (u64, u64) {
+        let at = |index: u64| -> u64 {
+            let i = (index - self.first) as usize;
+            self.offsets.get(i).copied().unwrap_or(self.len)
+        };
+        (at(from), at(to))
+    }
+}
+
+fn segment_name(first: u64) -> String {
+    format!("{first:020}{SEGMENT_SUFFIX}")
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+fn record_crc(index: u64, len: u32, payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&index.to_le_bytes());
+    hasher.update(&len.to_le_bytes());
+    hasher.update(payload);
+    hasher.finalize()
+}
+
+/// Appends one record holding `entry` to `buf`.
+fn encode_record(entry: &Entry, mut buf: Vec<u8>) -> Result<Vec<u8>, StoreError> {
+    let start = buf.len();
+    // Presized: growing the buffer of a large entry copied it several times over.
+    buf.reserve(HEADER_BYTES + entry_approx_bytes(entry) + 64);
+    buf.extend_from_slice(&[0; HEADER_BYTES]);
+    let mut buf = postcard::to_extend(entry, buf).map_err(|source| StoreError::Codec {
+        what: "log entry",
+        source,
+    })?;
+    let payload_len = buf.len() - start - HEADER_BYTES;
+    let len = u32::try_from(payload_len)
+        .map_err(|_| StoreError::corrupt("log entry", "larger than 4 GiB"))?;
+    let index = entry.log_id.index;
+    let crc = record_crc(index, len, &buf[start + HEADER_BYTES..]);
+    buf[start..start + 8].copy_from_slice(&index.to_le_bytes());
+    buf[start + 8..start + 12].copy_from_slice(&len.to_le_bytes());
+    buf[start + 12..start + 16].copy_from_slice(&crc.to_le_bytes());
+    Ok(buf)
+}
+
+/// Decodes the records in `bytes`, which hold exactly the records `first..` of a segment.
+fn decode_records(first: u64, bytes: &[u8]) -> Result<Vec<Entry>, StoreError> {
+    let mut entries = Vec::new();
+    let mut rest = bytes;
+    let mut expected = first;
+    while !rest.is_empty() {
+        let header = parse_header(rest)
+            .ok_or_else(|| StoreError::corrupt("log record", "truncated header"))?;
+        let end = HEADER_BYTES + header.len as usize;
+        let payload = rest
+            .get(HEADER_BYTES..end)
+            .ok_or_else(|| StoreError::corrupt("log record", "truncated payload"))?;
+        if header.index != expected || record_crc(header.index, header.len, payload) != header.crc {
+            return Err(StoreError::corrupt(
+                "log record",
+                format!("record {expected} fails its index or checksum"),
+            ));
+        }
+        entries.push(db::decode::<Entry>("log entry", payload)?);
+        rest = &rest[end..];
+        expected += 1;
+    }
+    Ok(entries)
+}
+
+struct Header {
+    index: u64,
+    len: u32,
+    crc: u32,
+}
+
+fn parse_header(bytes: &[u8]) -> Option<Header> {
+    let header: &[u8; HEADER_BYTES] = bytes.get(..HEADER_BYTES)?.try_into().ok()?;
+    let (index, rest) = header.split_at(8);
+    let (len, crc) = rest.split_at(4);
+    Some(Header {
+        index: u64::from_le_bytes(index.try_into().ok()?),
+        len: u32::from_le_bytes(len.try_into().ok()?),
+        crc: u32::from_le_bytes(crc.try_into().ok()?),
+    })
+}
+
+/// Scans a segment's records from the start: their offsets, and the length of the intact
+/// prefix whose indexes run from `first`.
+fn scan_segment(file: &File, first: u64) -> Result<(Vec<u64>, u64), StoreError> {
+    let file_len = file.metadata()?.len();
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut offsets = Vec::new();
+    let mut pos = 0u64;
+    let mut header = [0u8; HEADER_BYTES];
+    let mut payload = Vec::new();
+    loop {
+        if file_len - pos < HEADER_BYTES as u64 || reader.read_exact(&mut header).is_err() {
+            break;
+        }
+        let Some(parsed) = parse_header(&header) else {
+            break;
+        };
+        let index = first + offsets.len() as u64;
+        let record_len = HEADER_BYTES as u64 + u64::from(parsed.len);
+        if parsed.index != index || file_len - pos < record_len {
+            break;
+        }
+        payload.resize(parsed.len as usize, 0);
+        if reader.read_exact(&mut payload).is_err()
+            || record_crc(parsed.index, parsed.len, &payload) != parsed.crc
+        {
+            break;
+        }
+        offsets.push(pos);
+        pos += record_len;
+    }
+    Ok((offsets, pos))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+impl SegmentLog {
+    /// Opens the log in `dir` (created if needed), keeping its longest intact prefix (see the
+    /// module docs) and deleting segments that hold only entries at or below `purged`.
+    pub(crate) fn open(
+        dir: &Path,
+        purged: Option<u64>,
+        segment_bytes: u64,
+    ) -> Result<(SegmentLog, Recovery), StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let mut found: Vec<(u64, PathBuf)> = Vec::new();
+        for item in std::fs::read_dir(dir)? {
+            let item = item?;
+            if let Some(first) = item.file_name().to_str().and_then(parse_segment_name) {
+                found.push((first, item.path()));
+            }
+        }
+        found.sort_unstable_by_key(|(first, _)| *first);
+
+        let mut recovery = Recovery::default();
+        let mut segments: Vec<Segment> = Vec::new();
+        let mut cut = false;
+        let mut deleted = false;
+        for (first, path) in found {
+            if cut {
+                std::fs::remove_file(&path)?;
+                recovery.deleted_segments += 1;
+                deleted = true;
+                continue;
+            }
+            let file = OpenOptions::new().read(true).write(true).open(&path)?;
+            let (offsets, len) = scan_segment(&file, first)?;
+            let end = first + offsets.len() as u64;
+            // Wholly at or below the purged index: garbage (a purge's deletes are not synced).
+            let purged_away = purged.is_some_and(|p| end <= p + 1);
+            if offsets.is_empty() || purged_away {
+                drop(file);
+                std::fs::remove_file(&path)?;
+                recovery.deleted_segments += 1;
+                deleted = true;
+                // A segment without one intact record can only be the torn end of the log.
+                cut |= !purged_away;
+                continue;
+            }
+            if segments.last().is_some_and(|prev| prev.end() != first) {
+                tracing::error!(segment = %path.display(), "Raft log segment does not follow the one before it; cutting the log there");
+                drop(file);
+                std::fs::remove_file(&path)?;
+                recovery.deleted_segments += 1;
+                deleted = true;
+                cut = true;
+                continue;
+            }
+            let file_len = file.metadata()?.len();
+            if len < file_len {
+                // Only a crash mid-write leaves this, and only at the end of the log.
+                tracing::warn!(segment = %path.display(), kept = len, cut = file_len - len, "Raft log ends in a torn or corrupt record; cutting it off");
+                file.set_len(len)?;
+                file.sync_all()?;
+                recovery.cut_bytes += file_len - len;
+                cut = true;
+            }
+            segments.push(Segment {
+                first,
+                path,
+                file: Arc::new(file),
+                offsets,
+                len,
+            });
+        }
+
+        // The first kept segment must start at or before the index after the purged one.
+        if let (Some(head), Some(purged)) = (segments.first(), purged) {
+            let next_expected = purged + 1;
+            if head.first > next_expected {
+                return Err(StoreError::corrupt(
+                    "Raft log",
+                    format!(
+                        "entries {next_expected}..{} are missing: the first segment starts at {}",
+                        head.first, head.first
+                    ),
+                ));
+            }
+        }
+        if deleted {
+            sync_dir(dir)?;
+        }
+
+        recovery.segments = segments.len();
+        recovery.records = segments.iter().map(|s| s.offsets.len() as u64).sum();
+        let log = SegmentLog {
+            dir: dir.to_path_buf(),
+            segment_bytes,
+            inner: Mutex::new(Inner {
+                segments,
+                dirty: Vec::new(),
+                dir_dirty: false,
+                purged,
+                last: None,
+            }),
+        };
+        {
+            let mut inner = log.lock();
+            inner.last = read_last_log_id(&inner.segments)?;
+        }
+        Ok((log, recovery))
+    }
+
+    /// The state; a panic while it was held leaves nothing half-written that matters here
+    /// (the files are the truth and every field is updated after its file operation).
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Log id of the last record, if the log holds any above the purged index.
+    pub(crate) fn last_log_id(&self) -> Option<LogId<NodeId>> {
+        let inner = self.lock();
+        let purged = inner.purged;
+        inner.last.filter(|id| purged.is_none_or(|p| id.index > p))
+    }
+
+    /// Appends `entries` (in index order, continuing the log) without syncing; returns the
+    /// bytes written.
+    pub(crate) fn append(&self, entries: &[Entry]) -> Result<u64, StoreError> {
+        let Some(head) = entries.first() else {
+            return Ok(0);
+        };
+        let mut buf = Vec::new();
+        for (i, entry) in entries.iter().enumerate() {
+            if entry.log_id.index != head.log_id.index + i as u64 {
+                return Err(StoreError::corrupt(
+                    "log append",
+                    "entries are not contiguous",
+                ));
+            }
+            buf = encode_record(entry, buf)?;
+        }
+        let mut inner = self.lock();
+        // An empty log that never purged anything may start anywhere (a fresh node's first
+        // entry); otherwise the entries continue the log.
+        let next = match inner.segments.last() {
+            Some(s) => Some(s.end()),
+            None => inner.purged.map(|p| p + 1),
+        };
+        let next = next.unwrap_or(head.log_id.index);
+        if head.log_id.index != next {
+            return Err(StoreError::corrupt(
+                "log append",
+                format!(
+                    "entry {} appended where {next} was expected",
+                    head.log_id.index
+                ),
+            ));
+        }
+        let roll = inner
+            .segments
+            .last()
+            .is_none_or(|s| s.len >= self.segment_bytes);
+        if roll {
+            let path = self.dir.join(segment_name(next));
+            // A file of this name is never live (a segment emptied by a truncation is
+            // deleted), so whatever is there is stale and goes.
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&path)?;
+            inner.segments.push(Segment {
+                first: next,
+                path,
+                file: Arc::new(file),
+                offsets: Vec::new(),
+                len: 0,
+            });
+            inner.dir_dirty = true;
+        }
+        let inner = &mut *inner;
+        let segment = inner
+            .segments
+            .last_mut()
+            .ok_or_else(|| StoreError::corrupt("log append", "no segment to append to"))?;
+        segment.file.write_all_at(&buf, segment.len)?;
+        // Offsets only after the write succeeded: a failed write leaves the log as it was
+        // (its bytes past `len` are overwritten by the next append or cut on open).
+        let mut pos = segment.len;
+        let mut rest = buf.as_slice();
+        while let Some(header) = parse_header(rest) {
+            segment.offsets.push(pos);
+            let record = HEADER_BYTES + header.len as usize;
+            pos += record as u64;
+            rest = rest.get(record..).unwrap_or_default();
+        }
+        segment.len = pos;
+        if !inner
+            .dirty
+            .last()
+            .is_some_and(|f| Arc::ptr_eq(f, &segment.file))
+        {
+            inner.dirty.push(segment.file.clone());
+        }
+        inner.last = entries.last().map(|e| e.log_id);
+        Ok(buf.len() as u64)
+    }
+
+    /// Makes every record appended before the call durable.
+    pub(crate) fn sync(&self) -> Result<(), StoreError> {
+        let (files, dir_dirty) = {
+            let mut inner = self.lock();
+            let dir_dirty = std::mem::take(&mut inner.dir_dirty);
+            (std::mem::take(&mut inner.dirty), dir_dirty)
+        };
+        for file in &files {
+            file.sync_data()?;
+        }
+        if dir_dirty {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Reads the entries with indexes in `[start, end)` that the log holds (`end == None`:
+    /// to the last).
+    pub(crate) fn read(&self, start: u64, end: Option<u64>) -> Result<Vec<Entry>, StoreError> {
+        // Positions are taken under the lock, the files read outside it: appends go on
+        // meanwhile, and records already written never change until a truncation, which only
+        // a follower does, whose log is not read for replication.
+        let spans: Vec<(Arc<File>, u64, u64, u64)> = {
+            let inner = self.lock();
+            // Purged records may still sit in the first segment; they are gone for readers.
+            let start = inner.purged.map_or(start, |p| start.max(p + 1));
+            inner
+                .segments
+                .iter()
+                .filter_map(|s| {
+                    let from = start.max(s.first);
+                    let to = end.unwrap_or(u64::MAX).min(s.end());
+                    (from < to).then(|| {
+                        let (a, b) = s.byte_range(from, to);
+                        (s.file.clone(), from, a, b)
+                    })
+                })
+                .collect()
+        };
+        let mut entries = Vec::new();
+        for (file, first, from, to) in spans {
+            let mut bytes = vec![0; (to - from) as usize];
+            file.read_exact_at(&mut bytes, from)?;
+            entries.extend(decode_records(first, &bytes)?);
+        }
+        Ok(entries)
+    }
+
+    /// Deletes the record at `index` and every later one, synced.
+    pub(crate) fn truncate(&self, index: u64) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let mut deleted = false;
+        while let Some(last) = inner.segments.last() {
+            if last.first < index {
+                break;
+            }
+            let gone = inner.segments.pop().ok_or_else(|| {
+                StoreError::corrupt("log truncate", "segment vanished under the lock")
+            })?;
+            std::fs::remove_file(&gone.path)?;
+            deleted = true;
+        }
+        if let Some(last) = inner.segments.last_mut() {
+            if index < last.end() {
+                let keep = (index - last.first) as usize;
+                let len = last.offsets.get(keep).copied().unwrap_or(last.len);
+                last.file.set_len(len)?;
+                last.file.sync_all()?;
+                last.offsets.truncate(keep);
+                last.len = len;
+            }
+        }
+        if deleted {
+            sync_dir(&self.dir)?;
+        }
+        // Deleted files must not be synced later; what is left was synced above.
+        let live: Vec<Arc<File>> = inner.segments.iter().map(|s| s.file.clone()).collect();
+        inner
+            .dirty
+            .retain(|f| live.iter().any(|l| Arc::ptr_eq(l, f)));
+        inner.last = read_last_log_id(&inner.segments)?;
+        // Truncating into purged entries (openraft never does) leaves only purged ones.
+        inner.drop_purged_segments()
+    }
+
+    /// Forgets records up to `index`: deletes the segments holding nothing above it. The
+    /// caller has made the purged index durable first (see the module docs).
+    pub(crate) fn purge(&self, index: u64) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        inner.purged = Some(inner.purged.map_or(index, |p| p.max(index)));
+        inner.drop_purged_segments()
+    }
+
+    /// Bytes of records on disk, in every segment.
+    pub(crate) fn disk_bytes(&self) -> u64 {
+        self.lock().segments.iter().map(|s| s.len).sum()
+    }
+}
+
+/// Log id of the last record of `segments`, read back from its file.
+fn read_last_log_id(segments: &[Segment]) -> Result<Option<LogId<NodeId>>, StoreError> {
+    let Some(last) = segments.last() else {
+        return Ok(None);
+    };
+    let Some(&offset) = last.offsets.last() else {
+        return Ok(None);
+    };
+    let mut bytes = vec![0; (last.len - offset) as usize];
+    last.file.read_exact_at(&mut bytes, offset)?;
+    let entries = decode_records(last.end() - 1, &bytes)?;
+    Ok(entries.last().map(|e| e.log_id))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+    use proptest::prelude::*;
+
+    use super::{segment_name, SegmentLog};
+    use crate::types::{Event, EventBatch, TypeConfig};
+
+    type Entry = openraft::Entry<TypeConfig>;
+
+    /// Small enough that a few entries fill a segment.
+    const TINY: u64 = 300;
+
+    fn entry(term: u64, index: u64) -> Entry {
+        let event = Event {
+            topic: "t".into(),
+            event_id: format!("e-{index}"),
+            timestamp: "2024-05-01T12:00:00Z".into(),
+            source: "s".into(),
+            payload: format!("{{\"n\":{index}}}"),
+            seq: Some(index),
+            lamport: None,
+        };
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 0), index),
+            payload: EntryPayload::Normal(EventBatch::new(vec![event])),
+        }
+    }
+
+    fn entries(term: u64, range: std::ops::Range<u64>) -> Vec<Entry> {
+        range.map(|i| entry(term, i)).collect()
+    }
+
+    fn open(dir: &Path, purged: Option<u64>) -> SegmentLog {
+        SegmentLog::open(dir, purged, TINY).unwrap().0
+    }
+
+    fn indexes(log: &SegmentLog) -> Vec<u64> {
+        log.read(0, None)
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect()
+    }
+
+    fn segment_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn appends_roll_segments_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path(), None);
+        log.append(&entries(1, 0..5)).unwrap();
+        log.append(&entries(2, 5..12)).unwrap();
+        log.sync().unwrap();
+        assert!(segment_files(dir.path()).len() >= 2);
+        let want = [entries(1, 0..5), entries(2, 5..12)].concat();
+        assert_eq!(log.read(0, None).unwrap(), want);
+        assert_eq!(log.read(3, Some(8)).unwrap(), want[3..8].to_vec());
+        assert_eq!(log.read(20, None).unwrap(), Vec::<Entry>::new());
+        drop(log);
+
+        let (log, recovery) = SegmentLog::open(dir.path(), None, TINY).unwrap();
+        assert_eq!(recovery.records, 12);
+        assert_eq!(recovery.cut_bytes, 0);
+        assert_eq!(log.read(0, None).unwrap(), want);
+        assert_eq!(log.last_log_id(), Some(want[11].log_id));
+    }
+
+    #[test]
+    fn an_append_that_does_not_continue_the_log_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path(), None);
+        log.append(&entries(1, 0..3)).unwrap();
+        assert!(log.append(&entries(1, 4..5)).is_err());
+        assert!(log.append(&entries(1, 2..3)).is_err());
+        assert!(log.append(&[entry(1, 3), entry(1, 5)]).is_err());
+        assert_eq!(indexes(&log), vec![0, 1, 2]);
+        log.append(&entries(1, 3..4)).unwrap();
+        assert_eq!(indexes(&log), vec![0, 1, 2, 3]);
+    }
+
+    /// A crash can leave the last record cut anywhere: every cut keeps exactly the records
+    /// before it, and the log then takes appends as if they had never been written.
+    #[test]
+    fn a_torn_tail_is_cut_at_every_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path(), None);
+        log.append(&entries(1, 0..2)).unwrap();
+        drop(log);
+        let path = dir.path().join(segment_name(0));
+        let whole = std::fs::read(&path).unwrap();
+        let first_len = {
+            let log = open(dir.path(), None);
+            let len = log.lock().segments[0].offsets[1];
+            len as usize
+        };
+        for cut in first_len..whole.len() {
+            std::fs::write(&path, &whole[..cut]).unwrap();
+            let (log, recovery) = SegmentLog::open(dir.path(), None, TINY).unwrap();
+            assert_eq!(indexes(&log), vec![0], "cut at byte {cut}");
+            assert_eq!(recovery.cut_bytes, (cut - first_len) as u64);
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), first_len as u64);
+            log.append(&[entry(2, 1)]).unwrap();
+            drop(log);
+            let log = open(dir.path(), None);
+            assert_eq!(log.read(0, None).unwrap(), vec![entry(1, 0), entry(2, 1)]);
+        }
+    }
+
+    /// A flipped bit ends the log at that record, and the segments after it go: a record
+    /// behind a cut must never come back behind new appends.
+    #[test]
+    fn a_corrupt_record_ends_the_log_and_drops_later_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path(), None);
+        for i in 0..12 {
+            log.append(&[entry(1, i)]).unwrap();
+        }
+        let segments = segment_files(dir.path());
+        assert!(segments.len() >= 3, "{segments:?}");
+        let (first, offset) = {
+            let inner = log.lock();
+            let s = &inner.segments[1];
+            (s.first, s.offsets[1])
+        };
+        drop(log);
+        let path = dir.path().join(segment_name(first));
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = offset as usize + super::HEADER_BYTES + 3;
+        bytes[at] ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap();
+
+        let (log, recovery) = SegmentLog::open(dir.path(), None, TINY).unwrap();
+        let kept: Vec<u64> = (0..=first).collect();
+        assert_eq!(indexes(&log), kept);
+        assert!(recovery.deleted_segments >= 1);
+        assert_eq!(segment_files(dir.path()).len(), 2);
+        log.append(&entries(3, first + 1..first + 8)).unwrap();
+        drop(log);
+        let log = open(dir.path(), None);
+        let want: Vec<u64> = (0..first + 8).collect();
+        assert_eq!(indexes(&log), want);
+        assert_eq!(
+            log.read(first + 1, None).unwrap()[0].log_id.leader_id.term,
+            3
+        );
+    }
+
+    #[test]
+    fn truncate_across_segments_is_durable_and_appends_continue() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path(), None);
+        for i in 0..12 {
+            log.append(&[entry(1, i)]).unwrap();
+        }
+        log.truncate(4).unwrap();
+        assert_eq!(indexes(&log), vec![0, 1, 2, 3]);
+        assert_eq!(log.last_log_id(), Some(entry(1, 3).log_id));
+        log.append(&entries(2, 4..6)).unwrap();
+        log.truncate(100).unwrap();
+        drop(log);
+        let log = open(dir.path(), None);
+        assert_eq!(
+            log.read(0, None).unwrap(),
+            [entries(1, 0..4), entries(2, 4..6)].concat()
+        );
+        log.truncate(0).unwrap();
+        assert_eq!(log.last_log_id(), None);
+        assert!(segment_files(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn purge_deletes_whole_segments_and_resurrected_ones_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path(), None);
+        for i in 0..12 {
+            log.append(&[entry(1, i)]).unwrap();
+        }
+        let before = segment_files(dir.path());
+        let saved = std::fs::read(dir.path().join(&before[0])).unwrap();
+        let purge_at = {
+            let inner = log.lock();
+            inner.segments[1].end() - 1
+        };
+        log.purge(purge_at).unwrap();
+        let after = segment_files(dir.path());
+        assert_eq!(after.len(), before.len() - 2);
+        let want: Vec<u64> = (purge_at + 1..12).collect();
+        assert_eq!(indexes(&log), want);
+        drop(log);
+
+        // The purge's unlink was not synced: the file may come back after a crash.
+        std::fs::write(dir.path().join(&before[0]), saved).unwrap();
+        let (log, recovery) = SegmentLog::open(dir.path(), Some(purge_at), TINY).unwrap();
+        assert_eq!(recovery.deleted_segments, 1);
+        assert_eq!(indexes(&log), want);
+
+        // Purging past the end empties the log; it then continues after the purged index.
+        log.purge(40).unwrap();
+        assert_eq!(log.last_log_id(), None);
+        assert!(log.append(&[entry(1, 12)]).is_err());
+        log.append(&[entry(1, 41)]).unwrap();
+        drop(log);
+        assert_eq!(indexes(&open(dir.path(), Some(40))), vec![41]);
+    }
+
+    #[test]
+    fn a_hole_after_the_purged_index_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path(), None);
+        for i in 0..12 {
+            log.append(&[entry(1, i)]).unwrap();
+        }
+        let first_kept = {
+            let inner = log.lock();
+            inner.segments[1].first
+        };
+        drop(log);
+        std::fs::remove_file(dir.path().join(segment_name(0))).unwrap();
+        assert!(SegmentLog::open(dir.path(), Some(0), TINY).is_err());
+        assert!(SegmentLog::open(dir.path(), Some(first_kept - 1), TINY).is_ok());
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Append(u64),
+        Truncate(u64),
+        Purge(u64),
+        Reopen,
+        /// Drops the unsynced tail: cuts the last file back a number of bytes.
+        Crash(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            6 => (1..4u64).prop_map(Op::Append),
+            1 => (0..40u64).prop_map(Op::Truncate),
+            1 => (0..40u64).prop_map(Op::Purge),
+            1 => Just(Op::Reopen),
+            1 => (0..200u64).prop_map(Op::Crash),
+        ]
+    }
+
+    proptest! {
+        /// Against a model: the log always reads back exactly the entries appended and not
+        /// truncated or purged; a crash loses at most the unsynced tail, and only a suffix.
+        #[test]
+        fn behaves_like_a_vector(ops in proptest::collection::vec(op(), 1..40)) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut log = open(dir.path(), None);
+            let mut model: Vec<Entry> = Vec::new();
+            let mut purged: Option<u64> = None;
+            let mut synced = 0usize;
+            let mut term = 1;
+            for op in ops {
+                match op {
+                    Op::Append(n) => {
+                        let next = model.last().map(|e| e.log_id.index + 1)
+                            .or(purged.map(|p| p + 1)).unwrap_or(0);
+                        let batch = entries(term, next..next + n);
+                        log.append(&batch).unwrap();
+                        model.extend(batch);
+                    }
+                    Op::Truncate(i) => {
+                        log.truncate(i).unwrap();
+                        model.retain(|e| e.log_id.index < i);
+                        synced = model.len();
+                        term += 1;
+                    }
+                    Op::Purge(i) => {
+                        log.sync().unwrap();
+                        log.purge(i).unwrap();
+                        purged = Some(purged.map_or(i, |p| p.max(i)));
+                        let p = purged.unwrap_or(0);
+                        model.retain(|e| e.log_id.index > p);
+                        synced = model.len();
+                    }
+                    Op::Reopen => {
+                        log.sync().unwrap();
+                        drop(log);
+                        log = open(dir.path(), purged);
+                        synced = model.len();
+                    }
+                    Op::Crash(bytes) => {
+                        // Only bytes written after the last sync may vanish: cut into the
+                        // records past `synced`, if any.
+                        let cut_from = {
+                            let inner = log.lock();
+                            let unsynced = model.get(synced).map(|e| e.log_id.index);
+                            unsynced.and_then(|first| inner.segments.iter()
+                                .find(|s| s.first <= first && first < s.end())
+                                .map(|s| (s.path.clone(), s.byte_range(first, first).0, s.len)))
+                        };
+                        drop(log);
+                        if let Some((path, from, len)) = cut_from {
+                            let keep = len.saturating_sub(bytes).max(from);
+                            let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+                            file.set_len(keep).unwrap();
+                        }
+                        log = open(dir.path(), purged);
+                        let got = log.read(0, None).unwrap();
+                        prop_assert!(got.len() >= synced.min(model.len()));
+                        prop_assert_eq!(&got[..], &model[..got.len()]);
+                        model.truncate(got.len());
+                        synced = model.len();
+                    }
+                }
+                prop_assert_eq!(log.read(0, None).unwrap(), model.clone());
+                prop_assert_eq!(log.last_log_id(), model.last().map(|e| e.log_id));
+            }
+        }
+    }
+}
