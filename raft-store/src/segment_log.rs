@@ -548,9 +548,10 @@ impl SegmentLog {
     }
 }
 
-/// Log id of the last record of `segments`, read back from its file.
+/// Log id of the last record of `segments`, read back from its file. The last segment may
+/// be empty (created by an append whose write then failed).
 fn read_last_log_id(segments: &[Segment]) -> Result<Option<LogId<NodeId>>, StoreError> {
-    let Some(last) = segments.last() else {
+    let Some(last) = segments.iter().rev().find(|s| !s.offsets.is_empty()) else {
         return Ok(None);
     };
     let Some(&offset) = last.offsets.last() else {
