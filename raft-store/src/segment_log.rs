@@ -251,7 +251,13 @@ impl SegmentLog {
         purged: Option<u64>,
         segment_bytes: u64,
     ) -> Result<(SegmentLog, Recovery), StoreError> {
-        std::fs::create_dir_all(dir)?;
+        if !dir.is_dir() {
+            std::fs::create_dir_all(dir)?;
+            // The new directory's own entry must be durable before any segment in it is.
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
+        }
         let mut found: Vec<(u64, PathBuf)> = Vec::new();
         for item in std::fs::read_dir(dir)? {
             let item = item?;
