@@ -616,6 +616,15 @@ mod tests {
             .collect()
     }
 
+    /// A log of entries 0..12, one append each, over several tiny segments.
+    fn twelve_entries(dir: &Path) -> SegmentLog {
+        let log = open(dir, None);
+        for i in 0..12 {
+            log.append(&[entry(1, i)]).unwrap();
+        }
+        log
+    }
+
     fn segment_files(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
@@ -692,10 +701,7 @@ mod tests {
     #[test]
     fn a_corrupt_record_ends_the_log_and_drops_later_segments() {
         let dir = tempfile::tempdir().unwrap();
-        let log = open(dir.path(), None);
-        for i in 0..12 {
-            log.append(&[entry(1, i)]).unwrap();
-        }
+        let log = twelve_entries(dir.path());
         let segments = segment_files(dir.path());
         assert!(segments.len() >= 3, "{segments:?}");
         let (first, offset) = {
@@ -729,10 +735,7 @@ mod tests {
     #[test]
     fn truncate_across_segments_is_durable_and_appends_continue() {
         let dir = tempfile::tempdir().unwrap();
-        let log = open(dir.path(), None);
-        for i in 0..12 {
-            log.append(&[entry(1, i)]).unwrap();
-        }
+        let log = twelve_entries(dir.path());
         log.truncate(4).unwrap();
         assert_eq!(indexes(&log), vec![0, 1, 2, 3]);
         assert_eq!(log.last_log_id(), Some(entry(1, 3).log_id));
@@ -752,10 +755,7 @@ mod tests {
     #[test]
     fn purge_deletes_whole_segments_and_resurrected_ones_are_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let log = open(dir.path(), None);
-        for i in 0..12 {
-            log.append(&[entry(1, i)]).unwrap();
-        }
+        let log = twelve_entries(dir.path());
         let before = segment_files(dir.path());
         let saved = std::fs::read(dir.path().join(&before[0])).unwrap();
         let purge_at = {
@@ -787,10 +787,7 @@ mod tests {
     #[test]
     fn a_hole_after_the_purged_index_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let log = open(dir.path(), None);
-        for i in 0..12 {
-            log.append(&[entry(1, i)]).unwrap();
-        }
+        let log = twelve_entries(dir.path());
         let first_kept = {
             let inner = log.lock();
             inner.segments[1].first
