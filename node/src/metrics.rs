@@ -60,6 +60,14 @@ impl std::ops::Deref for Metrics {
     }
 }
 
+/// A latency histogram with one label, buckets from 0.1 ms doubling to ~13 s.
+fn seconds_by(name: &str, help: &str, label: &str) -> prometheus::Result<HistogramVec> {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(exponential_buckets(0.0001, 2.0, 18)?),
+        &[label],
+    )
+}
+
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> prometheus::Result<Self> {
@@ -68,21 +76,15 @@ impl Metrics {
             Opts::new("http_requests_total", "HTTP requests by route and status"),
             &["route", "status"],
         )?;
-        let latency = HistogramVec::new(
-            HistogramOpts::new(
-                "http_request_duration_seconds",
-                "HTTP request latency by route",
-            )
-            .buckets(exponential_buckets(0.0001, 2.0, 18)?),
-            &["route"],
+        let latency = seconds_by(
+            "http_request_duration_seconds",
+            "HTTP request latency by route",
+            "route",
         )?;
-        let stream_rpc_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "raft_stream_rpc_seconds",
-                "Time to answer a Raft RPC that came over a stream (append, vote), by kind",
-            )
-            .buckets(exponential_buckets(0.0001, 2.0, 18)?),
-            &["kind"],
+        let stream_rpc_seconds = seconds_by(
+            "raft_stream_rpc_seconds",
+            "Time to answer a Raft RPC that came over a stream (append, vote), by kind",
+            "kind",
         )?;
         let publish_events = IntCounterVec::new(
             Opts::new(

@@ -100,14 +100,6 @@ impl LogStore {
         self.reads.clone()
     }
 
-    fn read_meta<T: serde::de::DeserializeOwned>(
-        &self,
-        key: &[u8],
-        what: &'static str,
-    ) -> Result<Option<T>, StoreError> {
-        read_meta(&self.db, key, what)
-    }
-
     /// Runs a synced write off the async runtime: an fsync can take milliseconds.
     async fn write_synced(&self, batch: WriteBatch) -> Result<(), StoreError> {
         let db = self.db.clone();
@@ -116,6 +108,7 @@ impl LogStore {
     }
 }
 
+/// A record of `raft_meta`, decoded.
 fn read_meta<T: serde::de::DeserializeOwned>(
     db: &Db,
     key: &[u8],
@@ -212,7 +205,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
         let read = || -> Result<LogState<TypeConfig>, StoreError> {
             let last_purged_log_id: Option<LogId<NodeId>> =
-                self.read_meta(keys::LAST_PURGED, "last purged log id")?;
+                read_meta(&self.db, keys::LAST_PURGED, "last purged log id")?;
             let last_log_id = self.log.last_log_id().or(last_purged_log_id);
             Ok(LogState {
                 last_purged_log_id,
@@ -244,7 +237,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError<NodeId>> {
-        self.read_meta(keys::VOTE, "vote")
+        read_meta(&self.db, keys::VOTE, "vote")
             .map_err(|e| e.into_storage(ErrorSubject::Vote, ErrorVerb::Read))
     }
 
@@ -266,7 +259,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError<NodeId>> {
-        let read = self.read_meta::<Option<LogId<NodeId>>>(keys::COMMITTED, "committed log id");
+        let read =
+            read_meta::<Option<LogId<NodeId>>>(&self.db, keys::COMMITTED, "committed log id");
         read.map(Option::flatten)
             .map_err(|e| e.into_storage(ErrorSubject::Store, ErrorVerb::Read))
     }
@@ -472,11 +466,14 @@ mod tests {
         !it.valid()
     }
 
-    fn read_all(log: &mut LogStore) -> Vec<u64> {
-        let rt = tokio::runtime::Builder::new_current_thread()
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
             .build()
-            .unwrap();
-        rt.block_on(log.try_get_log_entries(0..))
+            .unwrap()
+    }
+
+    fn read_all(log: &mut LogStore) -> Vec<u64> {
+        rt().block_on(log.try_get_log_entries(0..))
             .unwrap()
             .iter()
             .map(|e| e.log_id.index)
@@ -491,10 +488,7 @@ mod tests {
         let mut log = LogStore::open(db.clone(), dir.path(), 1 << 20).unwrap();
         assert_eq!(read_all(&mut log), (3..=20).collect::<Vec<_>>());
         assert!(column_family_is_empty(&db));
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let state = rt.block_on(log.get_log_state()).unwrap();
+        let state = rt().block_on(log.get_log_state()).unwrap();
         assert_eq!(state.last_log_id, Some(blank(20).log_id));
         assert_eq!(state.last_purged_log_id, Some(blank(2).log_id));
     }

@@ -45,7 +45,7 @@ const HEADER_BYTES: usize = 16;
 const SEGMENT_SUFFIX: &str = ".seg";
 
 /// What opening found and repaired, for the node's start-up log.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub(crate) struct Recovery {
     /// Segments kept.
     pub(crate) segments: usize,
@@ -84,7 +84,11 @@ impl Inner {
         let Some(purged) = self.purged else {
             return Ok(());
         };
-        while self.segments.first().is_some_and(|s| s.end() <= purged + 1) {
+        while self
+            .segments
+            .first()
+            .is_some_and(|s| only_purged(s.end(), Some(purged)))
+        {
             let gone = self.segments.remove(0);
             self.dirty.retain(|f| !Arc::ptr_eq(f, &gone.file));
             std::fs::remove_file(&gone.path)?;
@@ -120,6 +124,11 @@ impl Segment {
         };
         (at(from), at(to))
     }
+}
+
+/// Whether a segment ending before `end` holds nothing above the purged index: it can go.
+fn only_purged(end: u64, purged: Option<u64>) -> bool {
+    purged.is_some_and(|p| end <= p + 1)
 }
 
 fn segment_name(first: u64) -> String {
@@ -282,7 +291,7 @@ impl SegmentLog {
             let (offsets, len) = scan_segment(&file, first)?;
             let end = first + offsets.len() as u64;
             // Wholly at or below the purged index: garbage (a purge's deletes are not synced).
-            let purged_away = purged.is_some_and(|p| end <= p + 1);
+            let purged_away = only_purged(end, purged);
             if offsets.is_empty() || purged_away {
                 drop(file);
                 std::fs::remove_file(&path)?;
@@ -378,6 +387,8 @@ impl SegmentLog {
             return Ok(0);
         };
         let mut buf = Vec::new();
+        // Where each record starts in `buf`.
+        let mut starts = Vec::with_capacity(entries.len());
         for (i, entry) in entries.iter().enumerate() {
             if entry.log_id.index != head.log_id.index + i as u64 {
                 return Err(StoreError::corrupt(
@@ -385,6 +396,7 @@ impl SegmentLog {
                     "entries are not contiguous",
                 ));
             }
+            starts.push(buf.len() as u64);
             buf = encode_record(entry, buf)?;
         }
         let mut inner = self.lock();
@@ -435,15 +447,11 @@ impl SegmentLog {
         segment.file.write_all_at(&buf, segment.len)?;
         // Offsets only after the write succeeded: a failed write leaves the log as it was
         // (its bytes past `len` are overwritten by the next append or cut on open).
-        let mut pos = segment.len;
-        let mut rest = buf.as_slice();
-        while let Some(header) = parse_header(rest) {
-            segment.offsets.push(pos);
-            let record = HEADER_BYTES + header.len as usize;
-            pos += record as u64;
-            rest = rest.get(record..).unwrap_or_default();
-        }
-        segment.len = pos;
+        let base = segment.len;
+        segment
+            .offsets
+            .extend(starts.iter().map(|start| base + start));
+        segment.len = base + buf.len() as u64;
         if !inner
             .dirty
             .last()
