@@ -107,6 +107,14 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub log_segment_mib: u64,
 
+    /// Start each new Raft log segment as a zero-filled file prepared in the background (one
+    /// spare of --log-segment-mib on disk), so that a sync after an append flushes data only,
+    /// without a journal commit. `false` suits filesystems that never overwrite in place
+    /// (btrfs, ZFS), where the zeros are written for nothing.
+    #[arg(long, env = "AGG_LOG_PREALLOCATE", default_value_t = true,
+          action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub log_preallocate: bool,
+
     /// Clients must send `Authorization: Bearer TOKEN` (except /health, /ready, /metrics).
     #[arg(long, env = "AGG_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
@@ -186,6 +194,8 @@ pub struct NodeConfig {
     pub idle_flush: Duration,
     /// Size past which the Raft log starts a new segment file.
     pub log_segment_bytes: u64,
+    /// Whether new segments start as zero-filled spares.
+    pub log_preallocate: bool,
     /// Client bearer token.
     pub api_token: Option<String>,
     /// Inter-node secret.
@@ -263,6 +273,7 @@ impl RunArgs {
             snapshot_log_bytes: self.snapshot_log_mib.saturating_mul(1024 * 1024),
             idle_flush: Duration::from_secs(self.idle_flush_secs),
             log_segment_bytes: self.log_segment_mib * 1024 * 1024,
+            log_preallocate: self.log_preallocate,
             api_token: self.api_token.filter(|t| !t.is_empty()),
             cluster_secret: self.cluster_secret.filter(|s| !s.is_empty()),
             limits: Limits {

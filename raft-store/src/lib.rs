@@ -10,6 +10,7 @@ mod error;
 mod keys;
 mod log_cache;
 mod log_store;
+mod prealloc;
 mod reader;
 mod segment_log;
 mod sm_state;
@@ -44,12 +45,17 @@ pub struct Stores {
 pub struct StoreOptions {
     /// Size past which the Raft log starts a new segment file.
     pub log_segment_bytes: u64,
+    /// Start new segments as zero-filled files prepared in the background, so that a sync
+    /// after an append flushes data only (see `prealloc.rs`). Off only helps on filesystems
+    /// that never overwrite in place (btrfs, ZFS), where the zeros are written for nothing.
+    pub log_preallocate: bool,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             log_segment_bytes: segment_log::DEFAULT_SEGMENT_BYTES,
+            log_preallocate: true,
         }
     }
 }
@@ -65,7 +71,12 @@ pub fn open(dir: &Path) -> Result<Stores, StoreError> {
 pub fn open_with(dir: &Path, options: &StoreOptions) -> Result<Stores, StoreError> {
     let db = Arc::new(db::Db::open(dir)?);
     snapshot::remove_orphans(&db)?;
-    let log_store = LogStore::open(db.clone(), dir, options.log_segment_bytes.max(1))?;
+    let log_store = LogStore::open(
+        db.clone(),
+        dir,
+        options.log_segment_bytes.max(1),
+        options.log_preallocate,
+    )?;
     let log_reads = log_store.cache_reads();
     let segments = log_store.segments();
     Ok(Stores {

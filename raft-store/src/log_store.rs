@@ -51,11 +51,12 @@ pub struct LogStore {
 impl LogStore {
     /// Opens the log under `dir` (the node's data directory) beside `db`, recovering its
     /// intact prefix, and starts the flusher thread. A new segment starts past
-    /// `segment_bytes`.
+    /// `segment_bytes`, in a zero-filled spare with `preallocate`.
     pub(crate) fn open(
         db: Arc<Db>,
         dir: &Path,
         segment_bytes: u64,
+        preallocate: bool,
     ) -> Result<LogStore, StoreError> {
         let purged: Option<LogId<NodeId>> =
             read_meta(&db, keys::LAST_PURGED, "last purged log id")?;
@@ -63,6 +64,7 @@ impl LogStore {
             &dir.join(LOG_SUBDIR),
             purged.map(|id| id.index),
             segment_bytes,
+            preallocate,
         )?;
         tracing::info!(
             segments = recovery.segments,
@@ -485,7 +487,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Arc::new(Db::open(dir.path()).unwrap());
         write_old_layout(&db);
-        let mut log = LogStore::open(db.clone(), dir.path(), 1 << 20).unwrap();
+        let mut log = LogStore::open(db.clone(), dir.path(), 1 << 20, true).unwrap();
         assert_eq!(read_all(&mut log), (3..=20).collect::<Vec<_>>());
         assert!(column_family_is_empty(&db));
         let state = rt().block_on(log.get_log_state()).unwrap();
@@ -502,18 +504,18 @@ mod tests {
         write_old_layout(&db);
         {
             let (partial, _) =
-                SegmentLog::open(&dir.path().join(LOG_SUBDIR), Some(2), 1 << 20).unwrap();
+                SegmentLog::open(&dir.path().join(LOG_SUBDIR), Some(2), 1 << 20, true).unwrap();
             partial
                 .append(&(3..=9).map(blank).collect::<Vec<_>>())
                 .unwrap();
             partial.sync().unwrap();
         }
-        let mut log = LogStore::open(db.clone(), dir.path(), 1 << 20).unwrap();
+        let mut log = LogStore::open(db.clone(), dir.path(), 1 << 20, true).unwrap();
         assert_eq!(read_all(&mut log), (3..=20).collect::<Vec<_>>());
         assert!(column_family_is_empty(&db));
         drop(log);
         // Opening again finds nothing left to move and keeps the segments.
-        let mut log = LogStore::open(db, dir.path(), 1 << 20).unwrap();
+        let mut log = LogStore::open(db, dir.path(), 1 << 20, true).unwrap();
         assert_eq!(read_all(&mut log), (3..=20).collect::<Vec<_>>());
     }
 

@@ -21,17 +21,27 @@
 //! stale record can never reappear behind a new one). Truncation is synced before it returns.
 //! A purge deletes files without syncing the directory: a deleted segment that comes back holds
 //! only entries at or below the purged index, which opening ignores and deletes again.
+//!
+//! New segments are usually zero-filled spares prepared in the background (`prealloc.rs`), so
+//! a segment file can be longer than its records. Zeros after the last intact record are that
+//! unused space, not a torn record: a spare is synced before it is used, so the bytes after
+//! the last record are either those zeros or what a crash left of unsynced appends. Only the
+//! latter (anything not zero) is cut. A zero tail in a segment that is not the last one hides
+//! nothing either: the next segment then does not start where this one ends, and opening cuts
+//! the log there as it does for any hole.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use openraft::LogId;
 
 use crate::db;
 use crate::error::StoreError;
+use crate::prealloc::{self, AppendRate, Spares};
 use crate::types::{entry_approx_bytes, NodeId, TypeConfig};
 
 type Entry = openraft::Entry<TypeConfig>;
@@ -61,6 +71,8 @@ pub(crate) struct Recovery {
 pub(crate) struct SegmentLog {
     dir: PathBuf,
     segment_bytes: u64,
+    /// Zero-filled files to start new segments in; `None` when preallocation is off.
+    spares: Option<Spares>,
     inner: Mutex<Inner>,
 }
 
@@ -75,6 +87,8 @@ struct Inner {
     purged: Option<u64>,
     /// Log id of the last record, if the log holds any.
     last: Option<LogId<NodeId>>,
+    /// How fast appends come: whether a spare segment is worth asking for.
+    rate: AppendRate,
 }
 
 impl Inner {
@@ -108,6 +122,8 @@ struct Segment {
     offsets: Vec<u64>,
     /// Bytes of intact records: where the next one is written.
     len: u64,
+    /// The file extends past `len` with zeros (it started as a spare).
+    preallocated: bool,
 }
 
 impl Segment {
@@ -254,11 +270,13 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 
 impl SegmentLog {
     /// Opens the log in `dir` (created if needed), keeping its longest intact prefix (see the
-    /// module docs) and deleting segments that hold only entries at or below `purged`.
+    /// module docs) and deleting segments that hold only entries at or below `purged`. With
+    /// `preallocate`, new segments start as zero-filled spares of `segment_bytes`.
     pub(crate) fn open(
         dir: &Path,
         purged: Option<u64>,
         segment_bytes: u64,
+        preallocate: bool,
     ) -> Result<(SegmentLog, Recovery), StoreError> {
         if !dir.is_dir() {
             std::fs::create_dir_all(dir)?;
@@ -311,7 +329,7 @@ impl SegmentLog {
                 continue;
             }
             let file_len = file.metadata()?.len();
-            if len < file_len {
+            if len < file_len && !prealloc::zero_from(&file, len)? {
                 // Only a crash mid-write leaves this, and only at the end of the log.
                 tracing::warn!(segment = %path.display(), kept = len, cut = file_len - len, "Raft log ends in a torn or corrupt record; cutting it off");
                 file.set_len(len)?;
@@ -319,12 +337,15 @@ impl SegmentLog {
                 recovery.cut_bytes += file_len - len;
                 cut = true;
             }
+            // Zeros after the records (kept above): the file began as a spare.
+            let preallocated = len < file.metadata()?.len();
             segments.push(Segment {
                 first,
                 path,
                 file: Arc::new(file),
                 offsets,
                 len,
+                preallocated,
             });
         }
 
@@ -347,20 +368,31 @@ impl SegmentLog {
 
         recovery.segments = segments.len();
         recovery.records = segments.iter().map(|s| s.offsets.len() as u64).sum();
+        let spares = if preallocate {
+            Some(Spares::start(dir, segment_bytes)?)
+        } else {
+            None
+        };
         let log = SegmentLog {
             dir: dir.to_path_buf(),
             segment_bytes,
+            spares,
             inner: Mutex::new(Inner {
                 segments,
                 dirty: Vec::new(),
                 dir_dirty: false,
                 purged,
                 last: None,
+                rate: AppendRate::new(Instant::now()),
             }),
         };
         {
             let mut inner = log.lock();
             inner.last = read_last_log_id(&inner.segments)?;
+            if let Some(spares) = &log.spares {
+                let plain = inner.segments.last().is_none_or(|s| !s.preallocated);
+                spares.note_append(Instant::now(), plain);
+            }
         }
         Ok((log, recovery))
     }
@@ -383,6 +415,11 @@ impl SegmentLog {
     /// Appends `entries` (in index order, continuing the log) without syncing; returns the
     /// bytes written.
     pub(crate) fn append(&self, entries: &[Entry]) -> Result<u64, StoreError> {
+        self.append_at(entries, Instant::now())
+    }
+
+    /// [`SegmentLog::append`] at time `now` (which paces the asking for spares).
+    fn append_at(&self, entries: &[Entry], now: Instant) -> Result<u64, StoreError> {
         let Some(head) = entries.first() else {
             return Ok(0);
         };
@@ -416,26 +453,46 @@ impl SegmentLog {
                 ),
             ));
         }
-        let roll = inner
-            .segments
-            .last()
-            .is_none_or(|s| s.len >= self.segment_bytes);
+        if let Some(spares) = &self.spares {
+            let slow = inner.rate.slow_after(now, buf.len() as u64);
+            // Wanted when the segment grows a plain file, or will be full before long.
+            let wanted = inner
+                .segments
+                .last()
+                .is_none_or(|s| !s.preallocated || s.len >= self.segment_bytes / 2);
+            if slow && wanted {
+                spares.request();
+            }
+        }
+        let spare_ready = self.spares.as_ref().is_some_and(Spares::is_ready);
+        // A full segment rolls; so does one that grows a file when a spare is ready (asked
+        // for because the log is slow, where every record pays a sync of its own).
+        let roll = inner.segments.last().is_none_or(|s| {
+            s.len >= self.segment_bytes || (spare_ready && !s.preallocated && !s.offsets.is_empty())
+        });
         if roll {
             let path = self.dir.join(segment_name(next));
             // A file of this name is never live (a segment emptied by a truncation is
-            // deleted), so whatever is there is stale and goes.
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&path)?;
+            // deleted), so whatever is there is stale and goes: the rename replaces it, and
+            // so does the truncating open.
+            let spare = self.spares.as_ref().and_then(|s| s.take_as(&path));
+            let preallocated = spare.is_some();
+            let file = match spare {
+                Some(file) => file,
+                None => OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&path)?,
+            };
             inner.segments.push(Segment {
                 first: next,
                 path,
                 file: Arc::new(file),
                 offsets: Vec::new(),
                 len: 0,
+                preallocated,
             });
             inner.dir_dirty = true;
         }
@@ -452,6 +509,7 @@ impl SegmentLog {
             .offsets
             .extend(starts.iter().map(|start| base + start));
         segment.len = base + buf.len() as u64;
+        let segment_preallocated = segment.preallocated;
         if !inner
             .dirty
             .last()
@@ -460,6 +518,9 @@ impl SegmentLog {
             inner.dirty.push(segment.file.clone());
         }
         inner.last = entries.last().map(|e| e.log_id);
+        if let Some(spares) = &self.spares {
+            spares.note_append(now, !segment_preallocated);
+        }
         Ok(buf.len() as u64)
     }
 
@@ -533,6 +594,7 @@ impl SegmentLog {
                 last.file.sync_all()?;
                 last.offsets.truncate(keep);
                 last.len = len;
+                last.preallocated = false;
             }
         }
         if deleted {
@@ -613,7 +675,7 @@ mod tests {
     }
 
     fn open(dir: &Path, purged: Option<u64>) -> SegmentLog {
-        SegmentLog::open(dir, purged, TINY).unwrap().0
+        SegmentLog::open(dir, purged, TINY, true).unwrap().0
     }
 
     fn indexes(log: &SegmentLog) -> Vec<u64> {
@@ -637,6 +699,7 @@ mod tests {
         let mut names: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name.ends_with(super::SEGMENT_SUFFIX))
             .collect();
         names.sort();
         names
@@ -656,7 +719,7 @@ mod tests {
         assert_eq!(log.read(20, None).unwrap(), Vec::<Entry>::new());
         drop(log);
 
-        let (log, recovery) = SegmentLog::open(dir.path(), None, TINY).unwrap();
+        let (log, recovery) = SegmentLog::open(dir.path(), None, TINY, true).unwrap();
         assert_eq!(recovery.records, 12);
         assert_eq!(recovery.cut_bytes, 0);
         assert_eq!(log.read(0, None).unwrap(), want);
@@ -685,15 +748,19 @@ mod tests {
         log.append(&entries(1, 0..2)).unwrap();
         drop(log);
         let path = dir.path().join(segment_name(0));
-        let whole = std::fs::read(&path).unwrap();
-        let first_len = {
+        let (first_len, end) = {
             let log = open(dir.path(), None);
-            let len = log.lock().segments[0].offsets[1];
-            len as usize
+            let inner = log.lock();
+            (
+                inner.segments[0].offsets[1] as usize,
+                inner.segments[0].len as usize,
+            )
         };
+        // The records only: the file may go on with a spare's zeros.
+        let whole = std::fs::read(&path).unwrap()[..end].to_vec();
         for cut in first_len..whole.len() {
             std::fs::write(&path, &whole[..cut]).unwrap();
-            let (log, recovery) = SegmentLog::open(dir.path(), None, TINY).unwrap();
+            let (log, recovery) = SegmentLog::open(dir.path(), None, TINY, true).unwrap();
             assert_eq!(indexes(&log), vec![0], "cut at byte {cut}");
             assert_eq!(recovery.cut_bytes, (cut - first_len) as u64);
             assert_eq!(std::fs::metadata(&path).unwrap().len(), first_len as u64);
@@ -724,7 +791,7 @@ mod tests {
         bytes[at] ^= 0x40;
         std::fs::write(&path, &bytes).unwrap();
 
-        let (log, recovery) = SegmentLog::open(dir.path(), None, TINY).unwrap();
+        let (log, recovery) = SegmentLog::open(dir.path(), None, TINY, true).unwrap();
         let kept: Vec<u64> = (0..=first).collect();
         assert_eq!(indexes(&log), kept);
         assert!(recovery.deleted_segments >= 1);
@@ -779,7 +846,7 @@ mod tests {
 
         // The purge's unlink was not synced: the file may come back after a crash.
         std::fs::write(dir.path().join(&before[0]), saved).unwrap();
-        let (log, recovery) = SegmentLog::open(dir.path(), Some(purge_at), TINY).unwrap();
+        let (log, recovery) = SegmentLog::open(dir.path(), Some(purge_at), TINY, true).unwrap();
         assert_eq!(recovery.deleted_segments, 1);
         assert_eq!(indexes(&log), want);
 
@@ -802,8 +869,131 @@ mod tests {
         };
         drop(log);
         std::fs::remove_file(dir.path().join(segment_name(0))).unwrap();
-        assert!(SegmentLog::open(dir.path(), Some(0), TINY).is_err());
-        assert!(SegmentLog::open(dir.path(), Some(first_kept - 1), TINY).is_ok());
+        assert!(SegmentLog::open(dir.path(), Some(0), TINY, true).is_err());
+        assert!(SegmentLog::open(dir.path(), Some(first_kept - 1), TINY, true).is_ok());
+    }
+
+    /// A segment started in a spare is longer than its records; its zeros are unused space,
+    /// not a torn record, while anything else after the records still is one.
+    #[test]
+    fn a_spares_zeros_are_not_a_torn_tail_but_garbage_after_them_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = SegmentLog::open(dir.path(), None, 4096, true).unwrap();
+        let spares = log.spares.as_ref().unwrap();
+        spares.request();
+        assert!(spares.wait_ready(std::time::Duration::from_secs(5)));
+        log.append(&entries(1, 0..3)).unwrap();
+        log.sync().unwrap();
+        let path = dir.path().join(segment_name(0));
+        let records = log.lock().segments[0].len;
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 4096);
+        drop(log);
+
+        let (log, recovery) = SegmentLog::open(dir.path(), None, 4096, true).unwrap();
+        assert_eq!((recovery.cut_bytes, recovery.records), (0, 3));
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 4096);
+        // Appends continue over the zeros.
+        log.append(&entries(1, 3..5)).unwrap();
+        drop(log);
+        let log = open(dir.path(), None);
+        assert_eq!(log.read(0, None).unwrap(), entries(1, 0..5));
+        let records_now = log.lock().segments[0].len;
+        assert!(records_now > records);
+        drop(log);
+
+        // One stray byte far behind the records: what a crash leaves of an unsynced append.
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, &[7], 4000).unwrap();
+        let (log, recovery) = SegmentLog::open(dir.path(), None, 4096, true).unwrap();
+        assert_eq!(recovery.cut_bytes, 4096 - records_now);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), records_now);
+        assert_eq!(log.read(0, None).unwrap(), entries(1, 0..5));
+    }
+
+    /// A slow log asks for a spare and moves to it at the next append, even though its
+    /// segment is far from full; then it stays there until that one is full.
+    #[test]
+    fn a_slow_log_moves_to_a_spare_before_its_segment_is_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = SegmentLog::open(dir.path(), None, 1 << 20, true).unwrap();
+        let t0 = std::time::Instant::now();
+        let at = |ms: u64| t0 + std::time::Duration::from_millis(ms);
+        for i in 0..11 {
+            log.append_at(&[entry(1, i)], at(i * 100)).unwrap();
+        }
+        let spares = log.spares.as_ref().unwrap();
+        assert!(spares.wait_ready(std::time::Duration::from_secs(5)));
+        assert_eq!(segment_files(dir.path()), vec![segment_name(0)]);
+        log.append_at(&[entry(1, 11)], at(1100)).unwrap();
+        log.append_at(&[entry(1, 12)], at(1200)).unwrap();
+        assert_eq!(
+            segment_files(dir.path()),
+            vec![segment_name(0), segment_name(11)]
+        );
+        let len = |name: String| std::fs::metadata(dir.path().join(name)).unwrap().len();
+        assert_eq!(len(segment_name(11)), 1 << 20);
+        assert!(len(segment_name(0)) < 2048);
+        // Slow still, but the new segment is far from full: no second spare yet.
+        for i in 13..25 {
+            log.append_at(&[entry(1, i)], at(i * 100)).unwrap();
+        }
+        assert!(!spares.wait_ready(std::time::Duration::from_millis(300)));
+        drop(log);
+        let log = open(dir.path(), None);
+        assert_eq!(log.read(0, None).unwrap(), entries(1, 0..25));
+    }
+
+    /// A log written fast never asks for a spare: it grows plain files.
+    #[test]
+    fn a_fast_log_asks_for_no_spare() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = SegmentLog::open(dir.path(), None, 1 << 30, true).unwrap();
+        let t0 = std::time::Instant::now();
+        let big = |index: u64| {
+            let mut e = entry(1, index);
+            if let openraft::EntryPayload::Normal(batch) = &mut e.payload {
+                let mut event = batch.events[0].clone();
+                event.payload = format!("\"{}\"", "x".repeat(300 * 1024));
+                *batch = crate::types::EventBatch::new(vec![event]);
+            }
+            e
+        };
+        for i in 0..30 {
+            log.append_at(&[big(i)], t0 + std::time::Duration::from_millis(i * 100))
+                .unwrap();
+        }
+        assert!(!log
+            .spares
+            .as_ref()
+            .unwrap()
+            .wait_ready(std::time::Duration::from_millis(300)));
+        assert_eq!(segment_files(dir.path()), vec![segment_name(0)]);
+        assert!(!dir.path().join("spare.seg.tmp").exists());
+    }
+
+    /// Zeros are never read as a record, not even where the log expects index 0.
+    #[test]
+    fn a_segment_of_zeros_holds_no_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::File::create(dir.path().join(segment_name(0))).unwrap();
+        file.set_len(1024).unwrap();
+        let (log, recovery) = SegmentLog::open(dir.path(), None, TINY, false).unwrap();
+        assert_eq!((recovery.records, recovery.deleted_segments), (0, 1));
+        assert_eq!(log.last_log_id(), None);
+    }
+
+    /// Without preallocation no spare file is made, and segments hold exactly their records.
+    #[test]
+    fn without_preallocation_segments_are_exactly_their_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = SegmentLog::open(dir.path(), None, 4096, false).unwrap();
+        log.append(&entries(1, 0..3)).unwrap();
+        let records = log.lock().segments[0].len;
+        assert_eq!(segment_files(dir.path()), vec![segment_name(0)]);
+        let len = std::fs::metadata(dir.path().join(segment_name(0)))
+            .unwrap()
+            .len();
+        assert_eq!(len, records);
     }
 
     #[derive(Clone, Debug)]
