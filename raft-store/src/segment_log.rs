@@ -52,6 +52,9 @@ pub(crate) const DEFAULT_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Bytes of a record's header: index, payload length, CRC.
 const HEADER_BYTES: usize = 16;
+/// Largest spare segment: with larger segments the rest of a segment grows its file, and a
+/// slow log moves to a new spare once it gets there.
+const MAX_SPARE_BYTES: u64 = 256 * 1024 * 1024;
 const SEGMENT_SUFFIX: &str = ".seg";
 
 /// What opening found and repaired, for the node's start-up log.
@@ -122,11 +125,17 @@ struct Segment {
     offsets: Vec<u64>,
     /// Bytes of intact records: where the next one is written.
     len: u64,
-    /// The file extends past `len` with zeros (it started as a spare).
-    preallocated: bool,
+    /// Bytes of the file that were zeros before records were written over them (its size
+    /// when it began as a spare or when opened; 0 for a file grown by appends).
+    allocated: u64,
 }
 
 impl Segment {
+    /// Whether the next append grows the file (no zeros left ahead of it).
+    fn plain(&self) -> bool {
+        self.len >= self.allocated
+    }
+
     /// One past the last record's index.
     fn end(&self) -> u64 {
         self.first + self.offsets.len() as u64
@@ -337,15 +346,15 @@ impl SegmentLog {
                 recovery.cut_bytes += file_len - len;
                 cut = true;
             }
-            // Zeros after the records (kept above): the file began as a spare.
-            let preallocated = len < file.metadata()?.len();
+            // Past `len` only zeros are left (a torn tail was cut above).
+            let allocated = file.metadata()?.len();
             segments.push(Segment {
                 first,
                 path,
                 file: Arc::new(file),
                 offsets,
                 len,
-                preallocated,
+                allocated,
             });
         }
 
@@ -369,7 +378,7 @@ impl SegmentLog {
         recovery.segments = segments.len();
         recovery.records = segments.iter().map(|s| s.offsets.len() as u64).sum();
         let spares = if preallocate {
-            Some(Spares::start(dir, segment_bytes)?)
+            Some(Spares::start(dir, segment_bytes.min(MAX_SPARE_BYTES))?)
         } else {
             None
         };
@@ -390,7 +399,7 @@ impl SegmentLog {
             let mut inner = log.lock();
             inner.last = read_last_log_id(&inner.segments)?;
             if let Some(spares) = &log.spares {
-                let plain = inner.segments.last().is_none_or(|s| !s.preallocated);
+                let plain = inner.segments.last().is_none_or(Segment::plain);
                 spares.note_append(Instant::now(), plain);
             }
         }
@@ -459,7 +468,7 @@ impl SegmentLog {
             let wanted = inner
                 .segments
                 .last()
-                .is_none_or(|s| !s.preallocated || s.len >= self.segment_bytes / 2);
+                .is_none_or(|s| s.len >= s.allocated / 2);
             if slow && wanted {
                 spares.request();
             }
@@ -468,7 +477,7 @@ impl SegmentLog {
         // A full segment rolls; so does one that grows a file when a spare is ready (asked
         // for because the log is slow, where every record pays a sync of its own).
         let roll = inner.segments.last().is_none_or(|s| {
-            s.len >= self.segment_bytes || (spare_ready && !s.preallocated && !s.offsets.is_empty())
+            s.len >= self.segment_bytes || (spare_ready && s.plain() && !s.offsets.is_empty())
         });
         if roll {
             let path = self.dir.join(segment_name(next));
@@ -476,7 +485,10 @@ impl SegmentLog {
             // deleted), so whatever is there is stale and goes: the rename replaces it, and
             // so does the truncating open.
             let spare = self.spares.as_ref().and_then(|s| s.take_as(&path));
-            let preallocated = spare.is_some();
+            let allocated = match &spare {
+                Some(file) => file.metadata()?.len(),
+                None => 0,
+            };
             let file = match spare {
                 Some(file) => file,
                 None => OpenOptions::new()
@@ -492,7 +504,7 @@ impl SegmentLog {
                 file: Arc::new(file),
                 offsets: Vec::new(),
                 len: 0,
-                preallocated,
+                allocated,
             });
             inner.dir_dirty = true;
         }
@@ -509,7 +521,7 @@ impl SegmentLog {
             .offsets
             .extend(starts.iter().map(|start| base + start));
         segment.len = base + buf.len() as u64;
-        let segment_preallocated = segment.preallocated;
+        let plain = segment.plain();
         if !inner
             .dirty
             .last()
@@ -519,7 +531,7 @@ impl SegmentLog {
         }
         inner.last = entries.last().map(|e| e.log_id);
         if let Some(spares) = &self.spares {
-            spares.note_append(now, !segment_preallocated);
+            spares.note_append(now, plain);
         }
         Ok(buf.len() as u64)
     }
@@ -594,7 +606,7 @@ impl SegmentLog {
                 last.file.sync_all()?;
                 last.offsets.truncate(keep);
                 last.len = len;
-                last.preallocated = false;
+                last.allocated = len;
             }
         }
         if deleted {
