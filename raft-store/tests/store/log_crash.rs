@@ -2,7 +2,8 @@
 //! to be reported durable, as openraft does before counting it) and purges now and then, and
 //! is killed with SIGKILL at a random moment, several times over one data directory. After each
 //! kill the log must hold every entry the child was told is durable, unchanged, with no hole
-//! after the purged index, and take appends again.
+//! after the purged index, and take appends again. A second child pauses now and then, so that
+//! its log moves into zero-filled spare segments and is killed while writing over their zeros.
 
 use std::time::{Duration, Instant};
 
@@ -11,9 +12,21 @@ use openraft::{CommittedLeaderId, LogId, RaftLogReader};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use raft_store::StoreOptions;
+
 use crate::common::{ev, normal, rt, spawn_child, Entry};
 
 const CHILD_DIR_VAR: &str = "RAFT_STORE_LOG_CRASH_CHILD_DIR";
+const SLOW_CHILD_DIR_VAR: &str = "RAFT_STORE_LOG_CRASH_SLOW_CHILD_DIR";
+/// The slow child's segment size, and so the size of its spares: larger than what it writes
+/// between two pauses, so that most of its writes land in a spare.
+const SLOW_SEGMENT_BYTES: u64 = 4 << 20;
+/// The slow child pauses after about this many entries (~1.6 MB), long enough for the log to
+/// be idle and get a spare, which its next append moves to.
+const SLOW_PAUSE_EVERY: u64 = 40;
+const SLOW_PAUSE: Duration = Duration::from_millis(2_000);
+/// And waits this long between appends, so that a kill often lands mid-write.
+const SLOW_APPEND_GAP: Duration = Duration::from_millis(10);
 /// The child writes the last index reported durable here (plain writes: a killed process
 /// loses nothing it wrote).
 const ACKED_FILE: &str = "acked";
@@ -43,12 +56,38 @@ fn log_id(index: u64) -> LogId<u64> {
 /// Runs only as the child of `sigkill_keeps_every_acknowledged_entry`.
 #[test]
 fn log_crash_child() {
-    let Ok(dir) = std::env::var(CHILD_DIR_VAR) else {
-        return;
-    };
-    let dir = std::path::Path::new(&dir);
+    if let Ok(dir) = std::env::var(CHILD_DIR_VAR) {
+        run_child(std::path::Path::new(&dir), &StoreOptions::default(), None);
+    }
+}
+
+/// Runs only as the child of `sigkill_in_spare_segments_keeps_every_acknowledged_entry`.
+#[test]
+fn log_crash_slow_child() {
+    if let Ok(dir) = std::env::var(SLOW_CHILD_DIR_VAR) {
+        run_child(
+            std::path::Path::new(&dir),
+            &slow_options(),
+            Some(SLOW_PAUSE_EVERY),
+        );
+    }
+}
+
+fn slow_options() -> StoreOptions {
+    StoreOptions {
+        log_segment_bytes: SLOW_SEGMENT_BYTES,
+        log_preallocate: true,
+    }
+}
+
+/// Appends and purges until killed (or `MAX_ENTRIES`), recording what was reported durable;
+/// with `pause_every`, waits `SLOW_APPEND_GAP` after each append and `SLOW_PAUSE` after every
+/// `pause_every` entries.
+fn run_child(dir: &std::path::Path, options: &StoreOptions, pause_every: Option<u64>) {
     let rt = rt();
-    let mut log = raft_store::open(&dir.join("store")).unwrap().log_store;
+    let mut log = raft_store::open_with(&dir.join("store"), options)
+        .unwrap()
+        .log_store;
     let mut next = rt
         .block_on(log.get_log_state())
         .unwrap()
@@ -69,27 +108,76 @@ fn log_crash_child() {
                 rt.block_on(log.purge(log_id(to))).unwrap();
             }
         }
+        if let Some(n) = pause_every {
+            std::thread::sleep(SLOW_APPEND_GAP);
+            if upto / n != next.saturating_sub(1) / n {
+                std::thread::sleep(SLOW_PAUSE);
+            }
+        }
         next = upto + 1;
     }
 }
 
 #[test]
 fn sigkill_keeps_every_acknowledged_entry() {
+    let kills = kill_rounds(
+        "log_crash::log_crash_child",
+        CHILD_DIR_VAR,
+        &StoreOptions::default(),
+        |_| 0,
+        20..400,
+    );
+    eprintln!("killed after acknowledging entries {kills:?}");
+}
+
+/// The same with writes that land in spare segments: their zeros must never be taken for
+/// records nor hide a torn one, and what was acknowledged in them survives.
+#[test]
+fn sigkill_in_spare_segments_keeps_every_acknowledged_entry() {
+    let kills = kill_rounds(
+        "log_crash::log_crash_slow_child",
+        SLOW_CHILD_DIR_VAR,
+        &slow_options(),
+        // A few entries past the child's next pause: it is writing into the spare it got.
+        |before| (before / SLOW_PAUSE_EVERY + 1) * SLOW_PAUSE_EVERY + 3,
+        0..150,
+    );
+    eprintln!("killed after acknowledging entries {kills:?}");
+}
+
+/// Four rounds over one directory: start the child, wait until it has acknowledged
+/// `wait_for(last index before the round)`, kill it a random number of milliseconds in
+/// `after_ms` later, check the log. Returns the last acknowledged index of each round.
+fn kill_rounds(
+    child_name: &str,
+    dir_var: &str,
+    options: &StoreOptions,
+    wait_for: fn(u64) -> u64,
+    after_ms: std::ops::Range<u64>,
+) -> Vec<u64> {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = StdRng::seed_from_u64(11);
     let rt = rt();
     let mut acked_before = 0;
     let mut kills = Vec::new();
+    let mut spare_backed = 0;
     for _round in 0..4 {
         let _ = std::fs::remove_file(dir.path().join(ACKED_FILE));
-        let mut child = spawn_child("log_crash::log_crash_child", CHILD_DIR_VAR, dir.path())
+        let mut child = spawn_child(child_name, dir_var, dir.path())
             .spawn()
             .unwrap();
+        // Wait until the child has acknowledged `wait_for(acked_before)` (or anything).
+        let target = wait_for(acked_before);
+        let read_acked = || {
+            std::fs::read_to_string(dir.path().join(ACKED_FILE))
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !dir.path().join(ACKED_FILE).exists() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
+        while read_acked().is_none_or(|a| a < target) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
         }
-        std::thread::sleep(Duration::from_millis(rng.gen_range(20..400)));
+        std::thread::sleep(Duration::from_millis(rng.gen_range(after_ms.clone())));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let acked: u64 = std::fs::read_to_string(dir.path().join(ACKED_FILE))
@@ -98,7 +186,10 @@ fn sigkill_keeps_every_acknowledged_entry() {
             .unwrap();
         assert!(acked >= acked_before);
 
-        let mut log = raft_store::open(&dir.path().join("store"))
+        if options.log_preallocate {
+            spare_backed += spare_backed_segments(&dir.path().join("store").join("raft-log"));
+        }
+        let mut log = raft_store::open_with(&dir.path().join("store"), options)
             .unwrap()
             .log_store;
         let state = rt.block_on(log.get_log_state()).unwrap();
@@ -133,5 +224,24 @@ fn sigkill_keeps_every_acknowledged_entry() {
         kills.iter().all(|&k| k < MAX_ENTRIES),
         "child ran to the end: {kills:?}"
     );
-    eprintln!("killed after acknowledging entries {kills:?}");
+    if options.log_preallocate && options.log_segment_bytes == SLOW_SEGMENT_BYTES {
+        assert!(
+            spare_backed > 0,
+            "no kill found a segment that began as a spare"
+        );
+    }
+    kills
+}
+
+/// Segment files that began as spares: exactly the spare size, records or not.
+fn spare_backed_segments(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".seg"))
+                .filter(|e| e.metadata().is_ok_and(|m| m.len() == SLOW_SEGMENT_BYTES))
+                .count()
+        })
+        .unwrap_or(0)
 }
