@@ -16,6 +16,8 @@ mod segment_log;
 mod sm_state;
 mod snapshot;
 mod state_machine;
+#[cfg(test)]
+mod test_entries;
 pub mod types;
 
 use std::path::Path;

@@ -175,24 +175,7 @@ impl LogCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::EventBatch;
-    use openraft::{CommittedLeaderId, LogId};
-
-    fn entry(term: u64, index: u64) -> Entry {
-        let ev = Event {
-            topic: "t".into(),
-            event_id: format!("e{index}"),
-            timestamp: "2024-01-01T00:00:00Z".into(),
-            source: "s".into(),
-            payload: "{}".into(),
-            seq: None,
-            lamport: None,
-        };
-        Entry {
-            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
-            payload: EntryPayload::Normal(EventBatch::new(vec![ev])),
-        }
-    }
+    use crate::test_entries::entry;
 
     fn indexes(got: Option<Vec<Entry>>) -> Option<Vec<u64>> {
         got.map(|v| v.iter().map(|e| e.log_id.index).collect())

@@ -43,7 +43,7 @@ const CHUNK_PAUSE: Duration = Duration::from_millis(2);
 /// Pause before trying again after a failed preparation (a full disk, say).
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 /// Append rate below which the log is worth preallocating for.
-pub(crate) const SLOW_BYTES_PER_SEC: f64 = 1024.0 * 1024.0;
+const SLOW_BYTES_PER_SEC: f64 = 1024.0 * 1024.0;
 /// Span over which the append rate is judged; a longer pause between appends starts over.
 /// Also how long the log must be idle before a spare is made unasked.
 const RATE_WINDOW: Duration = Duration::from_secs(1);

@@ -655,35 +655,24 @@ fn read_last_log_id(segments: &[Segment]) -> Result<Option<LogId<NodeId>>, Store
 mod tests {
     use std::path::Path;
 
-    use openraft::{CommittedLeaderId, EntryPayload, LogId};
     use proptest::prelude::*;
 
     use super::{segment_name, SegmentLog};
-    use crate::types::{Event, EventBatch, TypeConfig};
+    use crate::test_entries::{entry, entry_with_payload};
+    use crate::types::TypeConfig;
 
     type Entry = openraft::Entry<TypeConfig>;
 
     /// Small enough that a few entries fill a segment.
     const TINY: u64 = 300;
 
-    fn entry(term: u64, index: u64) -> Entry {
-        let event = Event {
-            topic: "t".into(),
-            event_id: format!("e-{index}"),
-            timestamp: "2024-05-01T12:00:00Z".into(),
-            source: "s".into(),
-            payload: format!("{{\"n\":{index}}}"),
-            seq: Some(index),
-            lamport: None,
-        };
-        Entry {
-            log_id: LogId::new(CommittedLeaderId::new(term, 0), index),
-            payload: EntryPayload::Normal(EventBatch::new(vec![event])),
-        }
-    }
-
     fn entries(term: u64, range: std::ops::Range<u64>) -> Vec<Entry> {
         range.map(|i| entry(term, i)).collect()
+    }
+
+    /// `ms` milliseconds after `t0`: appends at made-up times pace the asking for spares.
+    fn ms_after(t0: std::time::Instant, ms: u64) -> std::time::Instant {
+        t0 + std::time::Duration::from_millis(ms)
     }
 
     fn open(dir: &Path, purged: Option<u64>) -> SegmentLog {
@@ -929,7 +918,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (log, _) = SegmentLog::open(dir.path(), None, 1 << 20, true).unwrap();
         let t0 = std::time::Instant::now();
-        let at = |ms: u64| t0 + std::time::Duration::from_millis(ms);
+        let at = |ms: u64| ms_after(t0, ms);
         for i in 0..11 {
             log.append_at(&[entry(1, i)], at(i * 100)).unwrap();
         }
@@ -961,18 +950,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (log, _) = SegmentLog::open(dir.path(), None, 1 << 30, true).unwrap();
         let t0 = std::time::Instant::now();
-        let big = |index: u64| {
-            let mut e = entry(1, index);
-            if let openraft::EntryPayload::Normal(batch) = &mut e.payload {
-                let mut event = batch.events[0].clone();
-                event.payload = format!("\"{}\"", "x".repeat(300 * 1024));
-                *batch = crate::types::EventBatch::new(vec![event]);
-            }
-            e
-        };
+        let big =
+            |index: u64| entry_with_payload(1, index, format!("\"{}\"", "x".repeat(300 << 10)));
         for i in 0..30 {
-            log.append_at(&[big(i)], t0 + std::time::Duration::from_millis(i * 100))
-                .unwrap();
+            log.append_at(&[big(i)], ms_after(t0, i * 100)).unwrap();
         }
         assert!(!log
             .spares
@@ -981,6 +962,39 @@ mod tests {
             .wait_ready(std::time::Duration::from_millis(300)));
         assert_eq!(segment_files(dir.path()), vec![segment_name(0)]);
         assert!(!dir.path().join("spare.seg.tmp").exists());
+    }
+
+    /// A segment that lost its last record to zeros (a spare whose last write never reached
+    /// the disk) while a later segment survived: the later one no longer follows, so the log
+    /// is cut there, exactly as for a torn record.
+    #[test]
+    fn a_record_lost_to_zeros_before_a_later_segment_cuts_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = twelve_entries(dir.path());
+        let (first, last_offset, end) = {
+            let inner = log.lock();
+            let s = &inner.segments[1];
+            (s.first, *s.offsets.last().unwrap(), s.end())
+        };
+        drop(log);
+        let path = dir.path().join(segment_name(first));
+        let len = std::fs::metadata(&path).unwrap().len();
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let zeros = vec![0u8; (len - last_offset) as usize];
+        std::os::unix::fs::FileExt::write_all_at(&file, &zeros, last_offset).unwrap();
+
+        let (log, recovery) = SegmentLog::open(dir.path(), None, TINY, true).unwrap();
+        let kept: Vec<u64> = (0..end - 1).collect();
+        assert_eq!(indexes(&log), kept);
+        assert_eq!(recovery.cut_bytes, 0, "zeros are not a torn record");
+        assert!(recovery.deleted_segments >= 1);
+        assert_eq!(segment_files(dir.path()).len(), 2);
+        log.append(&entries(2, end - 1..end + 2)).unwrap();
+        drop(log);
+        assert_eq!(
+            indexes(&open(dir.path(), None)),
+            (0..end + 2).collect::<Vec<_>>()
+        );
     }
 
     /// Zeros are never read as a record, not even where the log expects index 0.

@@ -1,0 +1,30 @@
+//! Log entries for the unit tests of the log's layers (segments, cache): one small event
+//! each, deterministic in its term and index.
+
+use openraft::{CommittedLeaderId, EntryPayload, LogId};
+
+use crate::types::{Event, EventBatch, TypeConfig};
+
+type Entry = openraft::Entry<TypeConfig>;
+
+/// Entry `index` of `term`, holding one event whose payload is `payload`.
+pub(crate) fn entry_with_payload(term: u64, index: u64, payload: String) -> Entry {
+    let event = Event {
+        topic: "t".into(),
+        event_id: format!("e-{index}"),
+        timestamp: "2024-05-01T12:00:00Z".into(),
+        source: "s".into(),
+        payload,
+        seq: Some(index),
+        lamport: None,
+    };
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(term, 0), index),
+        payload: EntryPayload::Normal(EventBatch::new(vec![event])),
+    }
+}
+
+/// Entry `index` of `term` with a payload of a few bytes.
+pub(crate) fn entry(term: u64, index: u64) -> Entry {
+    entry_with_payload(term, index, format!("{{\"n\":{index}}}"))
+}
