@@ -24,9 +24,9 @@ pub(crate) const CF_RAFT_META: &str = "raft_meta";
 pub(crate) const CF_EVENTS: &str = "events";
 /// Dedup index: `hash | len-prefixed topic | event_id -> lamport u64 BE`.
 pub(crate) const CF_KEYS: &str = "keys";
-/// Topic index: `len-prefixed topic | lamport BE -> ()`.
+/// Topic index: `len-prefixed topic | first lamport BE -> run of stamps` (`index_runs.rs`).
 pub(crate) const CF_BY_TOPIC: &str = "by_topic";
-/// Producer index: `len-prefixed source | lamport BE -> ()`.
+/// Producer index: `len-prefixed source | first lamport BE -> run of stamps`.
 pub(crate) const CF_BY_SOURCE: &str = "by_source";
 /// State-machine bookkeeping: one `SmMeta` record.
 pub(crate) const CF_SM_META: &str = "sm_meta";

@@ -66,14 +66,15 @@ pub(crate) fn index_prefix(name: &str) -> Vec<u8> {
     key
 }
 
-/// Key of one event in a secondary index: `index_prefix(name) | lamport u64 BE`.
+/// Key of a run of events in a secondary index: `index_prefix(name) | first lamport u64 BE`
+/// (see `index_runs.rs`).
 pub(crate) fn index_key(name: &str, lamport: LamportStamp) -> Vec<u8> {
     let mut key = index_prefix(name);
     key.extend_from_slice(&lamport.0.to_be_bytes());
     key
 }
 
-/// The stamp at the end of a secondary-index key that starts with `prefix`, if it is one.
+/// The first stamp of the run whose secondary-index key starts with `prefix`, if it is one.
 pub(crate) fn index_stamp(prefix: &[u8], key: &[u8]) -> Option<LamportStamp> {
     let rest = key.strip_prefix(prefix)?;
     decode_u64(rest).map(LamportStamp)

@@ -7,6 +7,7 @@
 
 mod db;
 mod error;
+mod index_runs;
 mod keys;
 mod log_cache;
 mod log_store;

@@ -9,6 +9,7 @@ use rocksdb::Snapshot;
 
 use crate::db::{self, Db, CF_BY_SOURCE, CF_BY_TOPIC, CF_EVENTS, CF_KEYS};
 use crate::error::StoreError;
+use crate::index_runs;
 use crate::keys;
 use crate::log_cache::LogCacheReads;
 use crate::segment_log::SegmentLog;
@@ -145,25 +146,17 @@ impl StoreReader {
     ) -> Result<EventPage, StoreError> {
         let view = self.db.rocks.snapshot();
         let as_of = sm_state::read_meta(&self.db, &view)?.last_applied;
-        let prefix = keys::index_prefix(name);
-        let start = match after {
-            None => prefix.clone(),
+        let from = match after {
+            None => LamportStamp(0),
             Some(LamportStamp(u64::MAX)) => {
                 return Ok(EventPage {
                     as_of,
                     ..EventPage::default()
                 })
             }
-            Some(LamportStamp(a)) => keys::index_key(name, LamportStamp(a + 1)),
+            Some(LamportStamp(a)) => LamportStamp(a + 1),
         };
-        let stamps = index_scan(
-            &self.db,
-            &view,
-            cf,
-            &prefix,
-            &start,
-            limit.saturating_add(1),
-        )?;
+        let stamps = index_runs::scan(&self.db, &view, cf, name, from, limit.saturating_add(1))?;
         let more = stamps.len() > limit;
         let page: &[LamportStamp] = &stamps[..stamps.len().min(limit)];
         let events = read_events(&self.db, &view, page)?;
@@ -178,30 +171,6 @@ impl StoreReader {
             as_of,
         })
     }
-}
-
-/// Up to `max` stamps from the index entries under `prefix`, starting at key `start`.
-fn index_scan(
-    db: &Db,
-    view: &Snapshot<'_>,
-    cf: &'static str,
-    prefix: &[u8],
-    start: &[u8],
-    max: usize,
-) -> Result<Vec<LamportStamp>, StoreError> {
-    let mut stamps = Vec::new();
-    let mut it = view.raw_iterator_cf(db.cf(cf)?);
-    it.seek(start);
-    while stamps.len() < max {
-        let Some(key) = it.key() else { break };
-        let Some(stamp) = keys::index_stamp(prefix, key) else {
-            break;
-        };
-        stamps.push(stamp);
-        it.next();
-    }
-    it.status()?;
-    Ok(stamps)
 }
 
 /// The events with these stamps, in the same order, from the same view as their index.

@@ -30,6 +30,7 @@ use crate::db::{
     self, Db, CF_BY_SOURCE, CF_BY_TOPIC, CF_EVENTS, CF_KEYS, CF_SNAPSHOT, STATE_MACHINE_CFS,
 };
 use crate::error::StoreError;
+use crate::index_runs::IndexRuns;
 use crate::keys;
 use crate::sm_state::{SmMeta, SmState};
 use crate::types::{Digest, Node, NodeId, ProducerStats, StoredEvent, TypeConfig};
@@ -275,6 +276,7 @@ fn decode_into(db: &Db, batch: &mut WriteBatch, data: &[u8]) -> Result<SmState, 
     let (events_cf, keys_cf) = (db.cf(CF_EVENTS)?, db.cf(CF_KEYS)?);
     let (topic_cf, source_cf) = (db.cf(CF_BY_TOPIC)?, db.cf(CF_BY_SOURCE)?);
     let mut digest = Digest::default();
+    let (mut by_topic, mut by_source) = (IndexRuns::default(), IndexRuns::default());
     while !rest.is_empty() {
         let (bytes, tail) = take_frame(rest)?;
         rest = tail;
@@ -287,9 +289,12 @@ fn decode_into(db: &Db, batch: &mut WriteBatch, data: &[u8]) -> Result<SmState, 
             keys::event_key(&event.topic, &event.event_id),
             stamp.0.to_be_bytes(),
         );
-        batch.put_cf(topic_cf, keys::index_key(&event.topic, stamp), []);
-        batch.put_cf(source_cf, keys::index_key(&event.source, stamp), []);
+        // Frames come in stamp order, as the runs need.
+        by_topic.push(&event.topic, stamp);
+        by_source.push(&event.source, stamp);
     }
+    by_topic.write(batch, topic_cf)?;
+    by_source.write(batch, source_cf)?;
     if digest != state.meta.digest {
         return Err(StoreError::corrupt(
             "snapshot",

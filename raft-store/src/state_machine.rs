@@ -12,7 +12,7 @@
 //! openraft follows with a purge) flushes the memtables, and a purge past what a snapshot
 //! build or install covered flushes them first (`log_store.rs`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -26,6 +26,7 @@ use rocksdb::{ColumnFamily, WriteBatch};
 
 use crate::db::{self, Db, CF_BY_SOURCE, CF_BY_TOPIC, CF_EVENTS, CF_KEYS};
 use crate::error::StoreError;
+use crate::index_runs::IndexRuns;
 use crate::keys;
 use crate::sm_state::SmState;
 use crate::snapshot::{self, SnapshotBuilder};
@@ -250,8 +251,6 @@ fn apply_entries(
     }
     let mut lookups = lookup.iter().zip(found);
     let mut fresh: HashMap<&[u8], LamportStamp> = HashMap::new();
-    let mut dirty_topics: HashSet<String> = HashSet::new();
-    let mut dirty_sources: HashSet<String> = HashSet::new();
 
     let mut index_puts = IndexPuts::default();
     // Sized for a typical event, so the batch's buffer is not regrown and copied as it fills.
@@ -307,14 +306,10 @@ fn apply_entries(
             index_puts
                 .keys
                 .push((key.as_slice(), stamp.0.to_be_bytes()));
-            index_puts
-                .by_topic
-                .push(keys::index_key(&event.topic, stamp));
-            index_puts
-                .by_source
-                .push(keys::index_key(&event.source, stamp));
-            bump_topic(state, &mut dirty_topics, &event.topic);
-            record_producer(state, &mut dirty_sources, &event.source, event.seq, stamp);
+            index_puts.by_topic.push(&event.topic, stamp);
+            index_puts.by_source.push(&event.source, stamp);
+            bump_topic(state, &event.topic);
+            record_producer(state, &event.source, event.seq, stamp);
 
             let stored = StoredEventRef {
                 event,
@@ -331,73 +326,58 @@ fn apply_entries(
         replies.push(BatchOutcome { results });
     }
 
-    index_puts.write_sorted(&mut batch, keys_cf, topic_cf, source_cf);
-    for topic in &dirty_topics {
+    // The runs name exactly the topics and producers whose counts this call changed.
+    for topic in index_puts.by_topic.names() {
         state.put_topic(db, &mut batch, topic)?;
     }
-    for source in &dirty_sources {
+    for source in index_puts.by_source.names() {
         state.put_producer(db, &mut batch, source)?;
     }
+    index_puts.write(&mut batch, keys_cf, topic_cf, source_cf)?;
     state.put_meta(db, &mut batch)?;
     batch_bytes.fetch_add(batch.size_in_bytes() as u64, Ordering::Relaxed);
     db.rocks.write_opt(batch, &db::state_machine_write())?;
     Ok(replies)
 }
 
-/// Index records of one apply call. They go into the batch sorted by key: RocksDB's
+/// Index records of one apply call. Dedup records go into the batch sorted by key: RocksDB's
 /// memtable skip list inserts keys that arrive in order much faster, because each insert
 /// resumes from the previous one's position. (Events need no sorting: stamps ascend.)
 #[derive(Default)]
 struct IndexPuts<'k> {
     keys: Vec<(&'k [u8], [u8; 8])>,
-    by_topic: Vec<Vec<u8>>,
-    by_source: Vec<Vec<u8>>,
+    by_topic: IndexRuns,
+    by_source: IndexRuns,
 }
 
 impl IndexPuts<'_> {
-    fn write_sorted(
+    fn write(
         mut self,
         batch: &mut WriteBatch,
         keys_cf: &ColumnFamily,
         topic_cf: &ColumnFamily,
         source_cf: &ColumnFamily,
-    ) {
-        // Keys are unique within each list (a key is stored once per call; stamps are
-        // unique), so an unstable sort loses nothing.
+    ) -> Result<(), StoreError> {
+        // A key is stored once per call, so an unstable sort loses nothing.
         self.keys.sort_unstable();
-        self.by_topic.sort_unstable();
-        self.by_source.sort_unstable();
         for (key, stamp) in self.keys {
             batch.put_cf(keys_cf, key, stamp);
         }
-        for key in self.by_topic {
-            batch.put_cf(topic_cf, key, []);
-        }
-        for key in self.by_source {
-            batch.put_cf(source_cf, key, []);
-        }
+        self.by_topic.write(batch, topic_cf)?;
+        self.by_source.write(batch, source_cf)
     }
 }
 
-fn bump_topic(state: &mut SmState, dirty: &mut HashSet<String>, topic: &str) {
+fn bump_topic(state: &mut SmState, topic: &str) {
     match state.topics.get_mut(topic) {
         Some(count) => *count += 1,
         None => {
             state.topics.insert(topic.to_owned(), 1);
         }
     }
-    if !dirty.contains(topic) {
-        dirty.insert(topic.to_owned());
-    }
 }
 
-fn record_producer(
-    state: &mut SmState,
-    dirty: &mut HashSet<String>,
-    source: &str,
-    seq: Option<u64>,
-    stamp: LamportStamp,
-) {
+fn record_producer(state: &mut SmState, source: &str, seq: Option<u64>, stamp: LamportStamp) {
     match state.producers.get_mut(source) {
         Some(stats) => stats.record(seq, stamp),
         None => {
@@ -405,8 +385,5 @@ fn record_producer(
             stats.record(seq, stamp);
             state.producers.insert(source.to_owned(), stats);
         }
-    }
-    if !dirty.contains(source) {
-        dirty.insert(source.to_owned());
     }
 }

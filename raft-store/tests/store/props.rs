@@ -107,6 +107,54 @@ proptest! {
     }
 
     #[test]
+    fn any_page_is_the_slice_of_the_index_it_names(
+        entries in log(),
+        split in 0..12usize,
+        after in proptest::option::of(0..40u64),
+        limit in 0..10usize,
+    ) {
+        let rt = rt();
+        let (_dir, mut s) = fresh();
+        // Two apply calls, so the indexes hold runs from both (and single-stamp runs).
+        let split = split.min(entries.len());
+        let mut outcomes = apply(&rt, &mut s.state_machine, entries[..split].to_vec());
+        outcomes.extend(apply(&rt, &mut s.state_machine, entries[split..].to_vec()));
+
+        // Model: stamps of stored events per topic and per producer, ascending.
+        let mut by_topic: HashMap<String, Vec<u64>> = HashMap::new();
+        let mut by_source: HashMap<String, Vec<u64>> = HashMap::new();
+        let events = entries.iter().filter_map(|e| match &e.payload {
+            openraft::EntryPayload::Normal(b) => Some(b.events.iter()),
+            _ => None,
+        }).flatten();
+        for (event, result) in events.zip(outcomes.iter().flat_map(|o| o.results.iter())) {
+            if result.status == ApplyStatus::Stored {
+                by_topic.entry(event.topic.clone()).or_default().push(result.lamport.0);
+                by_source.entry(event.source.clone()).or_default().push(result.lamport.0);
+            }
+        }
+        for (topic_index, model) in [(true, &by_topic), (false, &by_source)] {
+            for (name, stamps) in model {
+                let cursor = after.map(LamportStamp);
+                let page = if topic_index {
+                    s.reader.events_by_topic(name, cursor, limit).unwrap()
+                } else {
+                    s.reader.events_by_source(name, cursor, limit).unwrap()
+                };
+                let rest: Vec<u64> = stamps.iter().copied().filter(|st| *st > after.unwrap_or(0)).collect();
+                let want: Vec<u64> = rest.iter().copied().take(limit).collect();
+                let got: Vec<u64> = page.events.iter().map(|e| e.lamport.0).collect();
+                prop_assert_eq!(&got, &want);
+                let more = rest.len() > limit;
+                prop_assert_eq!(page.next.is_some(), more);
+                if let (true, Some(last)) = (more, want.last()) {
+                    prop_assert_eq!(page.next, Some(LamportStamp(*last)));
+                }
+            }
+        }
+    }
+
+    #[test]
     fn replicas_agree_however_entries_are_grouped(entries in log(), split in 0..12usize) {
         let rt = rt();
         let (_a, mut a) = fresh();
