@@ -170,19 +170,26 @@ mod tests {
         assert!(decode_run(LamportStamp(1), &[0xFF], &mut out).is_err());
     }
 
-    #[test]
-    fn long_runs_are_cut_into_records_of_at_most_max_run() {
+    /// A fresh database holding what `fill` queues into one batch for `by_topic`.
+    fn db_with(fill: impl FnOnce(&mut WriteBatch, &ColumnFamily)) -> (tempfile::TempDir, Db) {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path()).unwrap();
-        let cf = db.cf(CF_BY_TOPIC).unwrap();
-        let mut runs = IndexRuns::default();
-        for s in 1..=(2 * MAX_RUN as u64 + 1) {
-            runs.push("t", LamportStamp(s * 2));
-        }
         let mut batch = WriteBatch::default();
-        runs.write(&mut batch, cf).unwrap();
-        assert_eq!(batch.len(), 3);
+        fill(&mut batch, db.cf(CF_BY_TOPIC).unwrap());
         db.rocks.write(batch).unwrap();
+        (dir, db)
+    }
+
+    #[test]
+    fn long_runs_are_cut_into_records_of_at_most_max_run() {
+        let (_dir, db) = db_with(|batch, cf| {
+            let mut runs = IndexRuns::default();
+            for s in 1..=(2 * MAX_RUN as u64 + 1) {
+                runs.push("t", LamportStamp(s * 2));
+            }
+            runs.write(batch, cf).unwrap();
+            assert_eq!(batch.len(), 3);
+        });
         let view = db.rocks.snapshot();
         let all = scan(&db, &view, CF_BY_TOPIC, "t", LamportStamp(0), usize::MAX).unwrap();
         assert_eq!(all.len(), 2 * MAX_RUN + 1);
@@ -196,21 +203,18 @@ mod tests {
 
     #[test]
     fn records_from_before_runs_read_as_runs_of_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path()).unwrap();
-        let cf = db.cf(CF_BY_TOPIC).unwrap();
         // An older store: one record per event with an empty value; then runs appended.
-        let mut batch = WriteBatch::default();
-        for s in [1, 2, 4] {
-            batch.put_cf(cf, keys::index_key("t", LamportStamp(s)), []);
-        }
-        let mut runs = IndexRuns::default();
-        for s in [6, 7, 9] {
-            runs.push("t", LamportStamp(s));
-        }
-        runs.push("u", LamportStamp(8));
-        runs.write(&mut batch, cf).unwrap();
-        db.rocks.write(batch).unwrap();
+        let (_dir, db) = db_with(|batch, cf| {
+            for s in [1, 2, 4] {
+                batch.put_cf(cf, keys::index_key("t", LamportStamp(s)), []);
+            }
+            let mut runs = IndexRuns::default();
+            for s in [6, 7, 9] {
+                runs.push("t", LamportStamp(s));
+            }
+            runs.push("u", LamportStamp(8));
+            runs.write(batch, cf).unwrap();
+        });
         let view = db.rocks.snapshot();
         let read = |name: &str, from: u64, max: usize| {
             scan(&db, &view, CF_BY_TOPIC, name, LamportStamp(from), max).unwrap()
