@@ -373,18 +373,25 @@ impl Flusher {
                     // Every callback in `pending` was queued after its entries were written,
                     // so this one sync covers all of them.
                     let started = std::time::Instant::now();
-                    let result = synced.sync();
+                    let result = synced.sync_timed();
                     let took = started.elapsed();
                     if took >= SLOW_SYNC {
+                        // The parts tell a slow disk (data, dir) from a blocked append (lock).
+                        let times = result.as_ref().ok();
+                        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
                         tracing::warn!(
                             took_ms = took.as_millis() as u64,
                             appends = pending.len(),
+                            lock_wait_ms = times.map(|t| ms(t.lock_wait)),
+                            data_sync_ms = times.map(|t| ms(t.data)),
+                            dir_sync_ms = times.and_then(|t| t.dir.map(ms)),
+                            files = times.map(|t| t.files),
                             "slow Raft log sync: every write waiting on it was delayed as long"
                         );
                     }
                     for callback in pending {
                         callback.log_io_completed(match &result {
-                            Ok(()) => Ok(()),
+                            Ok(_) => Ok(()),
                             Err(e) => Err(std::io::Error::other(e.to_string())),
                         });
                     }

@@ -35,7 +35,7 @@ use std::io::{BufReader, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use openraft::LogId;
 
@@ -68,6 +68,19 @@ pub(crate) struct Recovery {
     pub(crate) cut_bytes: u64,
     /// Segment files deleted: after a cut, or wholly purged.
     pub(crate) deleted_segments: usize,
+}
+
+/// Where one [`SegmentLog::sync_timed`] spent its time.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SyncTimes {
+    /// Waiting for the log's lock (held by appends while they write).
+    pub(crate) lock_wait: Duration,
+    /// `fdatasync` of the segment files written since the last sync.
+    pub(crate) data: Duration,
+    /// The directory's `fsync`, when a segment was created or renamed since the last sync.
+    pub(crate) dir: Option<Duration>,
+    /// How many segment files were synced.
+    pub(crate) files: usize,
 }
 
 /// The Raft log's records on disk, with the position of every record in memory.
@@ -538,18 +551,31 @@ impl SegmentLog {
 
     /// Makes every record appended before the call durable.
     pub(crate) fn sync(&self) -> Result<(), StoreError> {
+        self.sync_timed().map(|_| ())
+    }
+
+    /// [`SegmentLog::sync`], saying where its time went (for the slow-sync warning).
+    pub(crate) fn sync_timed(&self) -> Result<SyncTimes, StoreError> {
+        let started = Instant::now();
         let (files, dir_dirty) = {
             let mut inner = self.lock();
             let dir_dirty = std::mem::take(&mut inner.dir_dirty);
             (std::mem::take(&mut inner.dirty), dir_dirty)
         };
+        let locked = Instant::now();
         for file in &files {
             file.sync_data()?;
         }
+        let data_synced = Instant::now();
         if dir_dirty {
             sync_dir(&self.dir)?;
         }
-        Ok(())
+        Ok(SyncTimes {
+            lock_wait: locked - started,
+            data: data_synced - locked,
+            dir: dir_dirty.then(|| data_synced.elapsed()),
+            files: files.len(),
+        })
     }
 
     /// Reads the entries with indexes in `[start, end)` that the log holds (`end == None`:
@@ -704,6 +730,23 @@ mod tests {
             .collect();
         names.sort();
         names
+    }
+
+    #[test]
+    fn a_timed_sync_names_the_files_it_synced_and_the_directory_only_after_a_new_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path(), None);
+        log.append(&[entry(1, 0)]).unwrap();
+        let first = log.sync_timed().unwrap();
+        assert_eq!(first.files, 1);
+        assert!(first.dir.is_some(), "the first segment is a new file");
+        // One more record into the same segment: only its data needs syncing.
+        log.append(&[entry(1, 1)]).unwrap();
+        let second = log.sync_timed().unwrap();
+        assert_eq!((second.files, second.dir.is_none()), (1, true));
+        // Nothing written since: nothing to sync.
+        let idle = log.sync_timed().unwrap();
+        assert_eq!((idle.files, idle.dir.is_none()), (0, true));
     }
 
     #[test]
