@@ -75,7 +75,16 @@ fn encode_rest(run: &[LamportStamp], mut buf: Vec<u8>) -> Result<Vec<u8>, StoreE
     if run.len() < 2 {
         return Ok(buf);
     }
-    let deltas: Vec<u64> = run.windows(2).map(|w| w[1].0 - w[0].0).collect();
+    let deltas = run
+        .windows(2)
+        .map(|w| match w[1].0.checked_sub(w[0].0) {
+            Some(delta) if delta > 0 => Ok(delta),
+            _ => Err(StoreError::corrupt(
+                "index run",
+                "stamps pushed out of order",
+            )),
+        })
+        .collect::<Result<Vec<u64>, _>>()?;
     db::encode_reusing("index run", &deltas, buf)
 }
 
@@ -168,6 +177,9 @@ mod tests {
         let wrap = db::encode("t", &vec![u64::MAX]).unwrap();
         assert!(decode_run(LamportStamp(2), &wrap, &mut out).is_err());
         assert!(decode_run(LamportStamp(1), &[0xFF], &mut out).is_err());
+        // Stamps pushed out of order are an error when written, never a wrapped delta.
+        assert!(encode_rest(&stamps(&[5, 3]), Vec::new()).is_err());
+        assert!(encode_rest(&stamps(&[5, 5]), Vec::new()).is_err());
     }
 
     /// A fresh database holding what `fill` queues into one batch for `by_topic`.

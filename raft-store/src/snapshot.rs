@@ -277,11 +277,17 @@ fn decode_into(db: &Db, batch: &mut WriteBatch, data: &[u8]) -> Result<SmState, 
     let (topic_cf, source_cf) = (db.cf(CF_BY_TOPIC)?, db.cf(CF_BY_SOURCE)?);
     let mut digest = Digest::default();
     let (mut by_topic, mut by_source) = (IndexRuns::default(), IndexRuns::default());
+    let mut last_stamp = None;
     while !rest.is_empty() {
         let (bytes, tail) = take_frame(rest)?;
         rest = tail;
         let stored: StoredEvent = db::decode("snapshot event", bytes)?;
         let (event, stamp) = (&stored.event, stored.lamport);
+        // Builds write events in stamp order, and the index runs rely on it.
+        if last_stamp.is_some_and(|last| stamp <= last) {
+            return Err(StoreError::corrupt("snapshot", "events out of stamp order"));
+        }
+        last_stamp = Some(stamp);
         digest.add(&event.topic, &event.event_id, stamp);
         batch.put_cf(events_cf, keys::lamport_key(stamp), bytes);
         batch.put_cf(
@@ -289,7 +295,6 @@ fn decode_into(db: &Db, batch: &mut WriteBatch, data: &[u8]) -> Result<SmState, 
             keys::event_key(&event.topic, &event.event_id),
             stamp.0.to_be_bytes(),
         );
-        // Frames come in stamp order, as the runs need.
         by_topic.push(&event.topic, stamp);
         by_source.push(&event.source, stamp);
     }
