@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 
 use openraft::storage::RaftStateMachine;
+use openraft::RaftSnapshotBuilder;
 use openraft::{CommittedLeaderId, EntryPayload, LogId};
 use raft_store::{
     BatchOutcome, Event, EventBatch, EventPage, LamportStamp, StateMachineStore, StoreReader,
@@ -18,6 +19,15 @@ pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
+        .unwrap()
+}
+
+/// Builds a snapshot of `sm`'s current state, as openraft would.
+pub fn build_snapshot(
+    rt: &tokio::runtime::Runtime,
+    sm: &mut StateMachineStore,
+) -> openraft::Snapshot<TypeConfig> {
+    rt.block_on(async { sm.get_snapshot_builder().await.build_snapshot().await })
         .unwrap()
 }
 

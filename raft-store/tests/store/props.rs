@@ -4,11 +4,10 @@
 use std::collections::HashMap;
 
 use openraft::storage::RaftStateMachine;
-use openraft::RaftSnapshotBuilder;
 use proptest::prelude::*;
 use raft_store::{ApplyStatus, EventKey, LamportStamp};
 
-use crate::common::{apply, blank, ev, fresh, normal, observe, rt, Entry};
+use crate::common::{apply, blank, build_snapshot, ev, fresh, normal, observe, rt, Entry};
 
 /// One random event: small key spaces so duplicates are frequent.
 fn event() -> impl Strategy<Value = raft_store::Event> {
@@ -176,7 +175,7 @@ proptest! {
         let (_a, mut a) = fresh();
         let (_b, mut b) = fresh();
         apply(&rt, &mut a.state_machine, entries.clone());
-        let snap = rt.block_on(async { a.state_machine.get_snapshot_builder().await.build_snapshot().await }).unwrap();
+        let snap = build_snapshot(&rt, &mut a.state_machine);
         rt.block_on(b.state_machine.install_snapshot(&snap.meta, snap.snapshot)).unwrap();
         prop_assert_eq!(a.reader.digest().unwrap(), b.reader.digest().unwrap());
         prop_assert_eq!(observe(&a.reader), observe(&b.reader));

@@ -2,10 +2,10 @@
 //! tracking, Lamport stamping, duplicates, and snapshots surviving a restart.
 
 use openraft::storage::RaftStateMachine;
-use openraft::{EntryPayload, Membership, RaftSnapshotBuilder};
+use openraft::{EntryPayload, Membership};
 use raft_store::{ApplyStatus, EventKey, EventOutcome, LamportStamp, MAX_PRODUCER_LAMPORT};
 
-use crate::common::{apply, blank, ev, fresh, log_id, normal, observe, rt, Entry};
+use crate::common::{apply, blank, build_snapshot, ev, fresh, log_id, normal, observe, rt, Entry};
 
 fn stored(l: u64) -> EventOutcome {
     EventOutcome {
@@ -252,16 +252,7 @@ fn snapshots_survive_a_restart() {
     let snap = {
         let mut leader = raft_store::open(leader_dir.path()).unwrap();
         apply(&rt, &mut leader.state_machine, vec![normal(1, events)]);
-        let snap = rt
-            .block_on(async {
-                leader
-                    .state_machine
-                    .get_snapshot_builder()
-                    .await
-                    .build_snapshot()
-                    .await
-            })
-            .unwrap();
+        let snap = build_snapshot(&rt, &mut leader.state_machine);
         let mut follower = raft_store::open(follower_dir.path()).unwrap();
         // Something to be replaced.
         apply(
@@ -307,24 +298,25 @@ fn a_damaged_snapshot_is_refused_and_the_state_kept() {
         &mut follower.state_machine,
         vec![normal(1, vec![ev("t", "b", "p", None, None)])],
     );
-    let snap = rt
-        .block_on(async {
-            leader
-                .state_machine
-                .get_snapshot_builder()
-                .await
-                .build_snapshot()
-                .await
-        })
-        .unwrap();
+    let snap = build_snapshot(&rt, &mut leader.state_machine);
     let mut data = snap.snapshot.into_inner();
     let last = data.len() - 1;
     data[last] ^= 0xFF; // damages the last event record (its log index)
+    assert_install_refused(&rt, &mut follower, &snap.meta, data);
+}
+
+/// Installs `data` under `meta` and asserts the install fails and changes nothing.
+fn assert_install_refused(
+    rt: &tokio::runtime::Runtime,
+    follower: &mut raft_store::Stores,
+    meta: &openraft::SnapshotMeta<raft_store::NodeId, raft_store::Node>,
+    data: Vec<u8>,
+) {
     let before = observe(&follower.reader);
     let result = rt.block_on(
         follower
             .state_machine
-            .install_snapshot(&snap.meta, Box::new(std::io::Cursor::new(data))),
+            .install_snapshot(meta, Box::new(std::io::Cursor::new(data))),
     );
     assert!(result.is_err());
     assert_eq!(observe(&follower.reader), before);
@@ -352,30 +344,14 @@ fn a_snapshot_with_events_out_of_stamp_order_is_refused() {
         .map(|id| ev("t", id, "p", None, None))
         .collect();
     apply(&rt, &mut leader.state_machine, vec![normal(1, events)]);
-    let snap = rt
-        .block_on(async {
-            leader
-                .state_machine
-                .get_snapshot_builder()
-                .await
-                .build_snapshot()
-                .await
-        })
-        .unwrap();
+    let snap = build_snapshot(&rt, &mut leader.state_machine);
     // Same events, same digest, but the last two frames swapped: the index runs need stamp
     // order, so the install must refuse rather than build them wrong.
     let (magic, mut frames) = split_frames(&snap.snapshot.into_inner());
     let n = frames.len();
     frames.swap(n - 2, n - 1);
     let data = [magic, frames.concat()].concat();
-    let before = observe(&follower.reader);
-    let result = rt.block_on(
-        follower
-            .state_machine
-            .install_snapshot(&snap.meta, Box::new(std::io::Cursor::new(data))),
-    );
-    assert!(result.is_err());
-    assert_eq!(observe(&follower.reader), before);
+    assert_install_refused(&rt, &mut follower, &snap.meta, data);
 }
 
 fn snapshot_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -391,16 +367,7 @@ fn snapshot_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 fn the_current_snapshot_is_one_file_and_stray_or_damaged_files_are_caught() {
     let rt = rt();
     let dir = tempfile::tempdir().unwrap();
-    let build = |s: &mut raft_store::Stores| {
-        rt.block_on(async {
-            s.state_machine
-                .get_snapshot_builder()
-                .await
-                .build_snapshot()
-                .await
-        })
-        .unwrap()
-    };
+    let build = |s: &mut raft_store::Stores| build_snapshot(&rt, &mut s.state_machine);
     let second = {
         let mut s = raft_store::open(dir.path()).unwrap();
         apply(
