@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use rocksdb::{
-    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, FlushOptions,
-    Options, SliceTransform, WriteOptions, DB,
+    ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, FlushOptions, Options, WriteOptions,
+    DB,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -22,8 +22,12 @@ pub(crate) const CF_LOG: &str = "log";
 pub(crate) const CF_RAFT_META: &str = "raft_meta";
 /// Stored events: `lamport u64 BE -> postcard(StoredEvent)`.
 pub(crate) const CF_EVENTS: &str = "events";
-/// Dedup index: `hash | len-prefixed topic | event_id -> lamport u64 BE`.
+/// Older releases' dedup index (`hash | len-prefixed topic | event_id -> lamport u64 BE`):
+/// moved into [`CF_KEY_HASHES`] at open and empty after (`dedup_index::migrate_keys`).
 pub(crate) const CF_KEYS: &str = "keys";
+/// Dedup index on disk: `lamport u64 BE -> hash of the event's key u64 BE`, loaded into
+/// memory at open (`dedup_index.rs`).
+pub(crate) const CF_KEY_HASHES: &str = "key_hashes";
 /// Topic index: `len-prefixed topic | first lamport BE -> run of stamps` (`index_runs.rs`).
 pub(crate) const CF_BY_TOPIC: &str = "by_topic";
 /// Producer index: `len-prefixed source | first lamport BE -> run of stamps`.
@@ -38,9 +42,10 @@ pub(crate) const CF_PRODUCERS: &str = "producers";
 pub(crate) const CF_SNAPSHOT: &str = "snapshot";
 
 /// Column families holding the state machine: exactly what a snapshot install replaces.
-pub(crate) const STATE_MACHINE_CFS: [&str; 7] = [
+pub(crate) const STATE_MACHINE_CFS: [&str; 8] = [
     CF_EVENTS,
     CF_KEYS,
+    CF_KEY_HASHES,
     CF_BY_TOPIC,
     CF_BY_SOURCE,
     CF_SM_META,
@@ -48,11 +53,12 @@ pub(crate) const STATE_MACHINE_CFS: [&str; 7] = [
     CF_PRODUCERS,
 ];
 
-const ALL_CFS: [&str; 10] = [
+const ALL_CFS: [&str; 11] = [
     CF_LOG,
     CF_RAFT_META,
     CF_EVENTS,
     CF_KEYS,
+    CF_KEY_HASHES,
     CF_BY_TOPIC,
     CF_BY_SOURCE,
     CF_SM_META,
@@ -221,25 +227,6 @@ fn cf_options(name: &str) -> Options {
     opts.set_level_compaction_dynamic_level_bytes(true);
     // Room for memtables waiting to be flushed, so apply does not stall behind a flush.
     opts.set_max_write_buffer_number(4);
-    if name == CF_KEYS {
-        // The default skip-list memtable, although dedup keys arrive in random order (each
-        // insert a deep search that misses the cache). A hash-bucketed memtable made those
-        // inserts cheap, but every flush then re-sorted its whole content into a skip list:
-        // ~10% of every node's CPU under sustained load. On the three-node cluster the plain
-        // skip list took 12-17% less CPU for 400,000 events and acknowledged 0.5-10% more
-        // per second; the apply loop alone (`apply_bench`, no flushes) is slower with it.
-        // The prefix is the key's leading 8-byte hash, for the memtable's prefix bloom.
-        opts.set_prefix_extractor(SliceTransform::create_fixed_prefix(8));
-    }
-    if name == CF_KEYS {
-        // Every applied event probes `keys`, and most probes miss (new keys). Bloom filters
-        // let a miss skip the memtable's buckets and most SST files.
-        let mut table = BlockBasedOptions::default();
-        table.set_bloom_filter(10.0, false);
-        opts.set_block_based_table_factory(&table);
-        opts.set_memtable_prefix_bloom_ratio(0.1);
-        opts.set_memtable_whole_key_filtering(true);
-    }
     opts
 }
 

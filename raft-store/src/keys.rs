@@ -2,6 +2,9 @@
 //! RocksDB's bytewise order is numeric order, which makes log ranges and Lamport-ordered
 //! scans plain iterator walks.
 
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::dedup_index::KeyHash;
 use crate::types::{EventKey, LamportStamp};
 
 /// Key of the single record in `sm_meta` holding the state machine's bookkeeping.
@@ -37,25 +40,34 @@ pub(crate) fn decode_u64(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(array))
 }
 
-/// Key of an event's dedup record in `keys`: `hash u64 BE | len(topic) u32 BE | topic |
-/// event_id`, where `hash` is xxh3-64 of the rest. The topic's length prefix makes the split
-/// unambiguous (the event id is the remainder); the full key follows the hash, so equal
-/// hashes never merge two keys. The hash leads because `keys` once had a memtable bucketed
-/// on it; it still serves the memtable's prefix bloom (see `db.rs`), and stores written since
-/// depend on this layout.
-pub(crate) fn event_key(topic: &str, event_id: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(8 + 4 + topic.len() + event_id.len());
-    key.extend_from_slice(&[0; 8]);
-    push_len_prefixed(&mut key, topic);
-    key.extend_from_slice(event_id.as_bytes());
-    let hash = xxhash_rust::xxh3::xxh3_64(&key[8..]);
-    key[..8].copy_from_slice(&hash.to_be_bytes());
-    key
+/// Hash of an event's key for the dedup index (`dedup_index.rs`): XXH3-64 of
+/// `len(topic) u32 BE | topic | event_id`. The topic's length prefix makes the split
+/// unambiguous, so ("ab", "c") and ("a", "bc") hash different inputs. Older releases' dedup
+/// records led with this same hash, which is what lets their stores move to `key_hashes`
+/// without reading the events.
+pub(crate) fn event_hash(topic: &str, event_id: &str) -> KeyHash {
+    let len = u32::try_from(topic.len()).unwrap_or(u32::MAX);
+    let mut hasher = Xxh3::new();
+    hasher.update(&len.to_be_bytes());
+    hasher.update(topic.as_bytes());
+    hasher.update(event_id.as_bytes());
+    KeyHash(hasher.digest())
 }
 
-/// [`event_key`] for an [`EventKey`].
-pub(crate) fn event_key_of(key: &EventKey) -> Vec<u8> {
-    event_key(&key.topic, &key.event_id)
+/// [`event_hash`] of an [`EventKey`].
+pub(crate) fn event_hash_of(key: &EventKey) -> KeyHash {
+    event_hash(&key.topic, &key.event_id)
+}
+
+/// Key of an event's dedup record in an older release's `keys` column family: `hash u64 BE |
+/// len(topic) u32 BE | topic | event_id`, `hash` being [`event_hash`]. Only tests write them
+/// now, to check that such a store is moved to `key_hashes` (`dedup_index::migrate_keys`).
+#[cfg(test)]
+pub(crate) fn event_key(topic: &str, event_id: &str) -> Vec<u8> {
+    let mut key = event_hash(topic, event_id).0.to_be_bytes().to_vec();
+    push_len_prefixed(&mut key, topic);
+    key.extend_from_slice(event_id.as_bytes());
+    key
 }
 
 /// Prefix shared by every `by_topic`/`by_source` entry of one name: `len(name) u32 BE | name`.
@@ -101,22 +113,24 @@ mod tests {
     }
 
     #[test]
-    fn event_keys_lead_with_the_hash_of_the_rest() {
+    fn event_hash_is_the_hash_older_dedup_records_led_with() {
         let key = event_key("t", "e");
         assert_eq!(&key[8..], b"\x00\x00\x00\x01te");
+        // The one-shot hash of the record's tail, as older releases computed it.
         assert_eq!(
-            decode_u64(&key[..8]),
-            Some(xxhash_rust::xxh3::xxh3_64(&key[8..]))
+            KeyHash(xxhash_rust::xxh3::xxh3_64(&key[8..])),
+            event_hash("t", "e")
         );
+        assert_eq!(decode_u64(&key[..8]), Some(event_hash("t", "e").0));
     }
 
     #[test]
-    fn event_keys_do_not_collide_across_the_split() {
-        assert_ne!(event_key("ab", "c"), event_key("a", "bc"));
-        assert_ne!(event_key("", "abc"), event_key("abc", ""));
+    fn event_hashes_do_not_collide_across_the_split() {
+        assert_ne!(event_hash("ab", "c"), event_hash("a", "bc"));
+        assert_ne!(event_hash("", "abc"), event_hash("abc", ""));
         assert_eq!(
-            event_key("t", "e"),
-            event_key_of(&EventKey {
+            event_hash("t", "e"),
+            event_hash_of(&EventKey {
                 topic: "t".into(),
                 event_id: "e".into()
             })

@@ -6,6 +6,7 @@
 //! (handed to openraft) and a [`StoreReader`] for queries.
 
 mod db;
+mod dedup_index;
 mod error;
 mod index_runs;
 mod keys;
@@ -82,10 +83,13 @@ pub fn open_with(dir: &Path, options: &StoreOptions) -> Result<Stores, StoreErro
     )?;
     let log_reads = log_store.cache_reads();
     let segments = log_store.segments();
+    dedup_index::migrate_keys(&db)?;
+    let index = dedup_index::DedupIndex::load(&db, &db.rocks.snapshot())?;
+    let index = dedup_index::SharedDedupIndex::new(index);
     Ok(Stores {
         log_store,
-        state_machine: StateMachineStore::load(db.clone())?,
-        reader: StoreReader::new(db, log_reads, segments),
+        state_machine: StateMachineStore::load(db.clone(), index.clone())?,
+        reader: StoreReader::new(db, log_reads, segments, index),
     })
 }
 

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use openraft::LogId;
 use rocksdb::Snapshot;
 
-use crate::db::{self, Db, CF_BY_SOURCE, CF_BY_TOPIC, CF_EVENTS, CF_KEYS};
+use crate::db::{self, Db, CF_BY_SOURCE, CF_BY_TOPIC, CF_EVENTS};
+use crate::dedup_index::SharedDedupIndex;
 use crate::error::StoreError;
 use crate::index_runs;
 use crate::keys;
@@ -23,6 +24,7 @@ pub struct StoreReader {
     db: Arc<Db>,
     log_reads: Arc<LogCacheReads>,
     log: Arc<SegmentLog>,
+    index: SharedDedupIndex,
 }
 
 impl StoreReader {
@@ -30,8 +32,20 @@ impl StoreReader {
         db: Arc<Db>,
         log_reads: Arc<LogCacheReads>,
         log: Arc<SegmentLog>,
+        index: SharedDedupIndex,
     ) -> StoreReader {
-        StoreReader { db, log_reads, log }
+        StoreReader {
+            db,
+            log_reads,
+            log,
+            index,
+        }
+    }
+
+    /// Stored events in the in-memory dedup index, and the bytes its table has allocated.
+    pub fn dedup_index_size(&self) -> (usize, usize) {
+        let index = self.index.read();
+        (index.len(), index.allocated_bytes())
     }
 
     /// Bytes of Raft log records in the segment files, purged ones not yet deleted included.
@@ -88,24 +102,28 @@ impl StoreReader {
         self.page(CF_BY_SOURCE, source, after, limit)
     }
 
-    /// The stored event with this key, if any.
+    /// The stored event with this key, if any. An apply records its events in the index just
+    /// after writing them, so an event applied while this runs may be missed: that apply has
+    /// not returned, and nothing acknowledged it yet. Once it returns, every read finds it.
     pub fn get_event(&self, key: &EventKey) -> Result<Option<StoredEvent>, StoreError> {
         let view = self.db.rocks.snapshot();
-        let Some(stamp) = view.get_pinned_cf(self.db.cf(CF_KEYS)?, keys::event_key_of(key))? else {
-            return Ok(None);
-        };
-        let stamp = keys::decode_u64(&stamp)
-            .ok_or_else(|| StoreError::corrupt("dedup record", "not 8 bytes"))?;
-        let event = match view.get_pinned_cf(self.db.cf(CF_EVENTS)?, stamp.to_be_bytes())? {
-            Some(bytes) => db::decode("stored event", &bytes)?,
-            None => {
-                return Err(StoreError::corrupt(
-                    "events",
-                    format!("stamp {stamp} indexed but missing"),
-                ))
+        let candidates: Vec<LamportStamp> = self
+            .index
+            .read()
+            .candidates(keys::event_hash_of(key))
+            .collect();
+        let events_cf = self.db.cf(CF_EVENTS)?;
+        for stamp in candidates {
+            let Some(bytes) = view.get_pinned_cf(events_cf, keys::lamport_key(stamp))? else {
+                // Stored after the view was taken.
+                continue;
+            };
+            let event: StoredEvent = db::decode("stored event", &bytes)?;
+            if event.event.topic == key.topic && event.event.event_id == key.event_id {
+                return Ok(Some(event));
             }
-        };
-        Ok(Some(event))
+        }
+        Ok(None)
     }
 
     /// Counters, topic counts, producers, clock, digest and last applied id, all as of one

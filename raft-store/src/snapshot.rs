@@ -27,8 +27,9 @@ use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::db::{
-    self, Db, CF_BY_SOURCE, CF_BY_TOPIC, CF_EVENTS, CF_KEYS, CF_SNAPSHOT, STATE_MACHINE_CFS,
+    self, Db, CF_BY_SOURCE, CF_BY_TOPIC, CF_EVENTS, CF_KEY_HASHES, CF_SNAPSHOT, STATE_MACHINE_CFS,
 };
+use crate::dedup_index::{self, DedupIndex};
 use crate::error::StoreError;
 use crate::index_runs::IndexRuns;
 use crate::keys;
@@ -235,12 +236,16 @@ pub(crate) fn remove_orphans(db: &Db) -> Result<(), StoreError> {
 /// Replaces the whole state machine with the snapshot's contents and makes it the current
 /// snapshot, in one synced `WriteBatch` (after the data file is synced): a crash leaves either
 /// the old state and snapshot or the new ones.
-pub(crate) fn install(db: &Db, meta: &Meta, data: Vec<u8>) -> Result<SmState, StoreError> {
+pub(crate) fn install(
+    db: &Db,
+    meta: &Meta,
+    data: Vec<u8>,
+) -> Result<(SmState, DedupIndex), StoreError> {
     let mut batch = WriteBatch::default();
     for name in STATE_MACHINE_CFS {
         batch.delete_range_cf(db.cf(name)?, [].as_slice(), keys::KEY_SPACE_END.as_slice());
     }
-    let state = decode_into(db, &mut batch, &data)?;
+    let (state, index) = decode_into(db, &mut batch, &data)?;
     if state.meta.last_applied != meta.last_log_id {
         return Err(StoreError::corrupt(
             "snapshot",
@@ -257,12 +262,17 @@ pub(crate) fn install(db: &Db, meta: &Meta, data: Vec<u8>) -> Result<SmState, St
         bytes = data.len(),
         "snapshot installed"
     );
-    Ok(state)
+    Ok((state, index))
 }
 
-/// Parses snapshot data, queuing the state it holds into `batch`; checks the event count
-/// and digest against the header so a damaged snapshot is refused, not installed.
-fn decode_into(db: &Db, batch: &mut WriteBatch, data: &[u8]) -> Result<SmState, StoreError> {
+/// Parses snapshot data, queuing the state it holds into `batch` and building its dedup index;
+/// checks the event count and digest against the header so a damaged snapshot is refused, not
+/// installed.
+fn decode_into(
+    db: &Db,
+    batch: &mut WriteBatch,
+    data: &[u8],
+) -> Result<(SmState, DedupIndex), StoreError> {
     let rest = data
         .strip_prefix(MAGIC.as_slice())
         .ok_or_else(|| StoreError::corrupt("snapshot", "bad magic"))?;
@@ -273,7 +283,8 @@ fn decode_into(db: &Db, batch: &mut WriteBatch, data: &[u8]) -> Result<SmState, 
         topics: header.topics.into_iter().collect(),
         producers: header.producers.into_iter().collect(),
     };
-    let (events_cf, keys_cf) = (db.cf(CF_EVENTS)?, db.cf(CF_KEYS)?);
+    let (events_cf, hashes_cf) = (db.cf(CF_EVENTS)?, db.cf(CF_KEY_HASHES)?);
+    let mut index = DedupIndex::default();
     let (topic_cf, source_cf) = (db.cf(CF_BY_TOPIC)?, db.cf(CF_BY_SOURCE)?);
     let mut digest = Digest::default();
     let (mut by_topic, mut by_source) = (IndexRuns::default(), IndexRuns::default());
@@ -290,11 +301,9 @@ fn decode_into(db: &Db, batch: &mut WriteBatch, data: &[u8]) -> Result<SmState, 
         last_stamp = Some(stamp);
         digest.add(&event.topic, &event.event_id, stamp);
         batch.put_cf(events_cf, keys::lamport_key(stamp), bytes);
-        batch.put_cf(
-            keys_cf,
-            keys::event_key(&event.topic, &event.event_id),
-            stamp.0.to_be_bytes(),
-        );
+        let hash = keys::event_hash(&event.topic, &event.event_id);
+        dedup_index::put_record(batch, hashes_cf, hash, stamp);
+        index.insert(hash, stamp);
         by_topic.push(&event.topic, stamp);
         by_source.push(&event.source, stamp);
     }
@@ -313,7 +322,7 @@ fn decode_into(db: &Db, batch: &mut WriteBatch, data: &[u8]) -> Result<SmState, 
         state.put_producer(db, batch, source)?;
     }
     state.put_meta(db, batch)?;
-    Ok(state)
+    Ok((state, index))
 }
 
 /// Makes `data` the current snapshot in place of `previous` (the record as read under the

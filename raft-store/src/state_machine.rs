@@ -12,27 +12,28 @@
 //! openraft follows with a purge) flushes the memtables, and a purge past what a snapshot
 //! build or install covered flushes them first (`log_store.rs`).
 
-use std::collections::HashMap;
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use hashbrown::HashTable;
 use openraft::storage::RaftStateMachine;
 use openraft::{
     EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, Snapshot, SnapshotMeta,
     StorageError, StoredMembership,
 };
-use rocksdb::{ColumnFamily, WriteBatch};
+use rocksdb::WriteBatch;
 
-use crate::db::{self, Db, CF_BY_SOURCE, CF_BY_TOPIC, CF_EVENTS, CF_KEYS};
+use crate::db::{self, Db, CF_BY_SOURCE, CF_BY_TOPIC, CF_EVENTS, CF_KEY_HASHES};
+use crate::dedup_index::{self, DedupIndex, KeyHash, SharedDedupIndex};
 use crate::error::StoreError;
 use crate::index_runs::IndexRuns;
 use crate::keys;
 use crate::sm_state::SmState;
 use crate::snapshot::{self, SnapshotBuilder};
 use crate::types::{
-    ApplyStatus, BatchOutcome, Event, EventOutcome, LamportStamp, Node, NodeId, StoredEventRef,
-    TypeConfig, MAX_PRODUCER_LAMPORT,
+    ApplyStatus, BatchOutcome, Event, EventOutcome, LamportStamp, Node, NodeId, StoredEvent,
+    StoredEventRef, TypeConfig, MAX_PRODUCER_LAMPORT,
 };
 
 type Entry = openraft::Entry<TypeConfig>;
@@ -55,18 +56,25 @@ pub struct StateMachineStore {
     /// `None` only while an apply runs on the blocking pool, or after one was cancelled;
     /// then it is reloaded from RocksDB, which always holds the truth.
     state: Option<SmState>,
+    /// The dedup index, shared with the readers; changed only here, after a write.
+    index: SharedDedupIndex,
     batch_bytes: Arc<AtomicU64>,
 }
 
 impl StateMachineStore {
-    /// Opens the state machine on `db`, loading its bookkeeping.
-    pub(crate) fn load(db: Arc<Db>) -> Result<StateMachineStore, StoreError> {
+    /// Opens the state machine on `db`, loading its bookkeeping; `index` is its dedup index,
+    /// as loaded from the same store.
+    pub(crate) fn load(
+        db: Arc<Db>,
+        index: SharedDedupIndex,
+    ) -> Result<StateMachineStore, StoreError> {
         let state = SmState::load(&db, &db.rocks.snapshot())?;
         // Freshly opened, the state machine is exactly what is on disk.
         db.note_durable_applied(state.meta.last_applied.map_or(0, |id| id.index));
         Ok(StateMachineStore {
             db,
             state: Some(state),
+            index,
             batch_bytes: Arc::new(AtomicU64::new(0)),
         })
     }
@@ -122,15 +130,21 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             // A few events are tens of microseconds of work: less than handing them to
             // another thread and waking this task again, which is on every small write's
             // acknowledgement path.
-            let result = apply_entries(&self.db, &mut state, entries, &self.batch_bytes);
+            let result = apply_entries(
+                &self.db,
+                &mut state,
+                &self.index,
+                entries,
+                &self.batch_bytes,
+            );
             Ok((state, result))
         } else {
-            let db = self.db.clone();
+            let (db, index) = (self.db.clone(), self.index.clone());
             let bytes = self.batch_bytes.clone();
             // Off the async runtime: a batch of a thousand events is a few milliseconds of
             // encoding and RocksDB work.
             tokio::task::spawn_blocking(move || {
-                let result = apply_entries(&db, &mut state, entries, &bytes);
+                let result = apply_entries(&db, &mut state, &index, entries, &bytes);
                 (state, result)
             })
             .await
@@ -168,10 +182,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         meta: &SnapshotMeta<NodeId, Node>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<NodeId>> {
-        let db = self.db.clone();
+        let (db, index) = (self.db.clone(), self.index.clone());
         let owned_meta = meta.clone();
         let installed = tokio::task::spawn_blocking(move || {
-            snapshot::install(&db, &owned_meta, snapshot.into_inner())
+            // Held across the write, so no reader pairs the new events with the old index.
+            let mut index = index.write();
+            let (state, installed) = snapshot::install(&db, &owned_meta, snapshot.into_inner())?;
+            *index = installed;
+            Ok(state)
         })
         .await
         .map_err(StoreError::Task)
@@ -213,53 +231,46 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 }
 
-/// Applies `entries` to `state` and writes everything they change in one `WriteBatch`.
-/// `state` is only meaningful if this returns `Ok`.
+/// Applies `entries` to `state` and writes everything they change in one `WriteBatch`;
+/// records the events it stored in `index` once that batch is written. `state` is only
+/// meaningful if this returns `Ok`.
 fn apply_entries(
     db: &Db,
     state: &mut SmState,
+    index: &SharedDedupIndex,
     entries: Vec<Entry>,
     batch_bytes: &AtomicU64,
 ) -> Result<Vec<BatchOutcome>, StoreError> {
-    let (events_cf, keys_cf) = (db.cf(CF_EVENTS)?, db.cf(CF_KEYS)?);
+    let (events_cf, hashes_cf) = (db.cf(CF_EVENTS)?, db.cf(CF_KEY_HASHES)?);
     let (topic_cf, source_cf) = (db.cf(CF_BY_TOPIC)?, db.cf(CF_BY_SOURCE)?);
 
-    // One multi-get for every event key of the call; keys stored earlier in this same call
-    // are caught by `fresh`, since the batch is not written yet.
-    let lookup: Vec<Vec<u8>> = entries
+    let events: Vec<&Event> = entries
         .iter()
         .filter_map(|e| match &e.payload {
             EntryPayload::Normal(batch) => Some(batch.events.iter()),
             _ => None,
         })
         .flatten()
-        .map(|ev| keys::event_key(&ev.topic, &ev.event_id))
         .collect();
-    // RocksDB sorts a multi-get's keys itself unless told they are sorted, through a
-    // comparator behind virtual calls (~5% of a node's CPU); a plain byte sort of their order
-    // here is cheaper. The answers are put back in event order.
-    let mut order: Vec<usize> = (0..lookup.len()).collect();
-    order.sort_unstable_by(|&a, &b| lookup[a].cmp(&lookup[b]));
-    let answers = db
-        .rocks
-        .batched_multi_get_cf(keys_cf, order.iter().map(|&i| &lookup[i]), true);
-    let mut found: Vec<Option<_>> = (0..lookup.len()).map(|_| None).collect();
-    for (i, answer) in order.into_iter().zip(answers) {
-        if let Some(slot) = found.get_mut(i) {
-            *slot = Some(answer);
-        }
-    }
-    let mut lookups = lookup.iter().zip(found);
-    let mut fresh: HashMap<&[u8], LamportStamp> = HashMap::new();
+    let hashes: Vec<KeyHash> = events
+        .iter()
+        .map(|ev| keys::event_hash(&ev.topic, &ev.event_id))
+        .collect();
+    let stored_copies = stored_copies(db, &index.read(), &events, &hashes)?;
+    // Keys stored earlier in this same call: the batch is not written yet, so neither RocksDB
+    // nor the index knows them. Entries are (hash, position in `events`, stamp).
+    let mut fresh: HashTable<(KeyHash, usize, LamportStamp)> = HashTable::new();
+    let mut position = 0..;
 
-    let mut index_puts = IndexPuts::default();
+    let (mut by_topic, mut by_source) = (IndexRuns::default(), IndexRuns::default());
+    let mut indexed = Vec::new();
     // Sized for a typical event, so the batch's buffer is not regrown and copied as it fills.
-    let mut batch = WriteBatch::with_capacity_bytes(lookup.len() * 320);
+    let mut batch = WriteBatch::with_capacity_bytes(events.len() * 320);
     let mut scratch = Vec::new();
     let mut replies = Vec::with_capacity(entries.len());
-    for entry in entries {
+    for entry in &entries {
         state.meta.last_applied = Some(entry.log_id);
-        let events: &[Event] = match &entry.payload {
+        let entry_events: &[Event] = match &entry.payload {
             EntryPayload::Blank => &[],
             EntryPayload::Membership(membership) => {
                 state.meta.last_membership =
@@ -268,25 +279,23 @@ fn apply_entries(
             }
             EntryPayload::Normal(batch) => &batch.events,
         };
-        let mut results = Vec::with_capacity(events.len());
-        for event in events {
-            let (key, stored) = lookups
+        let mut results = Vec::with_capacity(entry_events.len());
+        for event in entry_events {
+            let i = position
                 .next()
+                .ok_or_else(|| StoreError::corrupt("apply", "event count overflow"))?;
+            let (hash, stored) = hashes
+                .get(i)
+                .zip(stored_copies.get(i))
                 .ok_or_else(|| StoreError::corrupt("apply", "fewer key lookups than events"))?;
-            let stored =
-                stored.ok_or_else(|| StoreError::corrupt("apply", "a key lookup got no answer"))?;
             state.meta.counters.received += 1;
-            let existing = match fresh.get(key.as_slice()) {
-                Some(stamp) => Some(*stamp),
-                None => match stored? {
-                    Some(value) => {
-                        Some(LamportStamp(keys::decode_u64(&value).ok_or_else(|| {
-                            StoreError::corrupt("dedup record", "not 8 bytes")
-                        })?))
-                    }
-                    None => None,
-                },
+            let same_key = |&(h, j, _): &(KeyHash, usize, LamportStamp)| {
+                h == *hash
+                    && events
+                        .get(j)
+                        .is_some_and(|e| e.topic == event.topic && e.event_id == event.event_id)
             };
+            let existing = stored.or_else(|| fresh.find(hash.0, same_key).map(|e| e.2));
             if let Some(original) = existing {
                 state.meta.counters.duplicate_dropped += 1;
                 results.push(EventOutcome {
@@ -301,13 +310,11 @@ fn apply_entries(
             state.meta.clock = stamp;
             state.meta.counters.unique_processed += 1;
             state.meta.digest.add(&event.topic, &event.event_id, stamp);
-            fresh.insert(key.as_slice(), stamp);
-
-            index_puts
-                .keys
-                .push((key.as_slice(), stamp.0.to_be_bytes()));
-            index_puts.by_topic.push(&event.topic, stamp);
-            index_puts.by_source.push(&event.source, stamp);
+            fresh.insert_unique(hash.0, (*hash, i, stamp), |e| e.0 .0);
+            indexed.push((*hash, stamp));
+            dedup_index::put_record(&mut batch, hashes_cf, *hash, stamp);
+            by_topic.push(&event.topic, stamp);
+            by_source.push(&event.source, stamp);
             bump_topic(state, &event.topic);
             record_producer(state, &event.source, event.seq, stamp);
 
@@ -327,45 +334,63 @@ fn apply_entries(
     }
 
     // The runs name exactly the topics and producers whose counts this call changed.
-    for topic in index_puts.by_topic.names() {
+    for topic in by_topic.names() {
         state.put_topic(db, &mut batch, topic)?;
     }
-    for source in index_puts.by_source.names() {
+    for source in by_source.names() {
         state.put_producer(db, &mut batch, source)?;
     }
-    index_puts.write(&mut batch, keys_cf, topic_cf, source_cf)?;
+    by_topic.write(&mut batch, topic_cf)?;
+    by_source.write(&mut batch, source_cf)?;
     state.put_meta(db, &mut batch)?;
     batch_bytes.fetch_add(batch.size_in_bytes() as u64, Ordering::Relaxed);
     db.rocks.write_opt(batch, &db::state_machine_write())?;
+    // Only now: an entry for an event that never reached RocksDB would make a later duplicate
+    // look up a stamp with nothing behind it.
+    let mut index = index.write();
+    index.reserve(indexed.len());
+    for (hash, stamp) in indexed {
+        index.insert(hash, stamp);
+    }
     Ok(replies)
 }
 
-/// Index records of one apply call. Dedup records go into the batch sorted by key: RocksDB's
-/// memtable skip list inserts keys that arrive in order much faster, because each insert
-/// resumes from the previous one's position. (Events need no sorting: stamps ascend.)
-#[derive(Default)]
-struct IndexPuts<'k> {
-    keys: Vec<(&'k [u8], [u8; 8])>,
-    by_topic: IndexRuns,
-    by_source: IndexRuns,
-}
-
-impl IndexPuts<'_> {
-    fn write(
-        mut self,
-        batch: &mut WriteBatch,
-        keys_cf: &ColumnFamily,
-        topic_cf: &ColumnFamily,
-        source_cf: &ColumnFamily,
-    ) -> Result<(), StoreError> {
-        // A key is stored once per call, so an unstable sort loses nothing.
-        self.keys.sort_unstable();
-        for (key, stamp) in self.keys {
-            batch.put_cf(keys_cf, key, stamp);
-        }
-        self.by_topic.write(batch, topic_cf)?;
-        self.by_source.write(batch, source_cf)
+/// For each of `events`, the stamp of a stored event with the same key, if there is one. Only
+/// events whose hash the index holds are looked up: their candidates are read back in one
+/// multi-get, in stamp order, and compared by key.
+fn stored_copies(
+    db: &Db,
+    index: &DedupIndex,
+    events: &[&Event],
+    hashes: &[KeyHash],
+) -> Result<Vec<Option<LamportStamp>>, StoreError> {
+    let mut found = vec![None; events.len()];
+    let mut probes: Vec<(LamportStamp, usize)> = hashes
+        .iter()
+        .enumerate()
+        .flat_map(|(i, hash)| index.candidates(*hash).map(move |stamp| (stamp, i)))
+        .collect();
+    if probes.is_empty() {
+        return Ok(found);
     }
+    probes.sort_unstable();
+    let lookup: Vec<[u8; 8]> = probes.iter().map(|(s, _)| keys::lamport_key(*s)).collect();
+    let answers = db
+        .rocks
+        .batched_multi_get_cf(db.cf(CF_EVENTS)?, lookup.iter(), true);
+    for ((stamp, i), answer) in probes.into_iter().zip(answers) {
+        let bytes = answer?.ok_or_else(|| {
+            StoreError::corrupt("dedup index", format!("stamp {stamp} indexed but missing"))
+        })?;
+        let stored: StoredEvent = db::decode("stored event", &bytes)?;
+        let (Some(event), Some(slot)) = (events.get(i), found.get_mut(i)) else {
+            continue;
+        };
+        if stored.event.topic == event.topic && stored.event.event_id == event.event_id {
+            *slot = Some(stamp);
+        }
+    }
+    Ok(found)
 }
 
 fn bump_topic(state: &mut SmState, topic: &str) {
@@ -385,5 +410,102 @@ fn record_producer(state: &mut SmState, source: &str, seq: Option<u64>, stamp: L
             stats.record(seq, stamp);
             state.producers.insert(source.to_owned(), stats);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::storage::RaftStateMachine;
+
+    use super::*;
+    use crate::test_entries::entry;
+
+    fn apply(sm: &mut StateMachineStore, entries: Vec<Entry>) -> Vec<EventOutcome> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let outcomes = rt.block_on(sm.apply(entries)).unwrap();
+        outcomes.into_iter().flat_map(|o| o.results).collect()
+    }
+
+    /// Entry 1 stores `e-1`, entry 2 stores `e-2`, both on topic `t` (see `test_entries`).
+    #[test]
+    fn a_key_sharing_a_hash_with_a_stored_key_is_still_stored_and_deduplicated() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = crate::open(dir.path()).unwrap();
+        let first = apply(&mut s.state_machine, vec![entry(1, 1)]);
+        assert_eq!(first[0].status, ApplyStatus::Stored);
+        // A collision, made by hand: `e-2`'s hash now also names `e-1`'s stamp.
+        let hash = keys::event_hash("t", "e-2");
+        s.state_machine.index.write().insert(hash, first[0].lamport);
+
+        let second = apply(&mut s.state_machine, vec![entry(1, 2)]);
+        assert_eq!(second[0].status, ApplyStatus::Stored);
+        assert_ne!(second[0].lamport, first[0].lamport);
+        // Two candidates under one hash: the copy is matched to its own key's stamp.
+        let mut again = entry(1, 3);
+        again.payload = entry(1, 2).payload;
+        let third = apply(&mut s.state_machine, vec![again]);
+        assert_eq!(third[0].status, ApplyStatus::Duplicate);
+        assert_eq!(third[0].lamport, second[0].lamport);
+
+        let key = |id: &str| crate::types::EventKey {
+            topic: "t".into(),
+            event_id: id.into(),
+        };
+        let got = s.reader.get_event(&key("e-2")).unwrap().unwrap();
+        assert_eq!(
+            (got.event.event_id.as_str(), got.lamport),
+            ("e-2", second[0].lamport)
+        );
+        assert_eq!(s.reader.get_event(&key("e-9")).unwrap(), None);
+        let counters = s.reader.stats().unwrap().counters;
+        assert_eq!(
+            (counters.unique_processed, counters.duplicate_dropped),
+            (2, 1)
+        );
+    }
+
+    #[test]
+    fn an_index_entry_without_its_event_is_an_error_not_a_duplicate() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = crate::open(dir.path()).unwrap();
+        let hash = keys::event_hash("t", "e-1");
+        s.state_machine.index.write().insert(hash, LamportStamp(42));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert!(rt
+            .block_on(s.state_machine.apply(vec![entry(1, 1)]))
+            .is_err());
+    }
+
+    #[test]
+    fn a_store_written_with_the_older_dedup_records_still_deduplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let stamps: Vec<LamportStamp> = {
+            let mut s = crate::open(dir.path()).unwrap();
+            let out = apply(&mut s.state_machine, vec![entry(1, 1), entry(1, 2)]);
+            s.reader.flush_memtables().unwrap();
+            out.iter().map(|o| o.lamport).collect()
+        };
+        {
+            // What an older release left: `keys` records, no `key_hashes`.
+            let db = Db::open(dir.path()).unwrap();
+            let mut batch = WriteBatch::default();
+            let hashes_cf = db.cf(CF_KEY_HASHES).unwrap();
+            batch.delete_range_cf(hashes_cf, [].as_slice(), keys::KEY_SPACE_END.as_slice());
+            for (id, stamp) in ["e-1", "e-2"].iter().zip(&stamps) {
+                let key = keys::event_key("t", id);
+                batch.put_cf(db.cf(db::CF_KEYS).unwrap(), key, stamp.0.to_be_bytes());
+            }
+            db.rocks.write_opt(batch, &db::synced()).unwrap();
+        }
+        let mut s = crate::open(dir.path()).unwrap();
+        let (mut one, mut two) = (entry(1, 3), entry(1, 4));
+        (one.payload, two.payload) = (entry(1, 1).payload, entry(1, 2).payload);
+        let again = apply(&mut s.state_machine, vec![one, two]);
+        assert!(again.iter().all(|o| o.status == ApplyStatus::Duplicate));
+        assert_eq!(again.iter().map(|o| o.lamport).collect::<Vec<_>>(), stamps);
     }
 }
