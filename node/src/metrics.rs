@@ -51,6 +51,8 @@ pub struct Inner {
     snapshot_builds: IntCounter,
     snapshot_build_seconds: prometheus::Counter,
     snapshot_bytes: IntGauge,
+    dedup_index_entries: IntGauge,
+    dedup_index_bytes: IntGauge,
 }
 
 impl std::ops::Deref for Metrics {
@@ -167,6 +169,16 @@ impl Metrics {
         )?;
         let snapshot_bytes =
             IntGauge::new("snapshot_bytes", "Size of the current snapshot's data file")?;
+        let dedup_index_entries = IntGauge::new(
+            "dedup_index_entries",
+            "Stored events in the in-memory dedup index (one per stored event)",
+        )?;
+        let dedup_index_bytes = IntGauge::new(
+            "dedup_index_bytes",
+            "Memory the dedup index's hash table has allocated",
+        )?;
+        registry.register(Box::new(dedup_index_entries.clone()))?;
+        registry.register(Box::new(dedup_index_bytes.clone()))?;
         registry.register(Box::new(log_cache_reads.clone()))?;
         registry.register(Box::new(log_bytes.clone()))?;
         registry.register(Box::new(log_disk_bytes.clone()))?;
@@ -215,6 +227,8 @@ impl Metrics {
             snapshot_builds,
             snapshot_build_seconds,
             snapshot_bytes,
+            dedup_index_entries,
+            dedup_index_bytes,
         })))
     }
 
@@ -248,6 +262,11 @@ impl Metrics {
             .inc_by((build_seconds - self.snapshot_build_seconds.get()).max(0.0));
         self.snapshot_bytes
             .set(i64::try_from(snap.bytes).unwrap_or(i64::MAX));
+        let (entries, bytes) = reader.dedup_index_size();
+        self.dedup_index_entries
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+        self.dedup_index_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
         {
             let m = raft.metrics();
             let m = m.borrow();

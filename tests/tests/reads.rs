@@ -114,5 +114,12 @@ async fn consistency_levels_forwarding_and_provenance_headers() {
         hits.is_some_and(|h| h > 0.0),
         "no log read was served from the cache:\n{metrics}"
     );
+    // A fresh cluster that stored five events indexes exactly five keys.
+    assert_eq!(
+        metric_value(&metrics, "aggregator_dedup_index_entries"),
+        Some(5.0),
+        "{metrics}"
+    );
+    assert!(metric_value(&metrics, "aggregator_dedup_index_bytes").is_some_and(|b| b > 0.0));
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
