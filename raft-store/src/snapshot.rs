@@ -29,7 +29,7 @@ use xxhash_rust::xxh3::xxh3_64;
 use crate::db::{
     self, Db, CF_BY_SOURCE, CF_BY_TOPIC, CF_EVENTS, CF_KEY_HASHES, CF_SNAPSHOT, STATE_MACHINE_CFS,
 };
-use crate::dedup_index::{self, DedupIndex};
+use crate::dedup_index::{self, DedupIndex, SharedDedupIndex};
 use crate::error::StoreError;
 use crate::index_runs::IndexRuns;
 use crate::keys;
@@ -180,7 +180,7 @@ pub(crate) fn build(db: &Db) -> Result<(Meta, Vec<u8>), StoreError> {
         .as_ref()
         .is_some_and(|stored| stored.meta.last_log_id > meta.last_log_id);
     if !newer_exists {
-        replace_current(db, current, WriteBatch::default(), &meta, &data)?;
+        replace_current(db, current, WriteBatch::default(), &meta, &data, None)?;
     }
     let took = started.elapsed();
     db.snapshot_counters.record_build(took);
@@ -235,17 +235,18 @@ pub(crate) fn remove_orphans(db: &Db) -> Result<(), StoreError> {
 
 /// Replaces the whole state machine with the snapshot's contents and makes it the current
 /// snapshot, in one synced `WriteBatch` (after the data file is synced): a crash leaves either
-/// the old state and snapshot or the new ones.
+/// the old state and snapshot or the new ones. `index` gets the snapshot's dedup index.
 pub(crate) fn install(
     db: &Db,
     meta: &Meta,
     data: Vec<u8>,
-) -> Result<(SmState, DedupIndex), StoreError> {
+    index: &SharedDedupIndex,
+) -> Result<SmState, StoreError> {
     let mut batch = WriteBatch::default();
     for name in STATE_MACHINE_CFS {
         batch.delete_range_cf(db.cf(name)?, [].as_slice(), keys::KEY_SPACE_END.as_slice());
     }
-    let (state, index) = decode_into(db, &mut batch, &data)?;
+    let (state, installed) = decode_into(db, &mut batch, &data)?;
     if state.meta.last_applied != meta.last_log_id {
         return Err(StoreError::corrupt(
             "snapshot",
@@ -256,13 +257,14 @@ pub(crate) fn install(
         .snapshot_lock
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    replace_current(db, read_stored(db)?, batch, meta, &data)?;
+    let swap = Some((index, installed));
+    replace_current(db, read_stored(db)?, batch, meta, &data, swap)?;
     tracing::info!(
         last_log_index = meta.last_log_id.map_or(0, |id| id.index),
         bytes = data.len(),
         "snapshot installed"
     );
-    Ok((state, index))
+    Ok(state)
 }
 
 /// Parses snapshot data, queuing the state it holds into `batch` and building its dedup index;
@@ -327,13 +329,17 @@ fn decode_into(
 
 /// Makes `data` the current snapshot in place of `previous` (the record as read under the
 /// lock): writes and syncs a new data file, then commits `batch` (synced) with the record
-/// naming the file, then deletes the previous file. The caller holds `snapshot_lock`.
+/// naming the file, then deletes the previous file. The caller holds `snapshot_lock`. With
+/// `swap` (an install), the shared dedup index is replaced under its lock held across the
+/// write, so no reader pairs the new events with the old index; the lock is not held while the
+/// data file is written, which takes long for a large store.
 fn replace_current(
     db: &Db,
     previous: Option<StoredSnapshot>,
     mut batch: WriteBatch,
     meta: &Meta,
     data: &[u8],
+    swap: Option<(&SharedDedupIndex, DedupIndex)>,
 ) -> Result<(), StoreError> {
     let previous = previous.map(|s| s.file);
     let file = write_data_file(db, meta, data)?;
@@ -352,7 +358,18 @@ fn replace_current(
         keys::SNAPSHOT_CURRENT,
         db::encode("snapshot record", &stored)?,
     );
-    if let Err(e) = db.rocks.write_opt(batch, &db::synced()) {
+    let written = match swap {
+        Some((shared, installed)) => {
+            let mut index = shared.write();
+            let written = db.rocks.write_opt(batch, &db::synced());
+            if written.is_ok() {
+                *index = installed;
+            }
+            written
+        }
+        None => db.rocks.write_opt(batch, &db::synced()),
+    };
+    if let Err(e) = written {
         remove_file_logged(db, &file);
         return Err(e.into());
     }

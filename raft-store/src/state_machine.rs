@@ -185,11 +185,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let (db, index) = (self.db.clone(), self.index.clone());
         let owned_meta = meta.clone();
         let installed = tokio::task::spawn_blocking(move || {
-            // Held across the write, so no reader pairs the new events with the old index.
-            let mut index = index.write();
-            let (state, installed) = snapshot::install(&db, &owned_meta, snapshot.into_inner())?;
-            *index = installed;
-            Ok(state)
+            snapshot::install(&db, &owned_meta, snapshot.into_inner(), &index)
         })
         .await
         .map_err(StoreError::Task)
