@@ -89,6 +89,20 @@ fn main() -> anyhow::Result<()> {
     println!("on disk (with WAL):  {:.1} MiB", mib(dir_size(dir.path())?));
     drop(stores);
     println!("on disk after close: {:.1} MiB", mib(dir_size(dir.path())?));
+    // Opening reads the whole dedup index into memory: its start-up cost at this size.
+    let started = Instant::now();
+    let reopened = raft_store::open(dir.path())?;
+    let reopen = started.elapsed().as_secs_f64();
+    let (indexed, bytes) = reopened.reader.dedup_index_size();
+    anyhow::ensure!(
+        indexed as u64 == c.unique_processed,
+        "reopened with {indexed} keys indexed, {} stored",
+        c.unique_processed
+    );
+    println!(
+        "reopen:              {reopen:.2} s (dedup index {indexed} keys, {:.1} MiB)",
+        mib(bytes as u64)
+    );
     Ok(())
 }
 

@@ -13,8 +13,8 @@
 //! Every stored event has its entry, so a key whose hash has no entry is certainly absent;
 //! the common case (a new event) never reads an event back.
 //!
-//! Memory: 16 bytes per stored event in the table, which grows by doubling (so 17-34 bytes per
-//! event in all, about 170-340 MB per ten million events); `/metrics` reports it.
+//! Memory: 16 bytes per stored event in tables that grow by doubling (so 17-34 bytes per event
+//! in all, about 170-340 MB per ten million events); `/metrics` reports it.
 
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -30,41 +30,59 @@ use crate::types::LamportStamp;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct KeyHash(pub(crate) u64);
 
+/// Tables the index is split into. A hash table grows by copying itself whole into one twice
+/// the size, in one step: at ten million entries a single table's step took about half a second,
+/// a stall of the apply that triggers it (and of every acknowledgement behind it), on all nodes
+/// at about the same moment. Split, each step copies 1/256 of the index.
+const SHARDS: usize = 256;
+
 /// Stamps of stored events by the hash of their key.
-#[derive(Default)]
 pub(crate) struct DedupIndex {
-    table: HashTable<(KeyHash, LamportStamp)>,
+    shards: Vec<HashTable<(KeyHash, LamportStamp)>>,
+}
+
+impl Default for DedupIndex {
+    fn default() -> Self {
+        // Empty tables allocate nothing.
+        DedupIndex {
+            shards: (0..SHARDS).map(|_| HashTable::new()).collect(),
+        }
+    }
+}
+
+/// The shard holding `hash`, chosen by bits 32-39: a table picks slots by the low bits and tags
+/// entries with the top seven, so the shard's bits must be neither, or all entries of a shard
+/// would crowd the same slots or share a tag.
+fn shard_of(hash: KeyHash) -> usize {
+    (hash.0 >> 32) as usize % SHARDS
 }
 
 impl DedupIndex {
     /// Stamps of every stored event whose key hashes to `hash` (usually none or one).
     pub(crate) fn candidates(&self, hash: KeyHash) -> impl Iterator<Item = LamportStamp> + '_ {
-        self.table
-            .iter_hash(hash.0)
+        self.shards
+            .get(shard_of(hash))
+            .into_iter()
+            .flat_map(move |table| table.iter_hash(hash.0))
             .filter(move |(h, _)| *h == hash)
             .map(|(_, stamp)| *stamp)
     }
 
     /// Records that the event stamped `stamp` has a key hashing to `hash`.
     pub(crate) fn insert(&mut self, hash: KeyHash, stamp: LamportStamp) {
-        self.table
-            .insert_unique(hash.0, (hash, stamp), |(h, _)| h.0);
-    }
-
-    /// Makes room for `additional` more entries at once, so a large apply regrows the table
-    /// (a copy of all of it) at most once.
-    pub(crate) fn reserve(&mut self, additional: usize) {
-        self.table.reserve(additional, |(h, _)| h.0);
+        if let Some(table) = self.shards.get_mut(shard_of(hash)) {
+            table.insert_unique(hash.0, (hash, stamp), |(h, _)| h.0);
+        }
     }
 
     /// Stored events indexed.
     pub(crate) fn len(&self) -> usize {
-        self.table.len()
+        self.shards.iter().map(HashTable::len).sum()
     }
 
-    /// Bytes the table has allocated.
+    /// Bytes the tables have allocated.
     pub(crate) fn allocated_bytes(&self) -> usize {
-        self.table.allocation_size()
+        self.shards.iter().map(HashTable::allocation_size).sum()
     }
 
     /// Reads the whole index from the `key_hashes` column family of one consistent view.
@@ -172,6 +190,26 @@ mod tests {
         );
         assert_eq!(index.candidates(KeyHash(9)).count(), 0);
         assert_eq!(index.len(), 3);
+    }
+
+    #[test]
+    fn hashes_in_other_shards_or_the_same_shard_stay_apart() {
+        let mut index = DedupIndex::default();
+        // Differing only in the shard bits, then only in the low bits (one shard).
+        let hashes = [1 << 32, 2 << 32, (1 << 32) | 5, (1 << 32) | (1 << 20)].map(KeyHash);
+        for (i, hash) in hashes.iter().enumerate() {
+            index.insert(*hash, LamportStamp(i as u64));
+        }
+        for (i, hash) in hashes.iter().enumerate() {
+            assert_eq!(
+                index.candidates(*hash).collect::<Vec<_>>(),
+                [LamportStamp(i as u64)]
+            );
+        }
+        assert_eq!(shard_of(hashes[0]), shard_of(hashes[2]));
+        assert_ne!(shard_of(hashes[0]), shard_of(hashes[1]));
+        assert_eq!(index.len(), 4);
+        assert!(index.allocated_bytes() >= 4 * 16);
     }
 
     #[test]

@@ -344,7 +344,6 @@ fn apply_entries(
     // Only now: an entry for an event that never reached RocksDB would make a later duplicate
     // look up a stamp with nothing behind it.
     let mut index = index.write();
-    index.reserve(indexed.len());
     for (hash, stamp) in indexed {
         index.insert(hash, stamp);
     }
