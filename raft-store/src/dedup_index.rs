@@ -15,13 +15,18 @@
 //!
 //! Memory: 16 bytes per stored event in tables that grow by doubling (so 17-34 bytes per event
 //! in all, about 170-340 MB per ten million events); `/metrics` reports it.
+//!
+//! The hash is seeded with a random number each store draws once, at creation, and keeps in
+//! `raft_meta`: a client who could find many keys with one hash would turn every probe of that
+//! hash into a walk over all of them (and an event read each); not knowing the seed, it cannot.
+//! Hashes never leave the node (a snapshot carries events), so nodes' seeds differ freely.
 
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use hashbrown::HashTable;
 use rocksdb::{Snapshot, WriteBatch};
 
-use crate::db::{Db, CF_KEYS, CF_KEY_HASHES};
+use crate::db::{synced, Db, CF_KEYS, CF_KEY_HASHES, CF_RAFT_META};
 use crate::error::StoreError;
 use crate::keys;
 use crate::types::LamportStamp;
@@ -38,16 +43,9 @@ const SHARDS: usize = 256;
 
 /// Stamps of stored events by the hash of their key.
 pub(crate) struct DedupIndex {
+    /// The store's hash seed (see the module header).
+    seed: u64,
     shards: Vec<HashTable<(KeyHash, LamportStamp)>>,
-}
-
-impl Default for DedupIndex {
-    fn default() -> Self {
-        // Empty tables allocate nothing.
-        DedupIndex {
-            shards: (0..SHARDS).map(|_| HashTable::new()).collect(),
-        }
-    }
 }
 
 /// The shard holding `hash`, chosen by bits 32-39: a table picks slots by the low bits and tags
@@ -58,6 +56,25 @@ fn shard_of(hash: KeyHash) -> usize {
 }
 
 impl DedupIndex {
+    /// An empty index hashing with `seed`.
+    pub(crate) fn new(seed: u64) -> DedupIndex {
+        // Empty tables allocate nothing.
+        DedupIndex {
+            seed,
+            shards: (0..SHARDS).map(|_| HashTable::new()).collect(),
+        }
+    }
+
+    /// The seed this index hashes with.
+    pub(crate) fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// The hash of a key, as this index files it.
+    pub(crate) fn hash(&self, topic: &str, event_id: &str) -> KeyHash {
+        keys::event_hash(self.seed, topic, event_id)
+    }
+
     /// Stamps of every stored event whose key hashes to `hash` (usually none or one).
     pub(crate) fn candidates(&self, hash: KeyHash) -> impl Iterator<Item = LamportStamp> + '_ {
         self.shards
@@ -85,9 +102,10 @@ impl DedupIndex {
         self.shards.iter().map(HashTable::allocation_size).sum()
     }
 
-    /// Reads the whole index from the `key_hashes` column family of one consistent view.
-    pub(crate) fn load(db: &Db, view: &Snapshot<'_>) -> Result<DedupIndex, StoreError> {
-        let mut index = DedupIndex::default();
+    /// Reads the whole index from the `key_hashes` column family of one consistent view; `seed`
+    /// is the store's ([`ensure_seed`]).
+    pub(crate) fn load(db: &Db, view: &Snapshot<'_>, seed: u64) -> Result<DedupIndex, StoreError> {
+        let mut index = DedupIndex::new(seed);
         let mut it = view.raw_iterator_cf(db.cf(CF_KEY_HASHES)?);
         it.seek_to_first();
         while let Some((key, value)) = it.item() {
@@ -113,12 +131,45 @@ pub(crate) fn put_record(
     batch.put_cf(cf, keys::lamport_key(stamp), hash.0.to_be_bytes());
 }
 
+/// The store's hash seed, drawn and recorded (synced) if it has none yet. A store without one
+/// but with index records was written before seeds, unseeded, which is seed 0: it keeps 0, so
+/// its records (and an older release's `keys`, moved by [`migrate_keys`]) stay valid.
+pub(crate) fn ensure_seed(db: &Db) -> Result<u64, StoreError> {
+    let meta_cf = db.cf(CF_RAFT_META)?;
+    if let Some(bytes) = db.rocks.get_pinned_cf(meta_cf, keys::DEDUP_SEED)? {
+        return keys::decode_u64(&bytes)
+            .ok_or_else(|| StoreError::corrupt("dedup seed", "not 8 bytes"));
+    }
+    let seed: u64 = if has_records(db, CF_KEY_HASHES)? || has_records(db, CF_KEYS)? {
+        0
+    } else {
+        rand::random()
+    };
+    db.rocks
+        .put_cf_opt(meta_cf, keys::DEDUP_SEED, seed.to_be_bytes(), &synced())?;
+    Ok(seed)
+}
+
+fn has_records(db: &Db, cf: &'static str) -> Result<bool, StoreError> {
+    let mut it = db.rocks.raw_iterator_cf(db.cf(cf)?);
+    it.seek_to_first();
+    let found = it.valid();
+    it.status()?;
+    Ok(found)
+}
+
 /// Moves an older release's dedup records (`keys`: `hash | topic | event_id -> stamp`) into
 /// `key_hashes`, in one synced write that also empties `keys`. Their leading eight bytes are
 /// the same hash [`keys::event_hash`] computes, so nothing needs the events themselves. A
 /// no-op on a store that has no such records.
-pub(crate) fn migrate_keys(db: &Db) -> Result<u64, StoreError> {
+pub(crate) fn migrate_keys(db: &Db, seed: u64) -> Result<u64, StoreError> {
     let (keys_cf, hashes_cf) = (db.cf(CF_KEYS)?, db.cf(CF_KEY_HASHES)?);
+    if seed != 0 && has_records(db, CF_KEYS)? {
+        return Err(StoreError::corrupt(
+            "dedup records",
+            "an older release's unseeded records in a store with a seeded index",
+        ));
+    }
     let mut batch = WriteBatch::default();
     let mut moved = 0;
     let mut it = db.rocks.raw_iterator_cf(keys_cf);
@@ -138,14 +189,14 @@ pub(crate) fn migrate_keys(db: &Db) -> Result<u64, StoreError> {
     drop(it);
     if moved > 0 {
         batch.delete_range_cf(keys_cf, [].as_slice(), keys::KEY_SPACE_END.as_slice());
-        db.rocks.write_opt(batch, &crate::db::synced())?;
+        db.rocks.write_opt(batch, &synced())?;
         tracing::info!(records = moved, "moved the dedup index to key_hashes");
     }
     Ok(moved)
 }
 
 /// The index as the state machine (its one writer) and the readers share it.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(crate) struct SharedDedupIndex(Arc<RwLock<DedupIndex>>);
 
 impl SharedDedupIndex {
@@ -176,7 +227,7 @@ mod tests {
 
     #[test]
     fn candidates_are_every_stamp_under_the_hash_and_only_those() {
-        let mut index = DedupIndex::default();
+        let mut index = DedupIndex::new(0);
         index.insert(KeyHash(7), LamportStamp(1));
         index.insert(KeyHash(8), LamportStamp(2));
         // Two keys sharing one hash: both stamps are candidates.
@@ -194,7 +245,7 @@ mod tests {
 
     #[test]
     fn hashes_in_other_shards_or_the_same_shard_stay_apart() {
-        let mut index = DedupIndex::default();
+        let mut index = DedupIndex::new(0);
         // Differing only in the shard bits, then only in the low bits (one shard).
         let hashes = [1 << 32, 2 << 32, (1 << 32) | 5, (1 << 32) | (1 << 20)].map(KeyHash);
         for (i, hash) in hashes.iter().enumerate() {
@@ -215,7 +266,7 @@ mod tests {
     #[test]
     fn hashes_equal_in_their_top_bits_stay_apart() {
         // hashbrown picks slots by the low bits and tags by the top seven: same tag, other hash.
-        let mut index = DedupIndex::default();
+        let mut index = DedupIndex::new(0);
         let (a, b) = (
             KeyHash(0xFE00_0000_0000_0001),
             KeyHash(0xFE00_0000_0000_0002),
@@ -236,28 +287,23 @@ mod tests {
         batch.put_cf(keys_cf, keys::event_key("u", "b"), 9u64.to_be_bytes());
         db.rocks.write(batch).unwrap();
 
-        assert_eq!(migrate_keys(&db).unwrap(), 2);
-        let index = DedupIndex::load(&db, &db.rocks.snapshot()).unwrap();
-        let hash = keys::event_hash("t", "a");
-        assert_eq!(
-            index.candidates(hash).collect::<Vec<_>>(),
-            [LamportStamp(5)]
-        );
-        let hash = keys::event_hash("u", "b");
-        assert_eq!(
-            index.candidates(hash).collect::<Vec<_>>(),
-            [LamportStamp(9)]
-        );
+        // An older release's store has no seed: it gets 0, the seed its records were made with.
+        assert_eq!(ensure_seed(&db).unwrap(), 0);
+        assert_eq!(migrate_keys(&db, 0).unwrap(), 2);
+        let index = DedupIndex::load(&db, &db.rocks.snapshot(), 0).unwrap();
+        for (topic, id, stamp) in [("t", "a", 5), ("u", "b", 9)] {
+            let found: Vec<_> = index.candidates(index.hash(topic, id)).collect();
+            assert_eq!(found, [LamportStamp(stamp)]);
+        }
         let mut it = db.rocks.raw_iterator_cf(db.cf(CF_KEYS).unwrap());
         it.seek_to_first();
         assert!(!it.valid(), "the old records are gone");
         drop(it);
         // Nothing left to move: opening again changes nothing.
-        assert_eq!(migrate_keys(&db).unwrap(), 0);
-        assert_eq!(
-            DedupIndex::load(&db, &db.rocks.snapshot()).unwrap().len(),
-            2
-        );
+        assert_eq!(ensure_seed(&db).unwrap(), 0);
+        assert_eq!(migrate_keys(&db, 0).unwrap(), 0);
+        let reloaded = DedupIndex::load(&db, &db.rocks.snapshot(), 0).unwrap();
+        assert_eq!(reloaded.len(), 2);
     }
 
     #[test]
@@ -268,6 +314,48 @@ mod tests {
         db.rocks
             .put_cf(keys_cf, b"short", 5u64.to_be_bytes())
             .unwrap();
-        assert!(migrate_keys(&db).is_err());
+        assert!(migrate_keys(&db, 0).is_err());
+    }
+
+    #[test]
+    fn a_new_store_draws_its_own_seed_and_keeps_it() {
+        let seeds: Vec<u64> = (0..2)
+            .map(|_| {
+                let dir = tempfile::tempdir().unwrap();
+                let seed = ensure_seed(&Db::open(dir.path()).unwrap()).unwrap();
+                // Reopened, the store hashes as before.
+                assert_eq!(ensure_seed(&Db::open(dir.path()).unwrap()).unwrap(), seed);
+                seed
+            })
+            .collect();
+        assert_ne!(seeds[0], seeds[1]);
+    }
+
+    #[test]
+    fn a_store_with_unseeded_index_records_keeps_seed_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let mut batch = WriteBatch::default();
+        let cf = db.cf(CF_KEY_HASHES).unwrap();
+        put_record(
+            &mut batch,
+            cf,
+            keys::event_hash(0, "t", "a"),
+            LamportStamp(1),
+        );
+        db.rocks.write(batch).unwrap();
+        assert_eq!(ensure_seed(&db).unwrap(), 0);
+    }
+
+    #[test]
+    fn unseeded_records_in_a_seeded_store_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap();
+        let seed = ensure_seed(&db).unwrap();
+        let keys_cf = db.cf(CF_KEYS).unwrap();
+        let key = keys::event_key("t", "a");
+        db.rocks.put_cf(keys_cf, key, 5u64.to_be_bytes()).unwrap();
+        // A drawn seed of 0 (one chance in 2^64) would make the records valid.
+        assert!(seed == 0 || migrate_keys(&db, seed).is_err());
     }
 }

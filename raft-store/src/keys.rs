@@ -5,7 +5,7 @@
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::dedup_index::KeyHash;
-use crate::types::{EventKey, LamportStamp};
+use crate::types::LamportStamp;
 
 /// Key of the single record in `sm_meta` holding the state machine's bookkeeping.
 pub(crate) const SM_STATE: &[u8] = b"state";
@@ -15,6 +15,8 @@ pub(crate) const VOTE: &[u8] = b"vote";
 pub(crate) const COMMITTED: &[u8] = b"committed";
 /// Key of the last purged log id in `raft_meta`.
 pub(crate) const LAST_PURGED: &[u8] = b"last_purged";
+/// Key of the dedup index's hash seed in `raft_meta` (see `dedup_index.rs`).
+pub(crate) const DEDUP_SEED: &[u8] = b"dedup_seed";
 /// Key of the current snapshot's record (meta and data file) in `snapshot`.
 pub(crate) const SNAPSHOT_CURRENT: &[u8] = b"current";
 
@@ -40,31 +42,26 @@ pub(crate) fn decode_u64(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(array))
 }
 
-/// Hash of an event's key for the dedup index (`dedup_index.rs`): XXH3-64 of
+/// Hash of an event's key for the dedup index (`dedup_index.rs`): XXH3-64 with `seed` of
 /// `len(topic) u32 BE | topic | event_id`. The topic's length prefix makes the split
 /// unambiguous, so ("ab", "c") and ("a", "bc") hash different inputs. Older releases' dedup
-/// records led with this same hash, which is what lets their stores move to `key_hashes`
-/// without reading the events.
-pub(crate) fn event_hash(topic: &str, event_id: &str) -> KeyHash {
+/// records led with this same hash under seed 0, which is what lets their stores move to
+/// `key_hashes` without reading the events.
+pub(crate) fn event_hash(seed: u64, topic: &str, event_id: &str) -> KeyHash {
     let len = u32::try_from(topic.len()).unwrap_or(u32::MAX);
-    let mut hasher = Xxh3::new();
+    let mut hasher = Xxh3::with_seed(seed);
     hasher.update(&len.to_be_bytes());
     hasher.update(topic.as_bytes());
     hasher.update(event_id.as_bytes());
     KeyHash(hasher.digest())
 }
 
-/// [`event_hash`] of an [`EventKey`].
-pub(crate) fn event_hash_of(key: &EventKey) -> KeyHash {
-    event_hash(&key.topic, &key.event_id)
-}
-
 /// Key of an event's dedup record in an older release's `keys` column family: `hash u64 BE |
-/// len(topic) u32 BE | topic | event_id`, `hash` being [`event_hash`]. Only tests write them
+/// len(topic) u32 BE | topic | event_id`, `hash` being [`event_hash`] with seed 0. Only tests write them
 /// now, to check that such a store is moved to `key_hashes` (`dedup_index::migrate_keys`).
 #[cfg(test)]
 pub(crate) fn event_key(topic: &str, event_id: &str) -> Vec<u8> {
-    let mut key = event_hash(topic, event_id).0.to_be_bytes().to_vec();
+    let mut key = event_hash(0, topic, event_id).0.to_be_bytes().to_vec();
     push_len_prefixed(&mut key, topic);
     key.extend_from_slice(event_id.as_bytes());
     key
@@ -119,22 +116,16 @@ mod tests {
         // The one-shot hash of the record's tail, as older releases computed it.
         assert_eq!(
             KeyHash(xxhash_rust::xxh3::xxh3_64(&key[8..])),
-            event_hash("t", "e")
+            event_hash(0, "t", "e")
         );
-        assert_eq!(decode_u64(&key[..8]), Some(event_hash("t", "e").0));
+        assert_eq!(decode_u64(&key[..8]), Some(event_hash(0, "t", "e").0));
+        assert_ne!(event_hash(1, "t", "e"), event_hash(0, "t", "e"));
     }
 
     #[test]
     fn event_hashes_do_not_collide_across_the_split() {
-        assert_ne!(event_hash("ab", "c"), event_hash("a", "bc"));
-        assert_ne!(event_hash("", "abc"), event_hash("abc", ""));
-        assert_eq!(
-            event_hash("t", "e"),
-            event_hash_of(&EventKey {
-                topic: "t".into(),
-                event_id: "e".into()
-            })
-        );
+        assert_ne!(event_hash(7, "ab", "c"), event_hash(7, "a", "bc"));
+        assert_ne!(event_hash(7, "", "abc"), event_hash(7, "abc", ""));
     }
 
     #[test]

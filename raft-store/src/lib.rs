@@ -83,8 +83,9 @@ pub fn open_with(dir: &Path, options: &StoreOptions) -> Result<Stores, StoreErro
     )?;
     let log_reads = log_store.cache_reads();
     let segments = log_store.segments();
-    dedup_index::migrate_keys(&db)?;
-    let index = dedup_index::DedupIndex::load(&db, &db.rocks.snapshot())?;
+    let seed = dedup_index::ensure_seed(&db)?;
+    dedup_index::migrate_keys(&db, seed)?;
+    let index = dedup_index::DedupIndex::load(&db, &db.rocks.snapshot(), seed)?;
     let index = dedup_index::SharedDedupIndex::new(index);
     Ok(Stores {
         log_store,

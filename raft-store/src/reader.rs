@@ -107,11 +107,11 @@ impl StoreReader {
     /// not returned, and nothing acknowledged it yet. Once it returns, every read finds it.
     pub fn get_event(&self, key: &EventKey) -> Result<Option<StoredEvent>, StoreError> {
         let view = self.db.rocks.snapshot();
-        let candidates: Vec<LamportStamp> = self
-            .index
-            .read()
-            .candidates(keys::event_hash_of(key))
-            .collect();
+        let candidates: Vec<LamportStamp> = {
+            let index = self.index.read();
+            let hash = index.hash(&key.topic, &key.event_id);
+            index.candidates(hash).collect()
+        };
         let events_cf = self.db.cf(CF_EVENTS)?;
         for stamp in candidates {
             let Some(bytes) = view.get_pinned_cf(events_cf, keys::lamport_key(stamp))? else {

@@ -246,7 +246,8 @@ pub(crate) fn install(
     for name in STATE_MACHINE_CFS {
         batch.delete_range_cf(db.cf(name)?, [].as_slice(), keys::KEY_SPACE_END.as_slice());
     }
-    let (state, installed) = decode_into(db, &mut batch, &data)?;
+    let seed = index.read().seed();
+    let (state, installed) = decode_into(db, &mut batch, &data, seed)?;
     if state.meta.last_applied != meta.last_log_id {
         return Err(StoreError::corrupt(
             "snapshot",
@@ -267,13 +268,15 @@ pub(crate) fn install(
     Ok(state)
 }
 
-/// Parses snapshot data, queuing the state it holds into `batch` and building its dedup index;
+/// Parses snapshot data, queuing the state it holds into `batch` and building its dedup index
+/// (hashed with `seed`, the store's);
 /// checks the event count and digest against the header so a damaged snapshot is refused, not
 /// installed.
 fn decode_into(
     db: &Db,
     batch: &mut WriteBatch,
     data: &[u8],
+    seed: u64,
 ) -> Result<(SmState, DedupIndex), StoreError> {
     let rest = data
         .strip_prefix(MAGIC.as_slice())
@@ -286,7 +289,7 @@ fn decode_into(
         producers: header.producers.into_iter().collect(),
     };
     let (events_cf, hashes_cf) = (db.cf(CF_EVENTS)?, db.cf(CF_KEY_HASHES)?);
-    let mut index = DedupIndex::default();
+    let mut index = DedupIndex::new(seed);
     let (topic_cf, source_cf) = (db.cf(CF_BY_TOPIC)?, db.cf(CF_BY_SOURCE)?);
     let mut digest = Digest::default();
     let (mut by_topic, mut by_source) = (IndexRuns::default(), IndexRuns::default());
@@ -303,7 +306,7 @@ fn decode_into(
         last_stamp = Some(stamp);
         digest.add(&event.topic, &event.event_id, stamp);
         batch.put_cf(events_cf, keys::lamport_key(stamp), bytes);
-        let hash = keys::event_hash(&event.topic, &event.event_id);
+        let hash = index.hash(&event.topic, &event.event_id);
         dedup_index::put_record(batch, hashes_cf, hash, stamp);
         index.insert(hash, stamp);
         by_topic.push(&event.topic, stamp);

@@ -248,11 +248,15 @@ fn apply_entries(
         })
         .flatten()
         .collect();
-    let hashes: Vec<KeyHash> = events
-        .iter()
-        .map(|ev| keys::event_hash(&ev.topic, &ev.event_id))
-        .collect();
-    let stored_copies = stored_copies(db, &index.read(), &events, &hashes)?;
+    let (hashes, stored_copies) = {
+        let index = index.read();
+        let hashes: Vec<KeyHash> = events
+            .iter()
+            .map(|ev| index.hash(&ev.topic, &ev.event_id))
+            .collect();
+        let stored = stored_copies(db, &index, &events, &hashes)?;
+        (hashes, stored)
+    };
     // Keys stored earlier in this same call: the batch is not written yet, so neither RocksDB
     // nor the index knows them. Entries are (hash, position in `events`, stamp).
     let mut fresh: HashTable<(KeyHash, usize, LamportStamp)> = HashTable::new();
@@ -431,8 +435,10 @@ mod tests {
         let first = apply(&mut s.state_machine, vec![entry(1, 1)]);
         assert_eq!(first[0].status, ApplyStatus::Stored);
         // A collision, made by hand: `e-2`'s hash now also names `e-1`'s stamp.
-        let hash = keys::event_hash("t", "e-2");
-        s.state_machine.index.write().insert(hash, first[0].lamport);
+        let mut index = s.state_machine.index.write();
+        let hash = index.hash("t", "e-2");
+        index.insert(hash, first[0].lamport);
+        drop(index);
 
         let second = apply(&mut s.state_machine, vec![entry(1, 2)]);
         assert_eq!(second[0].status, ApplyStatus::Stored);
@@ -465,8 +471,10 @@ mod tests {
     fn an_index_entry_without_its_event_is_an_error_not_a_duplicate() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = crate::open(dir.path()).unwrap();
-        let hash = keys::event_hash("t", "e-1");
-        s.state_machine.index.write().insert(hash, LamportStamp(42));
+        let mut index = s.state_machine.index.write();
+        let hash = index.hash("t", "e-1");
+        index.insert(hash, LamportStamp(42));
+        drop(index);
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
@@ -485,9 +493,10 @@ mod tests {
             out.iter().map(|o| o.lamport).collect()
         };
         {
-            // What an older release left: `keys` records, no `key_hashes`.
+            // What an older release left: `keys` records, no `key_hashes`, no seed.
             let db = Db::open(dir.path()).unwrap();
             let mut batch = WriteBatch::default();
+            batch.delete_cf(db.cf(db::CF_RAFT_META).unwrap(), keys::DEDUP_SEED);
             let hashes_cf = db.cf(CF_KEY_HASHES).unwrap();
             batch.delete_range_cf(hashes_cf, [].as_slice(), keys::KEY_SPACE_END.as_slice());
             for (id, stamp) in ["e-1", "e-2"].iter().zip(&stamps) {
@@ -502,5 +511,37 @@ mod tests {
         let again = apply(&mut s.state_machine, vec![one, two]);
         assert!(again.iter().all(|o| o.status == ApplyStatus::Duplicate));
         assert_eq!(again.iter().map(|o| o.lamport).collect::<Vec<_>>(), stamps);
+    }
+
+    #[test]
+    fn an_installed_snapshot_deduplicates_after_a_reopen() {
+        use openraft::RaftSnapshotBuilder;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (source_dir, target_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut source = crate::open(source_dir.path()).unwrap();
+        let stored = apply(&mut source.state_machine, vec![entry(1, 1), entry(1, 2)]);
+        let snapshot = rt.block_on(async {
+            let mut builder = source.state_machine.get_snapshot_builder().await;
+            builder.build_snapshot().await.unwrap()
+        });
+        {
+            let mut target = crate::open(target_dir.path()).unwrap();
+            rt.block_on(
+                target
+                    .state_machine
+                    .install_snapshot(&snapshot.meta, snapshot.snapshot),
+            )
+            .unwrap();
+        }
+        // The installed index's records must be hashed as the reopened store hashes.
+        let mut target = crate::open(target_dir.path()).unwrap();
+        let (mut one, mut two) = (entry(1, 3), entry(1, 4));
+        (one.payload, two.payload) = (entry(1, 1).payload, entry(1, 2).payload);
+        let again = apply(&mut target.state_machine, vec![one, two]);
+        assert!(again.iter().all(|o| o.status == ApplyStatus::Duplicate));
+        let stamps = |o: &[EventOutcome]| o.iter().map(|o| o.lamport).collect::<Vec<_>>();
+        assert_eq!(stamps(&again), stamps(&stored));
     }
 }
