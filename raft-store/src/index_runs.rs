@@ -52,13 +52,10 @@ impl IndexRuns {
         batch: &mut WriteBatch,
         cf: &ColumnFamily,
     ) -> Result<(), StoreError> {
-        let mut names: Vec<&String> = self.by_name.keys().collect();
-        names.sort_unstable();
+        let mut runs: Vec<(&String, &Vec<LamportStamp>)> = self.by_name.iter().collect();
+        runs.sort_unstable_by_key(|(name, _)| *name);
         let mut value = Vec::new();
-        for name in names {
-            let Some(stamps) = self.by_name.get(name) else {
-                continue;
-            };
+        for (name, stamps) in runs {
             for run in stamps.chunks(MAX_RUN) {
                 let Some(first) = run.first() else { continue };
                 value = encode_rest(run, value)?;

@@ -119,7 +119,7 @@ impl StoreReader {
                 continue;
             };
             let event: StoredEvent = db::decode("stored event", &bytes)?;
-            if event.event.topic == key.topic && event.event.event_id == key.event_id {
+            if event.event.has_key(&key.topic, &key.event_id) {
                 return Ok(Some(event));
             }
         }

@@ -269,9 +269,8 @@ pub(crate) fn install(
 }
 
 /// Parses snapshot data, queuing the state it holds into `batch` and building its dedup index
-/// (hashed with `seed`, the store's);
-/// checks the event count and digest against the header so a damaged snapshot is refused, not
-/// installed.
+/// (hashed with `seed`, the store's); checks the event count and digest against the header so
+/// a damaged snapshot is refused, not installed.
 fn decode_into(
     db: &Db,
     batch: &mut WriteBatch,

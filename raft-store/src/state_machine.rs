@@ -260,7 +260,7 @@ fn apply_entries(
     // Keys stored earlier in this same call: the batch is not written yet, so neither RocksDB
     // nor the index knows them. Entries are (hash, position in `events`, stamp).
     let mut fresh: HashTable<(KeyHash, usize, LamportStamp)> = HashTable::new();
-    let mut position = 0..;
+    let mut lookups = hashes.iter().zip(&stored_copies).enumerate();
 
     let (mut by_topic, mut by_source) = (IndexRuns::default(), IndexRuns::default());
     let mut indexed = Vec::new();
@@ -281,19 +281,15 @@ fn apply_entries(
         };
         let mut results = Vec::with_capacity(entry_events.len());
         for event in entry_events {
-            let i = position
+            let (i, (hash, stored)) = lookups
                 .next()
-                .ok_or_else(|| StoreError::corrupt("apply", "event count overflow"))?;
-            let (hash, stored) = hashes
-                .get(i)
-                .zip(stored_copies.get(i))
                 .ok_or_else(|| StoreError::corrupt("apply", "fewer key lookups than events"))?;
             state.meta.counters.received += 1;
             let same_key = |&(h, j, _): &(KeyHash, usize, LamportStamp)| {
                 h == *hash
                     && events
                         .get(j)
-                        .is_some_and(|e| e.topic == event.topic && e.event_id == event.event_id)
+                        .is_some_and(|e| e.has_key(&event.topic, &event.event_id))
             };
             let existing = stored.or_else(|| fresh.find(hash.0, same_key).map(|e| e.2));
             if let Some(original) = existing {
@@ -385,7 +381,7 @@ fn stored_copies(
         let (Some(event), Some(slot)) = (events.get(i), found.get_mut(i)) else {
             continue;
         };
-        if stored.event.topic == event.topic && stored.event.event_id == event.event_id {
+        if stored.event.has_key(&event.topic, &event.event_id) {
             *slot = Some(stamp);
         }
     }

@@ -83,6 +83,11 @@ impl Event {
             + 24
     }
 
+    /// Whether this event's deduplication key is `(topic, event_id)`, without building one.
+    pub fn has_key(&self, topic: &str, event_id: &str) -> bool {
+        self.topic == topic && self.event_id == event_id
+    }
+
     /// The deduplication key of this event.
     pub fn key(&self) -> EventKey {
         EventKey {
