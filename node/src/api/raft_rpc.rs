@@ -39,11 +39,33 @@ fn encode<T: Serialize>(answer: &T) -> Response {
     }
 }
 
+/// Why an AppendEntries cannot be handed to openraft: its entries do not continue its
+/// `prev_log_id` one index at a time. openraft 0.9 checks that only in debug builds; a release
+/// follower would append such entries after whatever it has (even after nothing, when
+/// `prev_log_id` is `None`) and stop its Raft core at the first apply. A correct leader never
+/// sends one; refusing it turns a leader bug into a failed RPC that is retried.
+fn misshapen(rpc: &AppendEntriesRequest<TypeConfig>) -> Option<String> {
+    let first = rpc.prev_log_id.map_or(0, |p| p.index + 1);
+    (first..).zip(&rpc.entries).find_map(|(expected, entry)| {
+        (entry.log_id.index != expected).then(|| {
+            format!(
+                "append after {:?} holds entry {} where {expected} was due",
+                rpc.prev_log_id, entry.log_id
+            )
+        })
+    })
+}
+
 /// Hands an AppendEntries to Raft and notes contact with the leader when it was accepted.
+/// A misshapen one is refused before openraft sees it (`Err` names why).
 async fn handle_append(
     st: &AppState,
     rpc: AppendEntriesRequest<TypeConfig>,
-) -> Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> {
+) -> Result<Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>, String> {
+    if let Some(why) = misshapen(&rpc) {
+        tracing::error!(vote = %rpc.vote, "refused a misshapen AppendEntries: {why}");
+        return Err(why);
+    }
     let leader_commit = rpc.leader_commit.map(|l| l.index);
     let answer = st.raft.append_entries(rpc).await;
     if let Ok(
@@ -55,13 +77,16 @@ async fn handle_append(
         // The sender's vote was accepted: it is the current leader.
         st.contact.record(leader_commit);
     }
-    answer
+    Ok(answer)
 }
 
 /// AppendEntries (replication and heartbeats), one per request.
 pub async fn append(State(st): State<AppState>, body: Bytes) -> Response {
     match decode(&body) {
-        Ok(rpc) => encode(&handle_append(&st, rpc).await),
+        Ok(rpc) => match handle_append(&st, rpc).await {
+            Ok(answer) => encode(&answer),
+            Err(why) => ApiError::bad_request(why).into_response(),
+        },
         Err(e) => e.into_response(),
     }
 }
@@ -138,10 +163,11 @@ where
             };
         let start = Instant::now();
         let (kind, sent) = match request {
-            StreamRequest::Append(rpc) => (
-                "append",
-                stream.send(&handle_append(&st, rpc).await, 64).await,
-            ),
+            StreamRequest::Append(rpc) => match handle_append(&st, rpc).await {
+                Ok(answer) => ("append", stream.send(&answer, 64).await),
+                // Like an undecodable frame: the sender's next call opens a new stream.
+                Err(_) => return,
+            },
             StreamRequest::Vote(rpc) => {
                 let answer: Result<VoteResponse<NodeId>, _> = st.raft.vote(rpc).await;
                 ("vote", stream.send(&answer, 64).await)
@@ -192,5 +218,49 @@ pub async fn status(State(st): State<AppState>) -> Response {
     match crate::cluster::local_status(&st.raft).await {
         Ok(s) => Json(s).into_response(),
         Err(e) => ApiError::unavailable(format!("Raft is not running: {e}")).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Vote};
+
+    use super::*;
+
+    fn id(index: u64) -> LogId<NodeId> {
+        LogId::new(CommittedLeaderId::new(2, 1), index)
+    }
+
+    fn append(prev: Option<u64>, indexes: &[u64]) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(2, 1),
+            prev_log_id: prev.map(id),
+            entries: indexes
+                .iter()
+                .map(|&i| Entry {
+                    log_id: id(i),
+                    payload: EntryPayload::Blank,
+                })
+                .collect(),
+            leader_commit: None,
+        }
+    }
+
+    #[test]
+    fn appends_that_continue_their_prev_log_id_pass() {
+        assert_eq!(misshapen(&append(None, &[])), None);
+        assert_eq!(misshapen(&append(Some(9), &[])), None);
+        assert_eq!(misshapen(&append(None, &[0, 1, 2])), None);
+        assert_eq!(misshapen(&append(Some(9), &[10, 11])), None);
+    }
+
+    /// What openraft 0.9's leader sent a wiped follower (issue 15): entries from the middle of
+    /// its log with no `prev_log_id`.
+    #[test]
+    fn entries_that_skip_or_repeat_an_index_are_refused() {
+        assert!(misshapen(&append(None, &[1022, 1023])).is_some());
+        assert!(misshapen(&append(Some(9), &[11])).is_some());
+        assert!(misshapen(&append(Some(9), &[10, 12])).is_some());
+        assert!(misshapen(&append(Some(9), &[10, 10])).is_some());
     }
 }
