@@ -94,6 +94,14 @@ fn init_tracing(format: LogFormat, level: &str) -> anyhow::Result<()> {
 }
 
 async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
+    // Tests only: crash points a fault-injection test asked for (none in a normal run).
+    let armed = raft_store::failpoints::arm_from_env().map_err(anyhow::Error::msg)?;
+    if !armed.is_empty() {
+        tracing::warn!(
+            ?armed,
+            "crash points armed: this node will abort when it reaches one"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;

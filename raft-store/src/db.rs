@@ -2,8 +2,10 @@
 //! families, their options, write options, and the postcard codec every value goes through.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
+
+use tokio::sync::watch;
 
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, FlushOptions, Options, WriteOptions,
@@ -86,6 +88,18 @@ const DB_SUBDIR: &str = "rocksdb";
 /// Subdirectory of the data directory holding snapshot data files.
 const SNAPSHOT_SUBDIR: &str = "snapshots";
 
+/// What the state machine on disk covers, as far as this process knows, and whether an install
+/// is on its way to cover more.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Durable {
+    /// A log index the state machine on disk is known to have applied (a lower bound): a purge
+    /// up to it needs no flush first. Raised by opening, flushes, snapshot builds and installs.
+    pub(crate) applied: u64,
+    /// A snapshot is being received or installed: openraft asked for a buffer to receive one
+    /// into, and no install has finished since.
+    pub(crate) install_pending: bool,
+}
+
 /// The RocksDB handle plus the lock that orders writers of the `snapshot` column family.
 pub(crate) struct Db {
     /// The database; every column family of [`ALL_CFS`] is open.
@@ -96,9 +110,9 @@ pub(crate) struct Db {
     pub(crate) snapshot_lock: Mutex<()>,
     /// Where snapshot data files live (see snapshot.rs).
     pub(crate) snapshot_dir: PathBuf,
-    /// A log index the state machine on disk is known to have applied (a lower bound): a
-    /// purge up to it needs no flush first. Raised by opening, snapshot builds and installs.
-    durable_applied: AtomicU64,
+    /// What the state machine on disk is known to cover, watched by purges that must not run
+    /// ahead of it (`LogStore::purge`).
+    durable: watch::Sender<Durable>,
     /// Bytes of log entries written since the database was opened.
     pub(crate) log_bytes_appended: AtomicU64,
     /// Snapshot builds since open, their total duration, and the current snapshot's size.
@@ -161,20 +175,54 @@ impl Db {
             rocks,
             snapshot_lock: Mutex::new(()),
             snapshot_dir,
-            durable_applied: AtomicU64::new(0),
+            durable: watch::channel(Durable::default()).0,
             log_bytes_appended: AtomicU64::new(0),
             snapshot_counters: SnapshotCounters::default(),
         })
     }
 
-    /// Records that the state machine on disk has applied at least up to `index`.
+    /// Records that the state machine on disk has applied at least up to `index`, waking the
+    /// purges that wait for it.
     pub(crate) fn note_durable_applied(&self, index: u64) {
-        self.durable_applied.fetch_max(index, Ordering::AcqRel);
+        self.durable.send_if_modified(|d| {
+            let raised = index > d.applied;
+            d.applied = d.applied.max(index);
+            raised
+        });
+    }
+
+    /// Records that a snapshot is about to be received and installed.
+    pub(crate) fn note_install_pending(&self) {
+        self.durable.send_modify(|d| d.install_pending = true);
+    }
+
+    /// Records that an install finished: the state machine on disk now covers `index`.
+    pub(crate) fn note_installed(&self, index: u64) {
+        self.durable.send_modify(|d| {
+            d.applied = d.applied.max(index);
+            d.install_pending = false;
+        });
+    }
+
+    /// Records that an install failed (nothing of it was written), so that a purge waiting
+    /// for it gives up instead of waiting forever.
+    pub(crate) fn note_install_failed(&self) {
+        self.durable.send_modify(|d| d.install_pending = false);
+    }
+
+    /// What the state machine on disk is known to cover, now.
+    pub(crate) fn durable(&self) -> Durable {
+        *self.durable.borrow()
     }
 
     /// Whether the state machine on disk is known to cover log index `index`.
     pub(crate) fn durably_applied(&self, index: u64) -> bool {
-        index <= self.durable_applied.load(Ordering::Acquire)
+        index <= self.durable.borrow().applied
+    }
+
+    /// Follows [`Durable`] as builds, installs and flushes move it.
+    pub(crate) fn watch_durable(&self) -> watch::Receiver<Durable> {
+        self.durable.subscribe()
     }
 
     /// Flushes every column family's memtable, atomically, and waits: afterwards everything

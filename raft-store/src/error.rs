@@ -32,6 +32,10 @@ pub enum StoreError {
     /// A column family the store relies on is missing from the opened database.
     #[error("column family {0} missing")]
     MissingColumnFamily(&'static str),
+    /// A purge waited for the snapshot install that was to cover it, and the install failed:
+    /// nothing was purged.
+    #[error("purge up to log index {0} abandoned: the snapshot install covering it failed")]
+    PurgeWithoutInstall(u64),
     /// A blocking task panicked or was cancelled.
     #[error("blocking task failed: {0}")]
     Task(#[from] tokio::task::JoinError),

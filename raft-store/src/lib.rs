@@ -8,6 +8,7 @@
 mod db;
 mod dedup_index;
 mod error;
+pub mod failpoints;
 mod index_runs;
 mod keys;
 mod log_cache;

@@ -27,6 +27,7 @@ use rocksdb::WriteBatch;
 
 use crate::db::{self, Db, CF_LOG, CF_RAFT_META};
 use crate::error::StoreError;
+use crate::failpoints;
 use crate::keys;
 use crate::log_cache::{self, LogCache, LogCacheReads};
 use crate::segment_log::SegmentLog;
@@ -314,20 +315,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// Records `log_id` as last purged, synced, then deletes the segments holding nothing
     /// after it. The record is synced first because opening takes the log to start right
     /// after it: a purge forgotten in a crash whose deletes survived would leave a hole.
-    /// The state machine on disk must cover `log_id` first: its writes skip the WAL, and after
-    /// a crash the entries between its last applied id on disk and the committed index must
-    /// still be in the log to be re-applied. openraft purges only up to a snapshot, whose build
-    /// or install already made that so; any other purge flushes the memtables first (this runs
-    /// inside openraft's core loop, so the common case must not wait for a flush).
+    ///
+    /// # To ensure correctness
+    /// - The state machine on disk covers `log_id` before anything is purged
+    ///   ([`LogStore::wait_state_machine_covers`]): its writes skip the WAL, so after a crash
+    ///   the entries between its last applied id on disk and the committed index must still be
+    ///   in the log to be re-applied.
+    /// - That includes a snapshot install: openraft 0.9 queues the purge up to an installed
+    ///   snapshot's last index right after handing the install to the state-machine worker,
+    ///   without waiting for it. Purging then would leave, after a crash or a failed install,
+    ///   the old state machine with the log it needs deleted. So the purge waits for the
+    ///   install's synced write, and gives up (purging nothing) if the install fails.
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
-        if !self.db.durably_applied(log_id.index) {
-            let db = self.db.clone();
-            tokio::task::spawn_blocking(move || db.flush_all())
-                .await
-                .map_err(StoreError::Task)
-                .and_then(|r| r)
-                .map_err(|e| e.into_storage(ErrorSubject::Logs, ErrorVerb::Delete))?;
-        }
+        let delete = |e: StoreError| e.into_storage(ErrorSubject::Logs, ErrorVerb::Delete);
+        self.wait_state_machine_covers(log_id.index)
+            .await
+            .map_err(delete)?;
         let write = async {
             let mut batch = WriteBatch::default();
             batch.put_cf(
@@ -336,17 +339,75 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 db::encode("last purged log id", &log_id)?,
             );
             self.write_synced(batch).await?;
+            failpoints::crash_point(failpoints::PURGE_AFTER_RECORD);
             let log = self.log.clone();
             tokio::task::spawn_blocking(move || log.purge(log_id.index)).await?
         };
         // Purged entries leave the cache even if the write failed: openraft will not ask
         // for them again, and a miss is always safe.
         self.cache.purged(log_id.index);
-        write
-            .await
-            .map_err(|e| e.into_storage(ErrorSubject::Logs, ErrorVerb::Delete))
+        write.await.map_err(delete)
     }
 }
+
+impl LogStore {
+    /// Returns once the state machine on disk covers log index `index`, as far as anything
+    /// can make it. Usually it already does: openraft purges only up to a snapshot, and a
+    /// build flushes the memtables right after taking its view. Otherwise a flush of what is
+    /// applied in memory may be enough (a purge ordered by hand, say). If not even that
+    /// covers it while a snapshot is being received or installed, openraft is purging ahead
+    /// of that install, and this waits for the install's synced write. It runs inside
+    /// openraft's core loop, so the common case must not flush or wait; the wait blocks only
+    /// a follower that is installing, whose leader sends it nothing else until the install
+    /// answers.
+    async fn wait_state_machine_covers(&self, index: u64) -> Result<(), StoreError> {
+        if self.db.durably_applied(index) {
+            return Ok(());
+        }
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || crate::state_machine::flush_applied(&db)).await??;
+        let now = self.db.durable();
+        if now.applied >= index || !now.install_pending {
+            // Covered, or nothing will ever cover more: what is applied is on disk.
+            return Ok(());
+        }
+        tracing::info!(
+            purge_upto = index,
+            "log purge waits for the snapshot install that covers it"
+        );
+        let started = std::time::Instant::now();
+        let mut durable = self.db.watch_durable();
+        loop {
+            let waited = tokio::time::timeout(
+                INSTALL_WAIT_LOG_EVERY,
+                durable.wait_for(|d| d.applied >= index || !d.install_pending),
+            )
+            .await;
+            let d = match waited {
+                Ok(Ok(d)) => *d,
+                // The sender lives in `Db`, which this store holds: never closed while here.
+                Ok(Err(_)) => return Err(StoreError::PurgeWithoutInstall(index)),
+                Err(_) => {
+                    tracing::warn!(
+                        purge_upto = index,
+                        waited_secs = started.elapsed().as_secs(),
+                        "log purge still waiting for a snapshot install"
+                    );
+                    continue;
+                }
+            };
+            if d.applied >= index {
+                return Ok(());
+            }
+            // The install failed (or covered less): purging would delete entries that the
+            // state machine on disk still needs.
+            return Err(StoreError::PurgeWithoutInstall(index));
+        }
+    }
+}
+
+/// How often a purge waiting for an install says so.
+const INSTALL_WAIT_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A log sync slower than this is logged: it delays every acknowledgement waiting on it.
 const SLOW_SYNC: std::time::Duration = std::time::Duration::from_millis(20);

@@ -31,6 +31,7 @@ use crate::db::{
 };
 use crate::dedup_index::{self, DedupIndex, SharedDedupIndex};
 use crate::error::StoreError;
+use crate::failpoints;
 use crate::index_runs::IndexRuns;
 use crate::keys;
 use crate::sm_state::{SmMeta, SmState};
@@ -242,6 +243,7 @@ pub(crate) fn install(
     data: Vec<u8>,
     index: &SharedDedupIndex,
 ) -> Result<SmState, StoreError> {
+    failpoints::crash_point(failpoints::INSTALL_BEFORE_DECODE);
     let mut batch = WriteBatch::default();
     for name in STATE_MACHINE_CFS {
         batch.delete_range_cf(db.cf(name)?, [].as_slice(), keys::KEY_SPACE_END.as_slice());
@@ -344,7 +346,8 @@ fn replace_current(
     swap: Option<(&SharedDedupIndex, DedupIndex)>,
 ) -> Result<(), StoreError> {
     let previous = previous.map(|s| s.file);
-    let file = write_data_file(db, meta, data)?;
+    let installing = swap.is_some();
+    let file = write_data_file(db, meta, data, installing)?;
     let stored = StoredSnapshot {
         meta: meta.clone(),
         file: file.clone(),
@@ -360,11 +363,18 @@ fn replace_current(
         keys::SNAPSHOT_CURRENT,
         db::encode("snapshot record", &stored)?,
     );
+    if installing {
+        failpoints::crash_point(failpoints::INSTALL_AFTER_DATA_FILE);
+        // The record naming the file and the state it belongs to are one batch, so nothing
+        // durable happens between the two points.
+        failpoints::crash_point(failpoints::INSTALL_BEFORE_SWITCH);
+    }
     let written = match swap {
         Some((shared, installed)) => {
             let mut index = shared.write();
             let written = db.rocks.write_opt(batch, &db::synced());
             if written.is_ok() {
+                failpoints::crash_point(failpoints::INSTALL_AFTER_SWITCH);
                 *index = installed;
             }
             written
@@ -383,7 +393,13 @@ fn replace_current(
 }
 
 /// Writes `data` to a new file in the snapshot directory and syncs it and the directory.
-fn write_data_file(db: &Db, meta: &Meta, data: &[u8]) -> Result<String, StoreError> {
+/// `installing` only tells the crash points an install from a build.
+fn write_data_file(
+    db: &Db,
+    meta: &Meta,
+    data: &[u8],
+    installing: bool,
+) -> Result<String, StoreError> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let name = format!(
         "{:020}-{:x}-{}.{FILE_EXT}",
@@ -396,8 +412,11 @@ fn write_data_file(db: &Db, meta: &Meta, data: &[u8]) -> Result<String, StoreErr
         // Synced as it is written, like RocksDB's own files (`bytes_per_sync`): one sync at
         // the end of hundreds of MiB queued them all on the disk at once, ahead of the Raft
         // log's small syncs, which then took 40-100 ms (every acknowledgement waits on them).
-        for piece in data.chunks(SYNC_EVERY_BYTES) {
+        for (i, piece) in data.chunks(SYNC_EVERY_BYTES).enumerate() {
             f.write_all(piece)?;
+            if installing && i == 0 {
+                failpoints::crash_point(failpoints::INSTALL_MID_DATA_FILE);
+            }
             f.sync_data()?;
         }
         f.sync_all()

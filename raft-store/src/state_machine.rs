@@ -9,8 +9,9 @@
 //! re-applies the committed entries after that id from the (synced) log; apply is deterministic,
 //! so the re-applied events get the same stamps. The one thing that argument needs is that the
 //! log is never purged past what the state machine has on disk: building a snapshot (which
-//! openraft follows with a purge) flushes the memtables, and a purge past what a snapshot
-//! build or install covered flushes them first (`log_store.rs`).
+//! openraft follows with a purge) flushes the memtables, a purge up to a snapshot being
+//! installed waits for the install's synced write, and any other purge flushes them first
+//! (`LogStore::purge`).
 
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -173,6 +174,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     async fn begin_receiving_snapshot(
         &mut self,
     ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
+        // openraft asks for this buffer before the first chunk and installs only after the
+        // last: from here on, a purge past the state machine on disk waits for the install.
+        self.db.note_install_pending();
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
@@ -192,13 +196,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         .and_then(|r| r);
         match installed {
             Ok(state) => {
-                // The install was one synced write.
+                // The install was one synced write; a purge waiting for it may go on.
                 self.db
-                    .note_durable_applied(state.meta.last_applied.map_or(0, |id| id.index));
+                    .note_installed(state.meta.last_applied.map_or(0, |id| id.index));
                 self.state = Some(state);
                 Ok(())
             }
             Err(e) => {
+                // Nothing of it was written; a purge waiting for it must not run.
+                self.db.note_install_failed();
                 self.state = None;
                 Err(e.into_storage(
                     ErrorSubject::Snapshot(Some(meta.signature())),
@@ -225,6 +231,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             })
             .map_err(|e| e.into_storage(ErrorSubject::Snapshot(None), ErrorVerb::Read))
     }
+}
+
+/// Flushes every memtable and records what the state machine on disk then covers: at least
+/// the last applied id read before the flush (apply may move on meanwhile). For a purge that
+/// no snapshot covers yet (`LogStore::purge`).
+pub(crate) fn flush_applied(db: &Db) -> Result<(), StoreError> {
+    let applied = crate::sm_state::read_meta(db, &db.rocks.snapshot())?.last_applied;
+    db.flush_all()?;
+    db.note_durable_applied(applied.map_or(0, |id| id.index));
+    Ok(())
 }
 
 /// Applies `entries` to `state` and writes everything they change in one `WriteBatch`;

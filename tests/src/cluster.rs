@@ -213,10 +213,30 @@ impl TestCluster {
 
     /// Starts a stopped or killed node again on the same data dir, address and peers.
     pub fn restart(&mut self, id: NodeId) {
+        self.restart_with_env(id, &[]);
+    }
+
+    /// [`TestCluster::restart`] with extra environment variables for the node (crash points:
+    /// `AGG_FAILPOINTS`).
+    pub fn restart_with_env(&mut self, id: NodeId, env: &[(&str, &str)]) {
         let m = self.member(id);
         assert!(m.process.is_none(), "node {id} is still running");
-        let process = self.spawn(id);
+        let process = self.spawn(id, env);
         self.member_mut(id).process = Some(process);
+    }
+
+    /// Waits (bounded) for node `id` to exit by itself, a crash point say; returns how it
+    /// exited. The node then counts as stopped, so it can be restarted.
+    pub async fn wait_exited(&mut self, id: NodeId, timeout: Duration) -> ExitStatus {
+        let m = self.member_mut(id);
+        let p = m.process.as_mut().expect("node is running");
+        match p.wait_exit(timeout).await {
+            Some(status) => {
+                m.process = None;
+                status
+            }
+            None => panic!("node {id} did not exit within {timeout:?}"),
+        }
     }
 
     /// Deletes node `id`'s data dir (the node must not be running).
@@ -323,7 +343,7 @@ impl TestCluster {
         self.restart(id);
     }
 
-    fn spawn(&self, id: NodeId) -> ChildProcess {
+    fn spawn(&self, id: NodeId, env: &[(&str, &str)]) -> ChildProcess {
         let m = self.member(id);
         let mut args = vec![
             "--id".to_string(),
@@ -344,7 +364,7 @@ impl TestCluster {
             args.extend(["--api-token".into(), token.clone()]);
         }
         args.extend(self.options.extra_args.iter().cloned());
-        ChildProcess::spawn(&binaries::aggregator(), &args, &m.log)
+        ChildProcess::spawn_with_env(&binaries::aggregator(), &args, env, &m.log)
     }
 }
 

@@ -41,6 +41,16 @@ pub struct ChildProcess {
 impl ChildProcess {
     /// Starts `program args`, appending stdout and stderr to `log`.
     pub fn spawn(program: &Path, args: &[String], log: &Path) -> Self {
+        Self::spawn_with_env(program, args, &[], log)
+    }
+
+    /// [`ChildProcess::spawn`] with extra environment variables.
+    pub fn spawn_with_env(
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> Self {
         let out = OpenOptions::new()
             .create(true)
             .append(true)
@@ -51,6 +61,7 @@ impl ChildProcess {
             .args(args)
             // Plain text in log files: no colour escapes.
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

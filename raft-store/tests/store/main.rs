@@ -6,6 +6,7 @@
 mod common;
 mod conformance;
 mod crash;
+mod install;
 mod log;
 mod log_crash;
 mod props;

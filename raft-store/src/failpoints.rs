@@ -1,0 +1,84 @@
+//! Crash points for fault-injection tests: named places inside multi-step writes (a snapshot
+//! install, a purge) where a test can make the process die as a power cut or `kill -9` would,
+//! to show that every step leaves a store that reopens consistent.
+//!
+//! Built on the `fail` crate and compiled in only with this crate's `failpoints` feature (the
+//! cluster tests turn it on); without it [`crash_point`] is empty and costs nothing. A test
+//! names the points to arm in `AGG_FAILPOINTS` (`name=return`, several separated by `;`), read
+//! once by [`arm_from_env`]; an armed point aborts the process (`SIGABRT`: no destructor runs,
+//! no buffer is flushed, nothing unsynced is made durable).
+
+/// Every crash point, in the order an install or purge reaches them. Tests iterate this list,
+/// so a point added here is exercised without editing them.
+pub const CRASH_POINTS: &[&str] = &[
+    // Inside a snapshot install (`snapshot::install`).
+    INSTALL_BEFORE_DECODE,
+    INSTALL_MID_DATA_FILE,
+    INSTALL_AFTER_DATA_FILE,
+    INSTALL_BEFORE_SWITCH,
+    INSTALL_AFTER_SWITCH,
+    // Inside a log purge (`LogStore::purge`).
+    PURGE_AFTER_RECORD,
+];
+
+/// The install has its data but has decoded and checked nothing.
+pub const INSTALL_BEFORE_DECODE: &str = "install-before-decode";
+/// Part of the new data file is written, not all of it, and nothing is synced.
+pub const INSTALL_MID_DATA_FILE: &str = "install-mid-data-file";
+/// The new data file is complete and synced; no record names it yet.
+pub const INSTALL_AFTER_DATA_FILE: &str = "install-after-data-file";
+/// Right before the one synced batch that replaces the state machine.
+pub const INSTALL_BEFORE_SWITCH: &str = "install-before-switch";
+/// Right after that batch: the new state is durable, the old data file not yet deleted and
+/// openraft not yet told.
+pub const INSTALL_AFTER_SWITCH: &str = "install-after-switch";
+/// A purge has synced its new last purged id and deleted no segment yet.
+pub const PURGE_AFTER_RECORD: &str = "purge-after-record";
+
+/// Dies here if a test armed the point `name`.
+#[inline]
+pub(crate) fn crash_point(name: &str) {
+    #[cfg(feature = "failpoints")]
+    fail::fail_point!(name, |_| {
+        // eprintln is unbuffered: the line reaches the node's log before the abort.
+        eprintln!("crash point {name} reached: aborting");
+        std::process::abort()
+    });
+    #[cfg(not(feature = "failpoints"))]
+    let _ = name;
+}
+
+/// Arms the crash points named in `AGG_FAILPOINTS` (`name=return;name2=return`). Returns the
+/// names armed; an error names an entry it could not parse. Without the `failpoints`
+/// feature, a set variable is an error: a test that asked for a crash must not silently run
+/// without one.
+pub fn arm_from_env() -> Result<Vec<String>, String> {
+    let Ok(spec) = std::env::var("AGG_FAILPOINTS") else {
+        return Ok(Vec::new());
+    };
+    let mut armed = Vec::new();
+    for item in spec.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        let (name, actions) = item
+            .split_once('=')
+            .ok_or_else(|| format!("AGG_FAILPOINTS entry `{item}` is not name=actions"))?;
+        if !CRASH_POINTS.contains(&name) {
+            return Err(format!("AGG_FAILPOINTS names no crash point `{name}`"));
+        }
+        arm(name, actions)?;
+        armed.push(name.to_string());
+    }
+    Ok(armed)
+}
+
+#[cfg(feature = "failpoints")]
+fn arm(name: &str, actions: &str) -> Result<(), String> {
+    fail::cfg(name, actions)
+}
+
+#[cfg(not(feature = "failpoints"))]
+fn arm(name: &str, _actions: &str) -> Result<(), String> {
+    Err(format!(
+        "AGG_FAILPOINTS names `{name}`, but this binary was built without crash points \
+         (raft-store's `failpoints` feature)"
+    ))
+}
