@@ -2,14 +2,14 @@
 //! families, their options, write options, and the postcard codec every value goes through.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use tokio::sync::watch;
 
 use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, FlushOptions, Options, WriteOptions,
-    DB,
+    ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, FlushOptions, Options, Snapshot,
+    WriteOptions, DB,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -113,6 +113,9 @@ pub(crate) struct Db {
     /// What the state machine on disk is known to cover, watched by purges that must not run
     /// ahead of it (`LogStore::purge`).
     durable: watch::Sender<Durable>,
+    /// A snapshot install is rewriting the state machine (past its commit point, see
+    /// snapshot.rs): what RocksDB holds is neither the old state nor the new one.
+    installing: AtomicBool,
     /// Bytes of log entries written since the database was opened.
     pub(crate) log_bytes_appended: AtomicU64,
     /// Snapshot builds since open, their total duration, and the current snapshot's size.
@@ -176,6 +179,7 @@ impl Db {
             snapshot_lock: Mutex::new(()),
             snapshot_dir,
             durable: watch::channel(Durable::default()).0,
+            installing: AtomicBool::new(false),
             log_bytes_appended: AtomicU64::new(0),
             snapshot_counters: SnapshotCounters::default(),
         })
@@ -223,6 +227,35 @@ impl Db {
     /// Follows [`Durable`] as builds, installs and flushes move it.
     pub(crate) fn watch_durable(&self) -> watch::Receiver<Durable> {
         self.durable.subscribe()
+    }
+
+    /// Holds `snapshot_lock` (a panic while it was held poisons nothing it guards: the records
+    /// it orders are in RocksDB).
+    pub(crate) fn snapshot_guard(&self) -> MutexGuard<'_, ()> {
+        self.snapshot_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Marks the state machine as being rewritten by an install, or no longer.
+    pub(crate) fn set_installing(&self, installing: bool) {
+        self.installing.store(installing, Ordering::SeqCst);
+    }
+
+    /// Whether an install is rewriting the state machine now.
+    pub(crate) fn installing(&self) -> bool {
+        self.installing.load(Ordering::SeqCst)
+    }
+
+    /// A consistent view of the state machine for a reader, or [`StoreError::Installing`]
+    /// while an install rewrites it. The view is taken before the flag is read: a view taken
+    /// while the flag was still clear predates the install's first write.
+    pub(crate) fn reader_view(&self) -> Result<Snapshot<'_>, StoreError> {
+        let view = self.rocks.snapshot();
+        if self.installing() {
+            return Err(StoreError::Installing);
+        }
+        Ok(view)
     }
 
     /// Flushes every column family's memtable, atomically, and waits: afterwards everything

@@ -65,11 +65,6 @@ impl DedupIndex {
         }
     }
 
-    /// The seed this index hashes with.
-    pub(crate) fn seed(&self) -> u64 {
-        self.seed
-    }
-
     /// The hash of a key, as this index files it.
     pub(crate) fn hash(&self, topic: &str, event_id: &str) -> KeyHash {
         keys::event_hash(self.seed, topic, event_id)

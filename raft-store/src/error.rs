@@ -36,6 +36,10 @@ pub enum StoreError {
     /// nothing was purged.
     #[error("purge up to log index {0} abandoned: the snapshot install covering it failed")]
     PurgeWithoutInstall(u64),
+    /// A snapshot install is rewriting the state machine; reads are answered again once it
+    /// finishes.
+    #[error("a snapshot install is replacing the state machine; retry shortly")]
+    Installing,
     /// A blocking task panicked or was cancelled.
     #[error("blocking task failed: {0}")]
     Task(#[from] tokio::task::JoinError),

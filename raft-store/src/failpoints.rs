@@ -13,21 +13,25 @@
 pub const CRASH_POINTS: &[&str] = &[
     // Inside a snapshot install (`snapshot::install`).
     INSTALL_BEFORE_DECODE,
-    INSTALL_MID_DATA_FILE,
     INSTALL_AFTER_DATA_FILE,
+    INSTALL_AFTER_COMMIT,
+    INSTALL_MID_WRITE,
     INSTALL_BEFORE_SWITCH,
     INSTALL_AFTER_SWITCH,
     // Inside a log purge (`LogStore::purge`).
     PURGE_AFTER_RECORD,
 ];
 
-/// The install has its data but has decoded and checked nothing.
+/// The install has its received file but has synced, decoded and checked nothing.
 pub const INSTALL_BEFORE_DECODE: &str = "install-before-decode";
-/// Part of the new data file is written, not all of it, and nothing is synced.
-pub const INSTALL_MID_DATA_FILE: &str = "install-mid-data-file";
-/// The new data file is complete and synced; no record names it yet.
+/// The received file is checked, synced and renamed into place; no record names it yet.
 pub const INSTALL_AFTER_DATA_FILE: &str = "install-after-data-file";
-/// Right before the one synced batch that replaces the state machine.
+/// The installing record is durable (the commit point); the old state is still whole.
+pub const INSTALL_AFTER_COMMIT: &str = "install-after-commit";
+/// The state machine is cleared and its first batch of events written, without the WAL and
+/// unflushed: what is on disk is any mix of old and new.
+pub const INSTALL_MID_WRITE: &str = "install-mid-write";
+/// Every event is written and flushed; the batch that ends the install is not written.
 pub const INSTALL_BEFORE_SWITCH: &str = "install-before-switch";
 /// Right after that batch: the new state is durable, the old data file not yet deleted and
 /// openraft not yet told.

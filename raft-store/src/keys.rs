@@ -19,6 +19,9 @@ pub(crate) const LAST_PURGED: &[u8] = b"last_purged";
 pub(crate) const DEDUP_SEED: &[u8] = b"dedup_seed";
 /// Key of the current snapshot's record (meta and data file) in `snapshot`.
 pub(crate) const SNAPSHOT_CURRENT: &[u8] = b"current";
+/// Key of the record of a snapshot being installed in `snapshot` (see snapshot.rs): present
+/// from an install's commit point until it finishes.
+pub(crate) const SNAPSHOT_INSTALLING: &[u8] = b"installing";
 
 /// An exclusive upper bound above every key of every column family: no key starts with
 /// nine 0xFF bytes (UTF-8 never contains 0xFF, a length prefix starting with 0xFF would
@@ -153,7 +156,7 @@ mod tests {
         assert!(worst.as_slice() < end);
         assert!(index_key(&"z".repeat(255), LamportStamp(u64::MAX)).as_slice() < end);
         assert!("\u{10FFFF}".repeat(4).as_bytes() < end);
-        assert!(SM_STATE < end && SNAPSHOT_CURRENT < end);
+        assert!(SM_STATE < end && SNAPSHOT_CURRENT < end && SNAPSHOT_INSTALLING < end);
     }
 
     #[test]

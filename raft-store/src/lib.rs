@@ -18,6 +18,8 @@ mod reader;
 mod segment_log;
 mod sm_state;
 mod snapshot;
+mod snapshot_file;
+mod snapshot_format;
 mod state_machine;
 #[cfg(test)]
 mod test_entries;
@@ -31,6 +33,7 @@ pub use log_cache::LogCacheReads;
 pub use log_store::LogStore;
 pub use reader::StoreReader;
 pub use snapshot::{SnapshotBuilder, SnapshotStats};
+pub use snapshot_file::SnapshotFile;
 pub use state_machine::StateMachineStore;
 pub use types::*;
 
@@ -75,6 +78,8 @@ pub fn open(dir: &Path) -> Result<Stores, StoreError> {
 /// machine and current snapshot.
 pub fn open_with(dir: &Path, options: &StoreOptions) -> Result<Stores, StoreError> {
     let db = Arc::new(db::Db::open(dir)?);
+    // Before anything reads the state machine: a crash may have left it half rewritten.
+    snapshot::resume_install(&db)?;
     snapshot::remove_orphans(&db)?;
     let log_store = LogStore::open(
         db.clone(),

@@ -47,7 +47,13 @@ pub struct LogStore {
     flusher: Arc<Flusher>,
     cache: Arc<LogCache>,
     reads: Arc<LogCacheReads>,
+    /// A purge that waits, in the background, for the snapshot install covering it (see
+    /// [`LogStore::purge`]); every later operation on the log settles it first.
+    deferred: Arc<std::sync::Mutex<Option<DeferredPurge>>>,
 }
+
+/// The background half of a purge that waits for an install.
+type DeferredPurge = tokio::task::JoinHandle<Result<(), StoreError>>;
 
 impl LogStore {
     /// Opens the log under `dir` (the node's data directory) beside `db`, recovering its
@@ -90,6 +96,7 @@ impl LogStore {
             flusher,
             cache,
             reads: Arc::default(),
+            deferred: Arc::default(),
         })
     }
 
@@ -206,6 +213,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<NodeId>> {
+        self.settle_deferred()
+            .await
+            .map_err(|e| e.into_storage(ErrorSubject::Logs, ErrorVerb::Read))?;
         let read = || -> Result<LogState<TypeConfig>, StoreError> {
             let last_purged_log_id: Option<LogId<NodeId>> =
                 read_meta(&self.db, keys::LAST_PURGED, "last purged log id")?;
@@ -279,6 +289,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        self.settle_deferred()
+            .await
+            .map_err(|e| e.into_storage(ErrorSubject::Logs, ErrorVerb::Write))?;
         let entries: Vec<Entry> = entries.into_iter().collect();
         let bytes = self
             .log
@@ -295,6 +308,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// Deletes `log_id` and everything after it, synced: entries that openraft was told are
     /// gone must not come back after a crash and be mistaken for the leader's.
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
+        self.settle_deferred()
+            .await
+            .map_err(|e| e.into_storage(ErrorSubject::Logs, ErrorVerb::Delete))?;
         let log = self.log.clone();
         let truncated = tokio::task::spawn_blocking(move || log.truncate(log_id.index))
             .await
@@ -324,42 +340,83 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// - That includes a snapshot install: openraft 0.9 queues the purge up to an installed
     ///   snapshot's last index right after handing the install to the state-machine worker,
     ///   without waiting for it. Purging then would leave, after a crash or a failed install,
-    ///   the old state machine with the log it needs deleted. So the purge waits for the
+    ///   the old state machine with the log it needs deleted. So such a purge waits for the
     ///   install's synced write, and gives up (purging nothing) if the install fails.
+    /// - That wait must not block openraft's core: the purge runs inside it, and a core
+    ///   blocked for the length of an install (a minute for a large store) answers no
+    ///   heartbeat, so the leader's appends time out and the node, once unblocked, finds its
+    ///   election timer long expired and campaigns, deposing a healthy leader again and again.
+    ///   So the waiting purge returns at once and finishes in the background, and every later
+    ///   operation on the log (append, truncate, purge, state) waits for it first: nothing
+    ///   observes the log between. openraft sends nothing to append until the install has
+    ///   answered, so in practice nothing waits.
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError<NodeId>> {
         let delete = |e: StoreError| e.into_storage(ErrorSubject::Logs, ErrorVerb::Delete);
-        self.wait_state_machine_covers(log_id.index)
-            .await
-            .map_err(delete)?;
-        let write = async {
-            let mut batch = WriteBatch::default();
-            batch.put_cf(
-                self.db.cf(CF_RAFT_META)?,
-                keys::LAST_PURGED,
-                db::encode("last purged log id", &log_id)?,
-            );
-            self.write_synced(batch).await?;
-            failpoints::crash_point(failpoints::PURGE_AFTER_RECORD);
-            let log = self.log.clone();
-            tokio::task::spawn_blocking(move || log.purge(log_id.index)).await?
-        };
-        // Purged entries leave the cache even if the write failed: openraft will not ask
-        // for them again, and a miss is always safe.
+        self.settle_deferred().await.map_err(delete)?;
+        // Purged entries leave the cache at once: openraft will not ask for them again, and a
+        // miss is always safe (they stay in the segments until the purge is done).
         self.cache.purged(log_id.index);
-        write.await.map_err(delete)
+        let durable = self.db.durable();
+        if durable.applied < log_id.index && durable.install_pending {
+            let store = self.clone();
+            let purge = tokio::spawn(async move { store.purge_when_covered(log_id).await });
+            *self.deferred_slot() = Some(purge);
+            return Ok(());
+        }
+        self.purge_when_covered(log_id).await.map_err(delete)
     }
 }
 
 impl LogStore {
+    /// The purge itself: once the state machine on disk covers `log_id`, the synced record,
+    /// then the segments.
+    async fn purge_when_covered(&self, log_id: LogId<NodeId>) -> Result<(), StoreError> {
+        self.wait_state_machine_covers(log_id.index).await?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            self.db.cf(CF_RAFT_META)?,
+            keys::LAST_PURGED,
+            db::encode("last purged log id", &log_id)?,
+        );
+        self.write_synced(batch).await?;
+        failpoints::crash_point(failpoints::PURGE_AFTER_RECORD);
+        let log = self.log.clone();
+        tokio::task::spawn_blocking(move || log.purge(log_id.index)).await?
+    }
+
+    fn deferred_slot(&self) -> std::sync::MutexGuard<'_, Option<DeferredPurge>> {
+        self.deferred
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Waits for a purge left waiting for an install. One abandoned because the install
+    /// failed leaves the log whole, which is the safe outcome: logged, not an error.
+    async fn settle_deferred(&self) -> Result<(), StoreError> {
+        let Some(pending) = self.deferred_slot().take() else {
+            return Ok(());
+        };
+        match pending.await? {
+            Ok(()) => Ok(()),
+            Err(StoreError::PurgeWithoutInstall(index)) => {
+                tracing::warn!(
+                    purge_upto = index,
+                    "log purge abandoned: the snapshot install it waited for failed; the log is kept whole"
+                );
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Returns once the state machine on disk covers log index `index`, as far as anything
     /// can make it. Usually it already does: openraft purges only up to a snapshot, and a
     /// build flushes the memtables right after taking its view. Otherwise a flush of what is
     /// applied in memory may be enough (a purge ordered by hand, say). If not even that
     /// covers it while a snapshot is being received or installed, openraft is purging ahead
-    /// of that install, and this waits for the install's synced write. It runs inside
-    /// openraft's core loop, so the common case must not flush or wait; the wait blocks only
-    /// a follower that is installing, whose leader sends it nothing else until the install
-    /// answers.
+    /// of that install, and this waits for the install's synced write (in the background:
+    /// see [`LogStore::purge`]). A purge runs inside openraft's core loop, so the common case
+    /// must not flush or wait.
     async fn wait_state_machine_covers(&self, index: u64) -> Result<(), StoreError> {
         if self.db.durably_applied(index) {
             return Ok(());

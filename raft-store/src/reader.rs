@@ -1,6 +1,7 @@
 //! Read-only queries for the server, straight from RocksDB: events by topic or producer in
 //! Lamport order, one event by key, stats, digest and last applied log id. Every method is
-//! a blocking call that reads one RocksDB snapshot, so its answer is consistent.
+//! a blocking call that reads one RocksDB snapshot, so its answer is consistent. While a
+//! snapshot install rewrites the state machine, every query answers `StoreError::Installing`.
 
 use std::sync::Arc;
 
@@ -21,7 +22,7 @@ use crate::types::{Digest, EventKey, EventPage, LamportStamp, NodeId, StoreStats
 /// from blocking threads.
 #[derive(Clone)]
 pub struct StoreReader {
-    db: Arc<Db>,
+    pub(crate) db: Arc<Db>,
     log_reads: Arc<LogCacheReads>,
     log: Arc<SegmentLog>,
     index: SharedDedupIndex,
@@ -106,9 +107,13 @@ impl StoreReader {
     /// after writing them, so an event applied while this runs may be missed: that apply has
     /// not returned, and nothing acknowledged it yet. Once it returns, every read finds it.
     pub fn get_event(&self, key: &EventKey) -> Result<Option<StoredEvent>, StoreError> {
-        let view = self.db.rocks.snapshot();
+        let view = self.db.reader_view()?;
         let candidates: Vec<LamportStamp> = {
             let index = self.index.read();
+            // An install empties the index after raising the flag, under this lock.
+            if self.db.installing() {
+                return Err(StoreError::Installing);
+            }
             let hash = index.hash(&key.topic, &key.event_id);
             index.candidates(hash).collect()
         };
@@ -129,7 +134,7 @@ impl StoreReader {
     /// Counters, topic counts, producers, clock, digest and last applied id, all as of one
     /// moment.
     pub fn stats(&self) -> Result<StoreStats, StoreError> {
-        let view = self.db.rocks.snapshot();
+        let view = self.db.reader_view()?;
         let state = SmState::load(&self.db, &view)?;
         Ok(StoreStats {
             counters: state.meta.counters,
@@ -143,13 +148,13 @@ impl StoreReader {
 
     /// The digest together with the log id it is the state of.
     pub fn digest(&self) -> Result<(Option<LogId<NodeId>>, Digest), StoreError> {
-        let meta = sm_state::read_meta(&self.db, &self.db.rocks.snapshot())?;
+        let meta = sm_state::read_meta(&self.db, &self.db.reader_view()?)?;
         Ok((meta.last_applied, meta.digest))
     }
 
     /// Last log id applied to the state machine.
     pub fn last_applied(&self) -> Result<Option<LogId<NodeId>>, StoreError> {
-        Ok(sm_state::read_meta(&self.db, &self.db.rocks.snapshot())?.last_applied)
+        Ok(sm_state::read_meta(&self.db, &self.db.reader_view()?)?.last_applied)
     }
 
     /// One page of a secondary index. `next` is `Some` exactly when more events follow
@@ -162,7 +167,7 @@ impl StoreReader {
         after: Option<LamportStamp>,
         limit: usize,
     ) -> Result<EventPage, StoreError> {
-        let view = self.db.rocks.snapshot();
+        let view = self.db.reader_view()?;
         let as_of = sm_state::read_meta(&self.db, &view)?.last_applied;
         let from = match after {
             None => LamportStamp(0),

@@ -13,7 +13,7 @@
 //! installed waits for the install's synced write, and any other purge flushes them first
 //! (`LogStore::purge`).
 
-use std::io::Cursor;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -32,10 +32,12 @@ use crate::index_runs::IndexRuns;
 use crate::keys;
 use crate::sm_state::SmState;
 use crate::snapshot::{self, SnapshotBuilder};
+use crate::snapshot_file::SnapshotFile;
 use crate::types::{
     ApplyStatus, BatchOutcome, Event, EventOutcome, LamportStamp, Node, NodeId, StoredEvent,
     StoredEventRef, TypeConfig, MAX_PRODUCER_LAMPORT,
 };
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 type Entry = openraft::Entry<TypeConfig>;
 
@@ -173,37 +175,54 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 
     async fn begin_receiving_snapshot(
         &mut self,
-    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<NodeId>> {
-        // openraft asks for this buffer before the first chunk and installs only after the
+    ) -> Result<Box<SnapshotFile>, StorageError<NodeId>> {
+        // openraft asks for this file before the first chunk and installs only after the
         // last: from here on, a purge past the state machine on disk waits for the install.
         self.db.note_install_pending();
-        Ok(Box::new(Cursor::new(Vec::new())))
+        let db = self.db.clone();
+        match tokio::task::spawn_blocking(move || snapshot::begin_receive(&db)).await {
+            Ok(Ok(file)) => Ok(Box::new(file)),
+            Ok(Err(e)) => {
+                self.db.note_install_failed();
+                Err(e.into_storage(ErrorSubject::Snapshot(None), ErrorVerb::Write))
+            }
+            Err(e) => {
+                self.db.note_install_failed();
+                Err(StoreError::Task(e).into())
+            }
+        }
     }
 
-    /// Replaces the whole state with the snapshot's, atomically and synced.
+    /// Replaces the whole state with the snapshot's; a crash at any point leaves the old
+    /// state or (after a restart) the new one (snapshot.rs).
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, Node>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotFile>,
     ) -> Result<(), StorageError<NodeId>> {
         let (db, index) = (self.db.clone(), self.index.clone());
         let owned_meta = meta.clone();
-        let installed = tokio::task::spawn_blocking(move || {
-            snapshot::install(&db, &owned_meta, snapshot.into_inner(), &index)
-        })
-        .await
-        .map_err(StoreError::Task)
-        .and_then(|r| r);
+        let installed = async {
+            let received = received_file(&db, snapshot).await?;
+            tokio::task::spawn_blocking(move || {
+                snapshot::install(&db, &owned_meta, &received, &index)
+            })
+            .await
+            .map_err(StoreError::Task)
+            .and_then(|r| r)
+        }
+        .await;
         match installed {
             Ok(state) => {
-                // The install was one synced write; a purge waiting for it may go on.
+                // The install ended with a synced write; a purge waiting for it may go on.
                 self.db
                     .note_installed(state.meta.last_applied.map_or(0, |id| id.index));
                 self.state = Some(state);
                 Ok(())
             }
             Err(e) => {
-                // Nothing of it was written; a purge waiting for it must not run.
+                // Either nothing of it is durable or the node stops with it half done (and
+                // finishes it when reopened): a purge waiting for it must not run either way.
                 self.db.note_install_failed();
                 self.state = None;
                 Err(e.into_storage(
@@ -224,13 +243,31 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .and_then(|r| r);
         loaded
             .map(|current| {
-                current.map(|(meta, data)| Snapshot {
+                current.map(|(meta, file)| Snapshot {
                     meta,
-                    snapshot: Box::new(Cursor::new(data)),
+                    snapshot: Box::new(file),
                 })
             })
             .map_err(|e| e.into_storage(ErrorSubject::Snapshot(None), ErrorVerb::Read))
     }
+}
+
+/// The path of a received snapshot's file, complete and written through. A snapshot that was
+/// not received into a file of this store (openraft's test suite hands over another store's
+/// current snapshot) is copied into one first.
+async fn received_file(db: &Db, mut snapshot: Box<SnapshotFile>) -> Result<PathBuf, StoreError> {
+    if let Some(path) = snapshot.incoming_path() {
+        let path = path.to_path_buf();
+        snapshot.flush().await?;
+        drop(snapshot.into_std().await);
+        return Ok(path);
+    }
+    let path = snapshot::part_path(db);
+    let mut copy = tokio::fs::File::create_new(&path).await?;
+    snapshot.seek(std::io::SeekFrom::Start(0)).await?;
+    tokio::io::copy(&mut *snapshot, &mut copy).await?;
+    copy.flush().await?;
+    Ok(path)
 }
 
 /// Flushes every memtable and records what the state machine on disk then covers: at least

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::Cursor;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -22,7 +21,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = Node,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = crate::snapshot_file::SnapshotFile,
 );
 
 /// A Lamport clock value: a producer's own clock, or the cluster's stamp on a stored event.

@@ -31,6 +31,37 @@ pub fn build_snapshot(
         .unwrap()
 }
 
+/// The whole of a snapshot's data, read from its start (an error if it is damaged).
+pub fn snapshot_bytes(
+    rt: &tokio::runtime::Runtime,
+    data: &mut raft_store::SnapshotFile,
+) -> std::io::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    rt.block_on(async {
+        data.seek(std::io::SeekFrom::Start(0)).await?;
+        let mut bytes = Vec::new();
+        data.read_to_end(&mut bytes).await?;
+        Ok(bytes)
+    })
+}
+
+/// `bytes` received into `sm` as openraft receives a snapshot's chunks.
+pub fn received(
+    rt: &tokio::runtime::Runtime,
+    sm: &mut StateMachineStore,
+    bytes: &[u8],
+) -> Box<raft_store::SnapshotFile> {
+    use tokio::io::AsyncWriteExt;
+    rt.block_on(async {
+        let mut file = sm.begin_receiving_snapshot().await.unwrap();
+        for chunk in bytes.chunks(1000) {
+            file.write_all(chunk).await.unwrap();
+        }
+        file.shutdown().await.unwrap();
+        file
+    })
+}
+
 /// A store in a fresh temporary directory (keep the `TempDir` alive as long as the store).
 pub fn fresh() -> (TempDir, Stores) {
     let dir = tempfile::tempdir().unwrap();

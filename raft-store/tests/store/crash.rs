@@ -137,10 +137,12 @@ fn sigkill_leaves_a_prefix_of_the_log() {
         );
         // The current snapshot, if any, reads back whole (its file is the one its record names
         // and matches it), covers no more than the state on disk, and no other file is left.
-        let current = rt
+        let mut current = rt
             .block_on(crashed.state_machine.get_current_snapshot())
             .unwrap_or_else(|e| panic!("the current snapshot does not read back: {e}"));
-        if let Some(snap) = &current {
+        if let Some(snap) = current.as_mut() {
+            crate::common::snapshot_bytes(&rt, &mut snap.snapshot)
+                .unwrap_or_else(|e| panic!("the current snapshot's data is damaged: {e}"));
             let covered = snap.meta.last_log_id.map_or(0, |id| id.index);
             assert!(
                 covered <= applied,

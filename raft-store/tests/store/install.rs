@@ -5,10 +5,12 @@
 //! would reopen with its old state machine and no log to catch up from.
 
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
-use openraft::{RaftLogReader, Snapshot};
-use raft_store::{Stores, TypeConfig};
+use openraft::{RaftLogReader, SnapshotMeta};
+use raft_store::{Node, SnapshotFile, Stores};
 
-use crate::common::{apply, build_snapshot, ev, log_id, normal, observe, rt, Entry};
+use crate::common::{
+    apply, build_snapshot, ev, log_id, normal, observe, received, rt, snapshot_bytes, Entry,
+};
 
 /// Entries `from..=to`, one event each.
 fn entries(from: u64, to: u64) -> Vec<Entry> {
@@ -17,13 +19,16 @@ fn entries(from: u64, to: u64) -> Vec<Entry> {
         .collect()
 }
 
-/// A leader's snapshot after entries 1..=30, and the store it came from.
-fn leader_snapshot(rt: &tokio::runtime::Runtime) -> (tempfile::TempDir, Snapshot<TypeConfig>) {
+/// A leader's snapshot after entries 1..=30 (its meta and data), and the store it came from.
+fn leader_snapshot(
+    rt: &tokio::runtime::Runtime,
+) -> (tempfile::TempDir, SnapshotMeta<u64, Node>, Vec<u8>) {
     let dir = tempfile::tempdir().unwrap();
     let mut leader = raft_store::open(dir.path()).unwrap();
     apply(rt, &mut leader.state_machine, entries(1, 30));
-    let snap = build_snapshot(rt, &mut leader.state_machine);
-    (dir, snap)
+    let mut snap = build_snapshot(rt, &mut leader.state_machine);
+    let bytes = snapshot_bytes(rt, &mut snap.snapshot).unwrap();
+    (dir, snap.meta, bytes)
 }
 
 /// A follower that logged and applied entries 1..=10.
@@ -59,38 +64,50 @@ fn log_and_applied(
     })
 }
 
-/// Starts receiving a snapshot and queues the purge up to index 30, in openraft's order; the
-/// purge runs as a task of `rt`.
-fn begin_install_and_queue_purge(
+/// Receives `bytes` as a snapshot, then purges up to index 30 as openraft does right after
+/// handing the install over: the purge answers at once (openraft's core must not block on it)
+/// and finishes in the background.
+fn begin_install_and_purge(
     rt: &tokio::runtime::Runtime,
     f: &mut Stores,
-) -> tokio::task::JoinHandle<Result<(), openraft::StorageError<u64>>> {
-    rt.block_on(f.state_machine.begin_receiving_snapshot())
-        .unwrap();
-    let mut log = f.log_store.clone();
-    let purge = rt.spawn(async move { log.purge(log_id(30)).await });
+    bytes: &[u8],
+) -> Box<SnapshotFile> {
+    let file = received(rt, &mut f.state_machine, bytes);
+    let started = std::time::Instant::now();
+    rt.block_on(f.log_store.purge(log_id(30))).unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "the purge blocked its caller (openraft's core) while the install is pending"
+    );
     // Long enough for a purge that does not wait to have flushed, recorded and deleted.
     rt.block_on(async { tokio::time::sleep(std::time::Duration::from_millis(300)).await });
-    purge
+    file
+}
+
+/// The log's state as openraft reads it, which waits for a purge in the background first.
+fn settled_state(rt: &tokio::runtime::Runtime, f: &mut Stores) -> (Option<u64>, Option<u64>) {
+    let state = rt.block_on(f.log_store.get_log_state()).unwrap();
+    (
+        state.last_purged_log_id.map(|id| id.index),
+        state.last_log_id.map(|id| id.index),
+    )
 }
 
 #[test]
 fn a_purge_queued_before_an_install_waits_for_it_and_a_crash_between_loses_nothing() {
     let rt = rt();
-    let (_leader_dir, snap) = leader_snapshot(&rt);
+    let (_leader_dir, meta, bytes) = leader_snapshot(&rt);
     let dir = tempfile::tempdir().unwrap();
     behind_follower(&rt, dir.path());
 
-    // The purge is queued, the install has not run: the node dies here.
+    // The purge is queued, the install has not run: the node dies here (its runtime goes
+    // with it, and the purge waiting in the background too).
     {
+        let crashing = crate::common::rt();
         let mut f = raft_store::open(dir.path()).unwrap();
-        let purge = begin_install_and_queue_purge(&rt, &mut f);
-        assert!(
-            !purge.is_finished(),
-            "the purge ran before the install it depends on"
-        );
-        purge.abort();
-        assert!(rt.block_on(purge).unwrap_err().is_cancelled());
+        let _file = begin_install_and_purge(&crashing, &mut f, &bytes);
+        drop(f);
+        drop(crashing);
     }
     let mut f = raft_store::open(dir.path()).unwrap();
     assert_eq!(
@@ -100,14 +117,10 @@ fn a_purge_queued_before_an_install_waits_for_it_and_a_crash_between_loses_nothi
     );
 
     // This time the install runs: the purge goes on once it is durable.
-    let purge = begin_install_and_queue_purge(&rt, &mut f);
-    assert!(!purge.is_finished());
-    rt.block_on(
-        f.state_machine
-            .install_snapshot(&snap.meta, snap.snapshot.clone()),
-    )
-    .unwrap();
-    rt.block_on(purge).unwrap().unwrap();
+    let file = begin_install_and_purge(&rt, &mut f, &bytes);
+    rt.block_on(f.state_machine.install_snapshot(&meta, file))
+        .unwrap();
+    assert_eq!(settled_state(&rt, &mut f), (Some(30), Some(30)));
     drop(f);
     let mut f = raft_store::open(dir.path()).unwrap();
     assert_eq!(
@@ -120,21 +133,17 @@ fn a_purge_queued_before_an_install_waits_for_it_and_a_crash_between_loses_nothi
 #[test]
 fn a_purge_waiting_for_an_install_that_fails_purges_nothing() {
     let rt = rt();
-    let (_leader_dir, snap) = leader_snapshot(&rt);
+    let (_leader_dir, meta, mut damaged) = leader_snapshot(&rt);
     let dir = tempfile::tempdir().unwrap();
     behind_follower(&rt, dir.path());
     let mut f = raft_store::open(dir.path()).unwrap();
-    let purge = begin_install_and_queue_purge(&rt, &mut f);
-    let mut damaged = snap.snapshot.into_inner();
     let last = damaged.len() - 1;
     damaged[last] ^= 0xFF;
-    let installed = rt.block_on(
-        f.state_machine
-            .install_snapshot(&snap.meta, Box::new(std::io::Cursor::new(damaged))),
-    );
+    let file = begin_install_and_purge(&rt, &mut f, &damaged);
+    let installed = rt.block_on(f.state_machine.install_snapshot(&meta, file));
     assert!(installed.is_err(), "a damaged snapshot was installed");
-    let purged = rt.block_on(purge).unwrap();
-    assert!(purged.is_err(), "the purge ran although its install failed");
+    // The abandoned purge leaves the log whole.
+    assert_eq!(settled_state(&rt, &mut f), (None, Some(10)));
     drop(f);
     let mut f = raft_store::open(dir.path()).unwrap();
     assert_eq!(

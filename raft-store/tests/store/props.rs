@@ -175,8 +175,10 @@ proptest! {
         let (_a, mut a) = fresh();
         let (_b, mut b) = fresh();
         apply(&rt, &mut a.state_machine, entries.clone());
-        let snap = build_snapshot(&rt, &mut a.state_machine);
-        rt.block_on(b.state_machine.install_snapshot(&snap.meta, snap.snapshot)).unwrap();
+        let mut snap = build_snapshot(&rt, &mut a.state_machine);
+        let bytes = crate::common::snapshot_bytes(&rt, &mut snap.snapshot).unwrap();
+        let file = crate::common::received(&rt, &mut b.state_machine, &bytes);
+        rt.block_on(b.state_machine.install_snapshot(&snap.meta, file)).unwrap();
         prop_assert_eq!(a.reader.digest().unwrap(), b.reader.digest().unwrap());
         prop_assert_eq!(observe(&a.reader), observe(&b.reader));
         prop_assert_eq!(

@@ -5,7 +5,10 @@ use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, Membership};
 use raft_store::{ApplyStatus, EventKey, EventOutcome, LamportStamp, MAX_PRODUCER_LAMPORT};
 
-use crate::common::{apply, blank, build_snapshot, ev, fresh, log_id, normal, observe, rt, Entry};
+use crate::common::{
+    apply, blank, build_snapshot, ev, fresh, log_id, normal, observe, received, rt, snapshot_bytes,
+    Entry,
+};
 
 fn stored(l: u64) -> EventOutcome {
     EventOutcome {
@@ -249,10 +252,11 @@ fn snapshots_survive_a_restart() {
     let events = (0..50)
         .map(|i| ev(&format!("t{}", i % 3), &i.to_string(), "p", Some(i), None))
         .collect();
-    let snap = {
+    let (snap, bytes) = {
         let mut leader = raft_store::open(leader_dir.path()).unwrap();
         apply(&rt, &mut leader.state_machine, vec![normal(1, events)]);
-        let snap = build_snapshot(&rt, &mut leader.state_machine);
+        let mut snap = build_snapshot(&rt, &mut leader.state_machine);
+        let bytes = snapshot_bytes(&rt, &mut snap.snapshot).unwrap();
         let mut follower = raft_store::open(follower_dir.path()).unwrap();
         // Something to be replaced.
         apply(
@@ -260,23 +264,20 @@ fn snapshots_survive_a_restart() {
             &mut follower.state_machine,
             vec![normal(1, vec![ev("old", "x", "o", None, None)])],
         );
-        rt.block_on(
-            follower
-                .state_machine
-                .install_snapshot(&snap.meta, snap.snapshot.clone()),
-        )
-        .unwrap();
+        let data = received(&rt, &mut follower.state_machine, &bytes);
+        rt.block_on(follower.state_machine.install_snapshot(&snap.meta, data))
+            .unwrap();
         assert_eq!(observe(&follower.reader), observe(&leader.reader));
-        snap
+        (snap, bytes)
     };
     for dir in [&leader_dir, &follower_dir] {
         let mut s = raft_store::open(dir.path()).unwrap();
-        let current = rt
+        let mut current = rt
             .block_on(s.state_machine.get_current_snapshot())
             .unwrap()
             .unwrap();
         assert_eq!(current.meta, snap.meta);
-        assert_eq!(current.snapshot.get_ref(), snap.snapshot.get_ref());
+        assert_eq!(snapshot_bytes(&rt, &mut current.snapshot).unwrap(), bytes);
         let observed = observe(&s.reader);
         assert_eq!(observed.stats.counters.unique_processed, 50);
         assert!(!observed.stats.topic_counts.contains_key("old"));
@@ -298,8 +299,8 @@ fn a_damaged_snapshot_is_refused_and_the_state_kept() {
         &mut follower.state_machine,
         vec![normal(1, vec![ev("t", "b", "p", None, None)])],
     );
-    let snap = build_snapshot(&rt, &mut leader.state_machine);
-    let mut data = snap.snapshot.into_inner();
+    let mut snap = build_snapshot(&rt, &mut leader.state_machine);
+    let mut data = snapshot_bytes(&rt, &mut snap.snapshot).unwrap();
     let last = data.len() - 1;
     data[last] ^= 0xFF; // damages the last event record (its log index)
     assert_install_refused(&rt, &mut follower, &snap.meta, data);
@@ -313,11 +314,8 @@ fn assert_install_refused(
     data: Vec<u8>,
 ) {
     let before = observe(&follower.reader);
-    let result = rt.block_on(
-        follower
-            .state_machine
-            .install_snapshot(meta, Box::new(std::io::Cursor::new(data))),
-    );
+    let file = received(rt, &mut follower.state_machine, &data);
+    let result = rt.block_on(follower.state_machine.install_snapshot(meta, file));
     assert!(result.is_err());
     assert_eq!(observe(&follower.reader), before);
 }
@@ -344,10 +342,11 @@ fn a_snapshot_with_events_out_of_stamp_order_is_refused() {
         .map(|id| ev("t", id, "p", None, None))
         .collect();
     apply(&rt, &mut leader.state_machine, vec![normal(1, events)]);
-    let snap = build_snapshot(&rt, &mut leader.state_machine);
+    let mut snap = build_snapshot(&rt, &mut leader.state_machine);
     // Same events, same digest, but the last two frames swapped: the index runs need stamp
     // order, so the install must refuse rather than build them wrong.
-    let (magic, mut frames) = split_frames(&snap.snapshot.into_inner());
+    let bytes = snapshot_bytes(&rt, &mut snap.snapshot).unwrap();
+    let (magic, mut frames) = split_frames(&bytes);
     let n = frames.len();
     frames.swap(n - 2, n - 1);
     let data = [magic, frames.concat()].concat();
@@ -381,11 +380,13 @@ fn the_current_snapshot_is_one_file_and_stray_or_damaged_files_are_caught() {
             &mut s.state_machine,
             vec![normal(2, vec![ev("t", "b", "p", None, None)])],
         );
-        let second = build(&mut s);
+        let mut second = build(&mut s);
+        let bytes = snapshot_bytes(&rt, &mut second.snapshot).unwrap();
         // The first snapshot's file went when the second replaced it.
         assert_eq!(snapshot_files(dir.path()).len(), 1);
-        second
+        (second, bytes)
     };
+    let (second, second_bytes) = second;
     // A file no record names, as a crash between writing and recording one leaves behind.
     let stray = dir
         .path()
@@ -397,18 +398,33 @@ fn the_current_snapshot_is_one_file_and_stray_or_damaged_files_are_caught() {
         let mut s = raft_store::open(dir.path()).unwrap();
         assert!(!stray.exists(), "the stray file survived the open");
         assert_eq!(snapshot_files(dir.path()).len(), 1);
-        let loaded = rt
+        let mut loaded = rt
             .block_on(s.state_machine.get_current_snapshot())
             .unwrap()
             .unwrap();
         assert_eq!(loaded.meta, second.meta);
-        assert_eq!(loaded.snapshot.get_ref(), second.snapshot.get_ref());
+        assert_eq!(
+            snapshot_bytes(&rt, &mut loaded.snapshot).unwrap(),
+            second_bytes
+        );
     }
-    // A damaged data file is reported, never served.
+    // A damaged data file is never served: the read that reaches its end fails, so its last
+    // chunk is never sent. A file of the wrong length is refused at once.
     let mut bytes = std::fs::read(&current[0]).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x01;
-    std::fs::write(&current[0], bytes).unwrap();
+    std::fs::write(&current[0], &bytes).unwrap();
+    {
+        let mut s = raft_store::open(dir.path()).unwrap();
+        let mut loaded = rt
+            .block_on(s.state_machine.get_current_snapshot())
+            .unwrap()
+            .unwrap();
+        let err = snapshot_bytes(&rt, &mut loaded.snapshot).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+    }
+    bytes.pop();
+    std::fs::write(&current[0], &bytes).unwrap();
     let mut s = raft_store::open(dir.path()).unwrap();
     assert!(rt.block_on(s.state_machine.get_current_snapshot()).is_err());
 }
