@@ -188,6 +188,9 @@ pub(crate) async fn blocking<T: Send + 'static>(
     let reader = reader.clone();
     match tokio::task::spawn_blocking(move || f(&reader)).await {
         Ok(Ok(v)) => Ok(v),
+        // A follower being rebuilt from a snapshot: its state machine is neither old nor new
+        // until the install ends, so it answers nothing rather than a mix.
+        Ok(Err(e @ StoreError::Installing)) => Err(ApiError::unavailable(e.to_string())),
         Ok(Err(e)) => Err(ApiError::internal(format!("store read failed: {e}"))),
         Err(e) => Err(ApiError::internal(format!("store read task failed: {e}"))),
     }

@@ -125,6 +125,7 @@ pub fn router(state: AppState) -> Router {
         .route("/cluster", get(admin::cluster))
         .route("/cluster/learners", post(admin::add_learner))
         .route("/cluster/membership", post(admin::change_membership))
+        .route("/cluster/snapshot", post(admin::build_snapshot))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     let open = Router::new()
         .route("/health", get(health::health))

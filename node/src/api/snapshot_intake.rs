@@ -1,7 +1,7 @@
-//! Admission of incoming snapshot chunks. openraft writes each chunk into an in-memory buffer
+//! Admission of incoming snapshot chunks. openraft writes each chunk into the snapshot's file
 //! at the chunk's `offset`, seeking there first, so one chunk with a forged or corrupt offset
-//! far past what was received (say 2^40) would grow the buffer to that size and abort the
-//! process on allocation failure. A sender only ever resends a chunk it sent or starts over at
+//! far past what was received (say 2^40) would make a file of that size (sparse, but claimed
+//! from the disk as it is filled, and read whole by the install). A sender only ever resends a chunk it sent or starts over at
 //! 0, so a chunk is admitted only when it starts at 0 or within what its snapshot has received.
 
 use std::sync::Mutex;
