@@ -7,6 +7,7 @@ mod api;
 mod batcher;
 mod cluster;
 mod config;
+mod election_hold;
 mod forward;
 mod idle_flush;
 mod metrics;
@@ -134,6 +135,10 @@ async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     // Client forwarding gets its own pool so it never queues behind Raft traffic.
     let fwd_client = network::build_client(cfg.outbound_ip(), Duration::from_secs(1))
         .context("building the forwarding HTTP client")?;
+    let election_hold = Arc::new(election_hold::ElectionHold::new(Duration::from_millis(
+        2 * cfg.timing.election_max_ms,
+    )));
+    tokio::spawn(election_hold::enforce(raft.clone(), election_hold.clone()));
     let state = AppState::new(Shared {
         id: cfg.id,
         raft: raft.clone(),
@@ -142,6 +147,7 @@ async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         forwarder: Forwarder::new(fwd_client, cfg.id),
         contact: Arc::new(LeaderContact::default()),
         snapshot_intake: Default::default(),
+        election_hold: election_hold.clone(),
         metrics: metrics.clone(),
         limits: cfg.limits,
         timing: cfg.timing,

@@ -11,6 +11,8 @@ LOCAL_PORT_BASE=7000
 LOCAL_KEEP=0
 declare -a NODES=(1 2 3)
 declare -A LOCAL_PID=()
+# Extra flags for every node (a caller sets them before starting nodes).
+declare -a LOCAL_NODE_ARGS=()
 
 # local_init DIR PORT_BASE: node i listens on 127.0.0.1:(PORT_BASE+i), data in DIR/nI.
 local_init() {
@@ -48,7 +50,7 @@ local_start_node() {
 	mkdir -p "$LOCAL_DIR/n$i"
 	# Three nodes share this machine's cores: one runtime thread each (see `--worker-threads`).
 	"$AGGREGATOR" --id "$i" --listen "$(local_addr "$i")" --peers "$(local_peers)" \
-		--data-dir "$LOCAL_DIR/n$i" --worker-threads 1 >>"$LOCAL_DIR/n$i.log" 2>&1 &
+		--data-dir "$LOCAL_DIR/n$i" --worker-threads 1 "${LOCAL_NODE_ARGS[@]}" >>"$LOCAL_DIR/n$i.log" 2>&1 &
 	LOCAL_PID[$i]=$!
 	log "node $i started (pid ${LOCAL_PID[$i]}, $(node_url "$i"), log $LOCAL_DIR/n$i.log)"
 }

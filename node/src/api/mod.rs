@@ -55,6 +55,8 @@ pub struct Shared {
     pub contact: Arc<LeaderContact>,
     /// Admission of incoming snapshot chunks.
     pub snapshot_intake: SnapshotIntake,
+    /// Elections off while a snapshot is received and installed.
+    pub election_hold: Arc<crate::election_hold::ElectionHold>,
     /// Prometheus metrics.
     pub metrics: Metrics,
     /// Request limits.

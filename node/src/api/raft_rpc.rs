@@ -205,6 +205,10 @@ pub async fn snapshot(State(st): State<AppState>, body: Bytes) -> Response {
         return encode(&answer);
     }
     let sender_vote = rpc.vote;
+    let done = rpc.done;
+    st.election_hold.chunk_received();
+    // Released when the install answers, or if this handler is dropped before it does.
+    let _installing = done.then(|| st.election_hold.installing());
     let answer: Result<_, RaftError<NodeId, InstallSnapshotError>> =
         st.raft.install_snapshot(rpc).await;
     if matches!(&answer, Ok(r) if r.vote <= sender_vote) {
