@@ -22,6 +22,9 @@ pub type Raft = openraft::Raft<TypeConfig>;
 /// Largest snapshot chunk sent in one `/raft/snapshot` request.
 const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
 
+/// How long one snapshot chunk may take, the install after the last one included.
+const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 600_000;
+
 /// Most log entries kept behind a snapshot when the log is purged.
 const SNAPSHOT_LOG_TO_KEEP: u64 = 10_000;
 
@@ -33,8 +36,12 @@ pub fn raft_config(cfg: &NodeConfig) -> anyhow::Result<Config> {
         heartbeat_interval: cfg.timing.heartbeat_ms,
         election_timeout_min: cfg.timing.election_min_ms,
         election_timeout_max: cfg.timing.election_max_ms,
-        // Per chunk, the last one including the install on the follower.
-        install_snapshot_timeout: 10_000,
+        // Per chunk, and the last one's answer waits for the whole install on the follower
+        // (80 s at ten million events here). At 10 s the leader gave up on every last chunk
+        // of a large snapshot and started the transfer over, while the install it had
+        // abandoned went on: a large follower was rebuilt several times over. A chunk to a
+        // dead node fails at once (connection refused); only a hung one waits this long.
+        install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT_MS,
         // Appends are also split by bytes in network.rs; this bounds the entry count.
         max_payload_entries: 64,
         // Used by a blocking add_learner: "caught up" means within this many entries.

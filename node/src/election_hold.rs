@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use raft_store::StoreReader;
+
 use crate::cluster::Raft;
 
 /// A receive with no chunk for this long was abandoned by its sender.
@@ -86,11 +88,13 @@ impl Drop for Installing<'_> {
 }
 
 /// Applies the hold to Raft's runtime config as it changes (runs for the process's life).
-pub async fn enforce(raft: Raft, hold: Arc<ElectionHold>) {
+/// An install that the store reports under way holds too: the handler that started it may
+/// have been dropped (its sender gave up) while openraft carries on with it.
+pub async fn enforce(raft: Raft, reader: StoreReader, hold: Arc<ElectionHold>) {
     let mut held = false;
     loop {
         tokio::time::sleep(CHECK_EVERY).await;
-        let now = hold.held();
+        let now = hold.held() || reader.install_in_progress();
         if now != held {
             held = now;
             raft.runtime_config().elect(!held);
@@ -128,7 +132,7 @@ mod tests {
         let hold = ElectionHold::new(Duration::from_millis(50));
         hold.chunk_received();
         // As if ABANDONED_AFTER had passed.
-        hold.until_ms.store(1, Ordering::SeqCst);
+        hold.until_ms.store(0, Ordering::SeqCst);
         assert!(!hold.held());
     }
 }

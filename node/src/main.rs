@@ -138,7 +138,11 @@ async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let election_hold = Arc::new(election_hold::ElectionHold::new(Duration::from_millis(
         2 * cfg.timing.election_max_ms,
     )));
-    tokio::spawn(election_hold::enforce(raft.clone(), election_hold.clone()));
+    tokio::spawn(election_hold::enforce(
+        raft.clone(),
+        reader.clone(),
+        election_hold.clone(),
+    ));
     let state = AppState::new(Shared {
         id: cfg.id,
         raft: raft.clone(),

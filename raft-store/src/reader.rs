@@ -43,6 +43,11 @@ impl StoreReader {
         }
     }
 
+    /// Whether a snapshot install is rewriting the state machine right now.
+    pub fn install_in_progress(&self) -> bool {
+        self.db.installing()
+    }
+
     /// Stored events in the in-memory dedup index, and the bytes its table has allocated.
     pub fn dedup_index_size(&self) -> (usize, usize) {
         let index = self.index.read();
