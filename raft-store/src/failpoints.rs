@@ -6,7 +6,8 @@
 //! cluster tests turn it on); without it [`crash_point`] is empty and costs nothing. A test
 //! names the points to arm in `AGG_FAILPOINTS` (`name=return`, several separated by `;`), read
 //! once by [`arm_from_env`]; an armed point aborts the process (`SIGABRT`: no destructor runs,
-//! no buffer is flushed, nothing unsynced is made durable).
+//! no buffer is flushed, nothing unsynced is made durable). Any other `fail` action works too:
+//! `name=sleep(3000)` holds the step up for 3 s and goes on, to make a step slow.
 
 /// Every crash point, in the order an install or purge reaches them. Tests iterate this list,
 /// so a point added here is exercised without editing them.

@@ -24,6 +24,7 @@ use openraft::{
     StorageError, StoredMembership,
 };
 use rocksdb::WriteBatch;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use crate::db::{self, Db, CF_BY_SOURCE, CF_BY_TOPIC, CF_EVENTS, CF_KEY_HASHES};
 use crate::dedup_index::{self, DedupIndex, KeyHash, SharedDedupIndex};
@@ -37,7 +38,6 @@ use crate::types::{
     ApplyStatus, BatchOutcome, Event, EventOutcome, LamportStamp, Node, NodeId, StoredEvent,
     StoredEventRef, TypeConfig, MAX_PRODUCER_LAMPORT,
 };
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 type Entry = openraft::Entry<TypeConfig>;
 

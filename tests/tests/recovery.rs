@@ -186,3 +186,37 @@ async fn a_crash_at_any_step_of_a_snapshot_install_recovers() {
     }
     published.assert_everywhere(&cluster).await;
 }
+
+/// A follower whose install outlasts the election timeout many times over (held up 3 s inside
+/// it by a delay on a crash point) must not campaign. openraft answers the heartbeats that
+/// arrive during an install only after it, and without the node's election hold the rebuilt
+/// follower found its timer expired and deposed the leader again and again
+/// (`node/src/election_hold.rs`). The leader and its term stay as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_install_does_not_depose_the_leader() {
+    let mut cluster = TestCluster::start_with(options()).await;
+    let mut published = Published::new("slow-install");
+    published.singles(&cluster, &[1, 2, 3], 10).await;
+    let leader = cluster.wait_for_leader(ELECTION).await;
+    let victim = others(leader)[0];
+    cluster.kill(victim);
+    cluster.wipe(victim);
+    // Sixty entries: the leader purges past index 0, so the wiped node needs a snapshot.
+    published.singles(&cluster, &others(victim), 60).await;
+    let term = cluster.stats(leader).await.raft.term;
+
+    let slow = format!("{}=sleep(3000)", raft_store::failpoints::INSTALL_MID_WRITE);
+    cluster.restart_with_env(victim, &[("AGG_FAILPOINTS", &slow)]);
+    published.assert_everywhere(&cluster).await;
+    let log = std::fs::read_to_string(cluster.log_path(victim)).unwrap_or_default();
+    assert!(
+        log.contains("snapshot installed"),
+        "node {victim} caught up without installing a snapshot: the test proves nothing"
+    );
+    assert_eq!(
+        cluster.stats(leader).await.raft.term,
+        term,
+        "an election happened while node {victim} installed its snapshot"
+    );
+    assert_eq!(cluster.wait_for_leader(ELECTION).await, leader);
+}
