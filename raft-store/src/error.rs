@@ -40,6 +40,10 @@ pub enum StoreError {
     /// finishes.
     #[error("a snapshot install is replacing the state machine; retry shortly")]
     Installing,
+    /// A restore was refused before it wrote anything usable (a data directory in use, a
+    /// node id that is not a member, ...).
+    #[error("restore refused: {0}")]
+    Restore(String),
     /// A blocking task panicked or was cancelled.
     #[error("blocking task failed: {0}")]
     Task(#[from] tokio::task::JoinError),

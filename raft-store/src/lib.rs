@@ -5,6 +5,7 @@
 //! [`open`] gives the three handles the node needs: the log store and the state machine
 //! (handed to openraft) and a [`StoreReader`] for queries.
 
+mod backup;
 mod db;
 mod dedup_index;
 mod error;
@@ -28,6 +29,7 @@ pub mod types;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use backup::{restore, BackupSource, RestoreOptions, Restored, BACKUP_MAGIC};
 pub use error::StoreError;
 pub use log_cache::LogCacheReads;
 pub use log_store::LogStore;

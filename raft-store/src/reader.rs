@@ -48,6 +48,12 @@ impl StoreReader {
         self.db.installing()
     }
 
+    /// The current snapshot as a backup to stream (backup.rs), or `None` before the first
+    /// snapshot; `taken_from` is this node's id, recorded in the backup's header.
+    pub fn backup(&self, taken_from: NodeId) -> Result<Option<crate::BackupSource>, StoreError> {
+        crate::backup::open(&self.db, taken_from)
+    }
+
     /// Stored events in the in-memory dedup index, and the bytes its table has allocated.
     pub fn dedup_index_size(&self) -> (usize, usize) {
         let index = self.index.read();

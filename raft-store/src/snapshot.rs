@@ -262,6 +262,18 @@ pub(crate) fn build(db: &Db) -> Result<(Meta, SnapshotFile), StoreError> {
 /// The current snapshot (last built or installed), if any, opened for sending. Its checksum
 /// is verified as it is read (snapshot_file.rs); here only its length is.
 pub(crate) fn load_current(db: &Db) -> Result<Option<(Meta, SnapshotFile)>, StoreError> {
+    Ok(open_current(db)?.map(|(meta, sealed, file)| {
+        (
+            meta,
+            SnapshotFile::to_send(file, sealed.len, sealed.checksum),
+        )
+    }))
+}
+
+/// The current snapshot's meta, the length and checksum its record promises, and its data
+/// file opened for reading (only the length is checked here). An open file stays readable
+/// after a newer snapshot replaces it.
+pub(crate) fn open_current(db: &Db) -> Result<Option<(Meta, Sealed, File)>, StoreError> {
     // The lock keeps a concurrent replace from deleting the file between the two reads.
     let _guard = db.snapshot_guard();
     let Some(stored) = read_stored(db, keys::SNAPSHOT_CURRENT)? else {
@@ -279,8 +291,8 @@ pub(crate) fn load_current(db: &Db) -> Result<Option<(Meta, SnapshotFile)>, Stor
             stored.len
         )));
     }
-    let send = SnapshotFile::to_send(file, stored.len, stored.checksum);
-    Ok(Some((stored.meta, send)))
+    let sealed = stored.sealed();
+    Ok(Some((stored.meta, sealed, file)))
 }
 
 /// Deletes snapshot files that no record names: left by a crash between writing a file and

@@ -82,6 +82,11 @@ impl StateMachineStore {
         })
     }
 
+    /// The database and the dedup index, for a restore that installs outside openraft.
+    pub(crate) fn parts(&self) -> (Arc<Db>, SharedDedupIndex) {
+        (self.db.clone(), self.index.clone())
+    }
+
     /// Total size of the `WriteBatch`es this state machine wrote since it was opened.
     pub fn write_batch_bytes(&self) -> u64 {
         self.batch_bytes.load(Ordering::Relaxed)
