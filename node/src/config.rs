@@ -1,5 +1,5 @@
 //! Command line and environment: the `aggregator` flags (each also an `AGG_*` env var),
-//! the `healthcheck` subcommand, and parsing of the `--peers` member list.
+//! the `healthcheck` and `restore` subcommands, and parsing of the `--peers` member list.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -34,6 +34,27 @@ pub struct Cli {
 pub enum Command {
     /// Exit 0 when the node at --url answers /ready with 200, 1 otherwise.
     Healthcheck(HealthcheckArgs),
+    /// Write a new node's data directory from a backup (`GET /backup`), with no node running.
+    Restore(RestoreArgs),
+}
+
+/// Flags of `aggregator restore`.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup file, as `GET /backup` served it.
+    #[arg(long)]
+    pub backup: PathBuf,
+    /// The new node's data directory; must be missing or empty.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// The id of the node that will run on this data directory.
+    #[arg(long)]
+    pub id: NodeId,
+    /// The members of a new cluster, e.g. 1=10.0.0.1:7001,2=10.0.0.2:7001 (the same list on
+    /// every node restored for it). Without it the backup's own membership is kept: for a
+    /// node that rejoins the cluster the backup came from.
+    #[arg(long)]
+    pub peers: Option<Peers>,
 }
 
 /// Flags of `aggregator healthcheck`.
@@ -119,6 +140,12 @@ pub struct RunArgs {
     #[arg(long, env = "AGG_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
 
+    /// Bearer token of the administrative endpoints (membership changes, snapshots, backups),
+    /// separate from --api-token. Without it those endpoints are refused whenever
+    /// --api-token is set, and open only on a node with no token at all.
+    #[arg(long, env = "AGG_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
     /// Shared secret carried by Raft RPCs between nodes; RPCs without it are refused.
     #[arg(long, env = "AGG_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
@@ -198,6 +225,8 @@ pub struct NodeConfig {
     pub log_preallocate: bool,
     /// Client bearer token.
     pub api_token: Option<String>,
+    /// Admin bearer token.
+    pub admin_token: Option<String>,
     /// Inter-node secret.
     pub cluster_secret: Option<String>,
     /// Request limits.
@@ -257,6 +286,9 @@ impl RunArgs {
                 "--heartbeat-ms must be positive and at most half the election timeout".into(),
             );
         }
+        if self.admin_token.is_some() && self.admin_token == self.api_token {
+            return Err("--admin-token must differ from --api-token".into());
+        }
         if self.max_body_bytes == 0 || self.max_batch == 0 {
             return Err("--max-body-bytes and --max-batch must be positive".into());
         }
@@ -275,6 +307,7 @@ impl RunArgs {
             log_segment_bytes: self.log_segment_mib * 1024 * 1024,
             log_preallocate: self.log_preallocate,
             api_token: self.api_token.filter(|t| !t.is_empty()),
+            admin_token: self.admin_token.filter(|t| !t.is_empty()),
             cluster_secret: self.cluster_secret.filter(|s| !s.is_empty()),
             limits: Limits {
                 max_body_bytes: self.max_body_bytes,

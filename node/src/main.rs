@@ -1,7 +1,8 @@
 //! `aggregator`: one member of a Raft-replicated event log cluster. Parses the command line,
 //! sets up logging, opens the store, starts Raft, the group-commit task and the HTTP server,
 //! and on SIGTERM/SIGINT stops accepting, finishes in-flight requests, shuts Raft down and
-//! exits 0. Also provides `aggregator healthcheck --url` for images without curl.
+//! exits 0. Also provides `aggregator healthcheck --url` for images without curl, and
+//! `aggregator restore` to write a data directory from a backup.
 
 mod api;
 mod batcher;
@@ -12,6 +13,7 @@ mod forward;
 mod idle_flush;
 mod metrics;
 mod network;
+mod restore;
 mod rpc_stream;
 mod snapshot_policy;
 
@@ -42,8 +44,10 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Healthcheck(args)) = cli.command {
-        return healthcheck(&args);
+    match cli.command {
+        Some(Command::Healthcheck(args)) => return healthcheck(&args),
+        Some(Command::Restore(args)) => return restore::run(args),
+        None => {}
     }
     let (format, level) = (cli.run.log_format, cli.run.log_level.clone());
     let worker_threads = cli.run.worker_threads;
@@ -156,6 +160,7 @@ async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         limits: cfg.limits,
         timing: cfg.timing,
         api_token: cfg.api_token.clone(),
+        admin_token: cfg.admin_token.clone(),
         cluster_secret: cfg.cluster_secret.clone(),
         started: Instant::now(),
     });

@@ -107,7 +107,9 @@ fn help_lists_the_flags() {
         "--data-dir",
         "--snapshot-threshold",
         "--api-token",
+        "--admin-token",
         "healthcheck",
+        "restore",
     ] {
         assert!(text.contains(flag), "{flag} missing from --help");
     }
@@ -148,6 +150,63 @@ fn a_bad_peers_string_is_refused_with_the_reason() {
             "{peers:?}: {err}"
         );
     }
+}
+
+#[test]
+fn the_admin_token_must_differ_from_the_client_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "--id",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+            "--peers",
+            "1=127.0.0.1:7001",
+        ])
+        .args(["--api-token", "same", "--admin-token", "same"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--admin-token must differ"), "{err}");
+}
+
+#[test]
+fn restore_refuses_what_is_not_a_backup_and_a_used_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.backup");
+    std::fs::write(&junk, b"not a backup at all").unwrap();
+    let used = dir.path().join("used");
+    std::fs::create_dir_all(used.join("rocksdb")).unwrap();
+    let fresh = dir.path().join("fresh");
+    for (backup, data, reason) in [
+        (junk.as_path(), fresh.as_path(), "not a backup file"),
+        (
+            dir.path().join("missing").as_path(),
+            fresh.as_path(),
+            "No such file",
+        ),
+        (junk.as_path(), used.as_path(), "not empty"),
+    ] {
+        let out = Command::new(BIN)
+            .arg("restore")
+            .arg("--backup")
+            .arg(backup)
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--id", "1", "--peers", "1=127.0.0.1:7001"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{reason}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(reason), "{reason}: {err}");
+    }
+    // Refused before anything was written.
+    assert!(!fresh.exists());
+    assert_eq!(std::fs::read_dir(&used).unwrap().count(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,6 +26,8 @@ PUBLISHER="$BIN_DIR/publisher"
 
 # Optional bearer token (the cluster's --api-token), sent on every request when set.
 API_TOKEN="${AGG_API_TOKEN:-}"
+# Optional admin token (the cluster's --admin-token), for POST /cluster/snapshot and GET /backup.
+ADMIN_TOKEN="${AGG_ADMIN_TOKEN:-}"
 HTTP_TIMEOUT="${HTTP_TIMEOUT:-3}"
 
 log() { printf '%s [%s] %s\n' "$(date +%H:%M:%S)" "$SCRIPT_NAME" "$*" >&2; }

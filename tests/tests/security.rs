@@ -1,4 +1,5 @@
-//! Access control: with `--api-token` the client API needs the bearer token (probes do not),
+//! Access control: with `--api-token` the client API needs the bearer token (probes do not)
+//! and admin endpoints are off unless `--admin-token` is set (tests/tests/backup.rs has it set),
 //! and with `--cluster-secret` the cluster forms and Raft RPCs without the secret are refused.
 
 #![allow(clippy::unwrap_used)] // A failed unwrap in a test is that test failing.
@@ -143,7 +144,31 @@ async fn api_token_and_cluster_secret_are_enforced() {
         )
         .await
         .unwrap();
-    assert_eq!(admin.status, 401, "admin without token: {}", admin.body);
+    assert_eq!(admin.status, 403, "admin without token: {}", admin.body);
+    // The client token never opens admin endpoints; with no --admin-token they are off (403).
+    for (path, body) in [
+        ("/cluster/membership", json!({"voters": [1, 2]})),
+        ("/cluster/learners", json!({"id": 9, "addr": "127.0.0.9:1"})),
+        ("/cluster/snapshot", Value::Null),
+    ] {
+        let r = cluster
+            .client
+            .post(&cluster.url(follower), path, &body)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 403, "{path} with the client token: {}", r.body);
+        assert!(r.body["error"].as_str().unwrap().contains("--admin-token"));
+    }
+    let backup = cluster
+        .client
+        .get(&cluster.url(follower), "/backup")
+        .await
+        .unwrap();
+    assert_eq!(
+        backup.status, 403,
+        "/backup with the client token: {}",
+        backup.body
+    );
     let voters: Value = cluster
         .client
         .get(&cluster.url(leader), "/cluster")

@@ -1,8 +1,9 @@
-//! The HTTP surface of a node: the router, the shared state every handler sees, bearer-token
-//! and cluster-secret checks, per-route request metrics, and JSON answers for unknown routes
+//! The HTTP surface of a node: the router, the shared state every handler sees, the client
+//! and admin bearer-token and cluster-secret checks, per-route request metrics, and JSON answers for unknown routes
 //! and methods.
 
 pub mod admin;
+pub mod backup;
 pub mod consistency;
 pub mod error;
 pub mod health;
@@ -65,6 +66,8 @@ pub struct Shared {
     pub timing: RaftTiming,
     /// Client bearer token.
     pub api_token: Option<String>,
+    /// Admin bearer token.
+    pub admin_token: Option<String>,
     /// Inter-node secret.
     pub cluster_secret: Option<String>,
     /// Process start, for `uptime_seconds`.
@@ -125,10 +128,13 @@ pub fn router(state: AppState) -> Router {
         .route("/stats", get(read::stats))
         .route("/digest", get(read::digest))
         .route("/cluster", get(admin::cluster))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let admin = Router::new()
         .route("/cluster/learners", post(admin::add_learner))
         .route("/cluster/membership", post(admin::change_membership))
         .route("/cluster/snapshot", post(admin::build_snapshot))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .route("/backup", get(backup::backup))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     let open = Router::new()
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
@@ -136,6 +142,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(raft)
         .merge(client)
+        .merge(admin)
         .merge(open)
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
@@ -177,6 +184,34 @@ async fn require_token(State(st): State<AppState>, req: Request, next: Next) -> 
             );
             return r;
         }
+    }
+    next.run(req).await
+}
+
+/// Requires `Authorization: Bearer <--admin-token>`. A node with a client token and no admin
+/// token refuses every admin request: the client token never grants membership changes or
+/// backups. Only a node with no token at all (a local trial) leaves them open.
+async fn require_admin(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    match (&st.admin_token, &st.api_token) {
+        (Some(token), _) => {
+            let given = bearer(req.headers()).unwrap_or("");
+            if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+                let mut r =
+                    ApiError::unauthorized("missing or wrong admin bearer token").into_response();
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer"),
+                );
+                return r;
+            }
+        }
+        (None, Some(_)) => {
+            return ApiError::forbidden(
+                "administrative endpoints are disabled on this node: start it with --admin-token",
+            )
+            .into_response()
+        }
+        (None, None) => {}
     }
     next.run(req).await
 }
