@@ -38,6 +38,9 @@ pub struct ClusterOptions {
     pub api_token: Option<String>,
     /// Bound on the leader election at start.
     pub start_timeout: Duration,
+    /// A backup file every initial member's data dir is restored from (`aggregator restore`
+    /// with this cluster's `--peers`) before it first starts: a whole new cluster.
+    pub restore_from: Option<PathBuf>,
 }
 
 impl ClusterOptions {
@@ -49,6 +52,7 @@ impl ClusterOptions {
             extra_args: Vec::new(),
             api_token: None,
             start_timeout: Duration::from_secs(30),
+            restore_from: None,
         }
     }
 }
@@ -250,6 +254,32 @@ impl TestCluster {
         std::fs::create_dir_all(&m.data_dir).expect("recreate data dir");
     }
 
+    /// Writes node `id`'s data dir (which must be empty: the node not running, and new or
+    /// wiped) from `backup` with `aggregator restore`, with `peers` as the new membership or
+    /// the backup's own; panics with the command's output unless it succeeds.
+    pub fn restore(&mut self, id: NodeId, backup: &std::path::Path, peers: Option<&str>) {
+        let m = self.member(id);
+        assert!(m.process.is_none(), "restore into a running node");
+        let mut cmd = std::process::Command::new(binaries::aggregator());
+        cmd.arg("restore")
+            .arg("--backup")
+            .arg(backup)
+            .arg("--data-dir")
+            .arg(&m.data_dir)
+            .args(["--id", &id.to_string()]);
+        if let Some(peers) = peers {
+            cmd.args(["--peers", peers]);
+        }
+        let out = cmd.output().expect("run aggregator restore");
+        assert!(
+            out.status.success(),
+            "aggregator restore for node {id} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Starts node `id` (not an initial member) with the original `--peers`, and adds it as a
     /// learner through the leader's admin API; returns the admin answer.
     pub async fn add_node(&mut self, id: NodeId) -> JsonReply {
@@ -340,6 +370,12 @@ impl TestCluster {
                 _proxy: proxy,
             },
         );
+        if let Some(backup) = self.options.restore_from.clone() {
+            if id <= self.options.nodes {
+                let peers = self.peers.clone();
+                self.restore(id, &backup, Some(&peers));
+            }
+        }
         self.restart(id);
     }
 

@@ -229,6 +229,8 @@ pub struct ErrorDetail {
 pub struct ClusterInfo {
     /// Known leader.
     pub leader_id: Option<NodeId>,
+    /// Current term of the answering node.
+    pub term: u64,
     /// Voting members.
     pub voters: Vec<NodeId>,
     /// Non-voting members.
