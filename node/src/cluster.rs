@@ -25,9 +25,6 @@ const SNAPSHOT_CHUNK_BYTES: u64 = 1024 * 1024;
 /// How long one snapshot chunk may take, the install after the last one included.
 const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 600_000;
 
-/// Most log entries kept behind a snapshot when the log is purged.
-const SNAPSHOT_LOG_TO_KEEP: u64 = 10_000;
-
 /// Builds the openraft configuration from the command line.
 pub fn raft_config(cfg: &NodeConfig) -> anyhow::Result<Config> {
     let threshold = cfg.snapshot_threshold;
@@ -48,9 +45,9 @@ pub fn raft_config(cfg: &NodeConfig) -> anyhow::Result<Config> {
         replication_lag_threshold: 1000,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(threshold),
         snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
-        // Keep some log behind the snapshot: a follower that is a little behind, or is
-        // installing the snapshot, continues from the log instead of being cut off.
-        max_in_snapshot_log_to_keep: threshold.min(SNAPSHOT_LOG_TO_KEEP),
+        // Purges are log_retention.rs's, by entries and bytes; openraft's own (by entries
+        // only) would cut the log a follower being rebuilt needs after its install.
+        max_in_snapshot_log_to_keep: u64::MAX,
         purge_batch_size: (threshold / 10).clamp(1, 1024),
         ..Default::default()
     };

@@ -11,6 +11,7 @@ mod config;
 mod election_hold;
 mod forward;
 mod idle_flush;
+mod log_retention;
 mod metrics;
 mod network;
 mod restore;
@@ -170,6 +171,12 @@ async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         raft.clone(),
         state.reader.clone(),
         cfg.snapshot_log_bytes,
+    ));
+    tokio::spawn(log_retention::purge_behind_snapshot(
+        raft.clone(),
+        state.reader.clone(),
+        cfg.snapshot_threshold.min(log_retention::MAX_KEEP_ENTRIES),
+        cfg.log_retain_bytes,
     ));
     tokio::spawn(idle_flush::flush_when_idle(
         state.reader.clone(),

@@ -65,6 +65,12 @@ impl StoreReader {
         self.log.disk_bytes()
     }
 
+    /// The highest log index whose purge keeps at least `keep_bytes` of Raft log on disk
+    /// after it, counted in whole segments; `None` while the whole log is within it.
+    pub fn log_purge_index_keeping(&self, keep_bytes: u64) -> Option<u64> {
+        self.log.purge_index_keeping(keep_bytes)
+    }
+
     /// How the Raft log's reads (replication, apply) were served: memory or segment files.
     pub fn log_cache_reads(&self) -> &LogCacheReads {
         &self.log_reads

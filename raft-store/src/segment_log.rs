@@ -656,6 +656,22 @@ impl SegmentLog {
         inner.drop_purged_segments()
     }
 
+    /// The highest index a purge may reach and still keep at least `keep_bytes` of records
+    /// after it: the last index of the newest segment whose successors hold `keep_bytes` or
+    /// more (a purge deletes whole segments, so any index inside the next one frees nothing
+    /// more). `None` while the whole log is within `keep_bytes`.
+    pub(crate) fn purge_index_keeping(&self, keep_bytes: u64) -> Option<u64> {
+        let inner = self.lock();
+        let mut newer = 0u64;
+        for segment in inner.segments.iter().rev() {
+            if newer >= keep_bytes && !segment.offsets.is_empty() {
+                return Some(segment.end() - 1);
+            }
+            newer += segment.len;
+        }
+        None
+    }
+
     /// Bytes of records on disk, in every segment.
     pub(crate) fn disk_bytes(&self) -> u64 {
         self.lock().segments.iter().map(|s| s.len).sum()
@@ -901,6 +917,46 @@ mod tests {
         log.append(&[entry(1, 41)]).unwrap();
         drop(log);
         assert_eq!(indexes(&open(dir.path(), Some(40))), vec![41]);
+    }
+
+    #[test]
+    fn the_purge_index_keeping_bytes_stops_at_a_segment_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = twelve_entries(dir.path());
+        let (ends, lens): (Vec<u64>, Vec<u64>) = {
+            let inner = log.lock();
+            assert!(inner.segments.len() >= 3, "test needs several segments");
+            inner.segments.iter().map(|s| (s.end(), s.len)).unzip()
+        };
+        let total: u64 = lens.iter().sum();
+        assert_eq!(log.purge_index_keeping(total), None);
+        assert_eq!(log.purge_index_keeping(total + 1), None);
+        let last = lens.len() - 1;
+        // Keeping nothing: all of it.
+        assert_eq!(log.purge_index_keeping(0), Some(ends[last] - 1));
+        // Keeping what the last segment holds: up to the end of the one before it.
+        assert_eq!(
+            log.purge_index_keeping(lens[last]),
+            Some(ends[last - 1] - 1)
+        );
+        // One byte more than the last segment holds: the segment before it is kept too.
+        assert_eq!(
+            log.purge_index_keeping(lens[last] + 1),
+            Some(ends[last - 2] - 1)
+        );
+        // Whatever it answers, a purge there leaves at least that many bytes.
+        for keep in [1, lens[last] + lens[last - 1], total - lens[0]] {
+            if let Some(index) = log.purge_index_keeping(keep) {
+                let inner = log.lock();
+                let kept: u64 = inner
+                    .segments
+                    .iter()
+                    .filter(|s| s.first > index)
+                    .map(|s| s.len)
+                    .sum();
+                assert!(kept >= keep, "keep {keep}: purge at {index} leaves {kept}");
+            }
+        }
     }
 
     #[test]

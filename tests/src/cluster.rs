@@ -30,7 +30,8 @@ const LOG_TAIL_LINES: usize = 60;
 pub struct ClusterOptions {
     /// Initial members, ids 1..=nodes.
     pub nodes: u64,
-    /// `--snapshot-threshold`, when the test needs snapshots.
+    /// `--snapshot-threshold`, when the test needs snapshots (with `--log-retain-mib 0`, so
+    /// the log is purged by entries behind them).
     pub snapshot_threshold: Option<u64>,
     /// More flags for every node.
     pub extra_args: Vec<String>,
@@ -395,6 +396,17 @@ impl TestCluster {
         ];
         if let Some(n) = self.options.snapshot_threshold {
             args.extend(["--snapshot-threshold".into(), n.to_string()]);
+            // Tests that ask for snapshots want the log purged behind them, which the bytes
+            // kept by default (more than a test writes) would prevent; a test that needs
+            // bytes kept passes its own `--log-retain-mib`.
+            if !self
+                .options
+                .extra_args
+                .iter()
+                .any(|a| a == "--log-retain-mib")
+            {
+                args.extend(["--log-retain-mib".into(), "0".into()]);
+            }
         }
         if let Some(token) = &self.options.api_token {
             args.extend(["--api-token".into(), token.clone()]);

@@ -220,3 +220,56 @@ async fn a_slow_install_does_not_depose_the_leader() {
     );
     assert_eq!(cluster.wait_for_leader(ELECTION).await, leader);
 }
+
+/// A follower rebuilt from a snapshot while writes go on must continue from the log after its
+/// install, not need another snapshot: the leader keeps `--log-retain-mib` of log behind its
+/// snapshots (node/src/log_retention.rs). Kept in entries only (20 here), the log was purged
+/// past the installed snapshot during the install and the follower was sent a second one,
+/// and under a steady write rate a large follower could be rebuilt over and over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_rebuilt_under_writes_continues_from_the_log_kept_in_bytes() {
+    let mut options = options();
+    options
+        .extra_args
+        .extend(["--log-retain-mib", "1", "--log-segment-mib", "1"].map(String::from));
+    let mut cluster = TestCluster::start_with(options).await;
+    let mut published = Published::new("retained");
+    // Three MiB of log in 1 MiB segments: everything but the last MiB or two is purged, so a
+    // wiped node needs a snapshot.
+    let payload = "x".repeat(30 << 10);
+    for batch in 0..10 {
+        let ids: Vec<String> = (0..10).map(|i| format!("big-{batch}-{i}")).collect();
+        let body = Value::Array(
+            ids.iter()
+                .map(|id| {
+                    let mut e = event(&published.topic, id);
+                    e["payload"] = Value::String(payload.clone());
+                    e
+                })
+                .collect(),
+        );
+        cluster
+            .publish_until_ok(&[1, 2, 3], &body, Duration::from_secs(20))
+            .await;
+        published
+            .keys
+            .extend(ids.into_iter().map(|id| (published.topic.clone(), id)));
+    }
+    let leader = cluster.wait_for_leader(ELECTION).await;
+    let victim = others(leader)[0];
+    cluster.kill(victim);
+    cluster.wipe(victim);
+    published.singles(&cluster, &others(victim), 30).await;
+
+    // The install takes over 3 s; 150 entries land meanwhile, seven snapshots' worth.
+    let slow = format!("{}=sleep(3000)", raft_store::failpoints::INSTALL_MID_WRITE);
+    cluster.restart_with_env(victim, &[("AGG_FAILPOINTS", &slow)]);
+    published.singles(&cluster, &others(victim), 150).await;
+    published.assert_everywhere(&cluster).await;
+    let log = std::fs::read_to_string(cluster.log_path(victim)).unwrap_or_default();
+    let installs = log.matches("snapshot installed").count();
+    assert_eq!(
+        installs, 1,
+        "node {victim} installed {installs} snapshots: the log after the first was not kept"
+    );
+}
