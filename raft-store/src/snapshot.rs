@@ -608,14 +608,7 @@ mod tests {
     use openraft::RaftSnapshotBuilder;
 
     use super::*;
-    use crate::test_entries::entry;
-
-    fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-    }
+    use crate::test_entries::{entry, rt};
 
     /// What the state machine holds, as its readers see it.
     fn observed(stores: &crate::Stores) -> (crate::StoreStats, usize) {

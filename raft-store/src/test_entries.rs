@@ -1,5 +1,5 @@
 //! Log entries for the unit tests of the log's layers (segments, cache): one small event
-//! each, deterministic in its term and index.
+//! each, deterministic in its term and index; and the runtime the async tests block on.
 
 use openraft::{CommittedLeaderId, EntryPayload, LogId};
 
@@ -27,4 +27,12 @@ pub(crate) fn entry_with_payload(term: u64, index: u64, payload: String) -> Entr
 /// Entry `index` of `term` with a payload of a few bytes.
 pub(crate) fn entry(term: u64, index: u64) -> Entry {
     entry_with_payload(term, index, format!("{{\"n\":{index}}}"))
+}
+
+/// A current-thread runtime for tests that drive the async storage traits.
+pub(crate) fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("test runtime")
 }
