@@ -94,7 +94,7 @@ pub(crate) fn open(db: &Db, taken_from: NodeId) -> Result<Option<BackupSource>, 
         snapshot_id: meta.snapshot_id,
         len: prefix.len() as u64 + sealed.len,
         prefix,
-        data: SnapshotFile::to_send(file, sealed.len, sealed.checksum),
+        data: SnapshotFile::to_send(file, sealed.len, sealed.checksum)?,
     }))
 }
 

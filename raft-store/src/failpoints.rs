@@ -21,6 +21,7 @@ pub const CRASH_POINTS: &[&str] = &[
     INSTALL_AFTER_SWITCH,
     // Inside a log purge (`LogStore::purge`).
     PURGE_AFTER_RECORD,
+    PURGE_BEFORE_DELETE,
 ];
 
 /// The install has its received file but has synced, decoded and checked nothing.
@@ -39,6 +40,19 @@ pub const INSTALL_BEFORE_SWITCH: &str = "install-before-switch";
 pub const INSTALL_AFTER_SWITCH: &str = "install-after-switch";
 /// A purge has synced its new last purged id and deleted no segment yet.
 pub const PURGE_AFTER_RECORD: &str = "purge-after-record";
+/// A purge has taken its segments out of the log and returned to openraft; their files are
+/// deleted in the background from here (so a crash leaves them for the next open to delete).
+pub const PURGE_BEFORE_DELETE: &str = "purge-before-delete";
+
+/// Places that tests make slow rather than crash at (`name=sleep(ms)`); armable like the crash
+/// points, but not in [`CRASH_POINTS`], whose every entry a test crashes at in turn.
+pub const SLOW_POINTS: &[&str] = &[SNAPSHOT_FILE_CLOSE];
+
+/// Not a crash point but a place to make slow (`name=sleep(ms)`): the last close of a snapshot
+/// file, which frees its blocks when the file was deleted while open. Slowed down, it shows
+/// whether that close stays off the async runtime (a stall there costs the node its
+/// heartbeats).
+pub const SNAPSHOT_FILE_CLOSE: &str = "snapshot-file-close";
 
 /// Dies here if a test armed the point `name`.
 #[inline]
@@ -66,7 +80,7 @@ pub fn arm_from_env() -> Result<Vec<String>, String> {
         let (name, actions) = item
             .split_once('=')
             .ok_or_else(|| format!("AGG_FAILPOINTS entry `{item}` is not name=actions"))?;
-        if !CRASH_POINTS.contains(&name) {
+        if !CRASH_POINTS.contains(&name) && !SLOW_POINTS.contains(&name) {
             return Err(format!("AGG_FAILPOINTS names no crash point `{name}`"));
         }
         arm(name, actions)?;

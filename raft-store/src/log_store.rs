@@ -380,8 +380,17 @@ impl LogStore {
         );
         self.write_synced(batch).await?;
         failpoints::crash_point(failpoints::PURGE_AFTER_RECORD);
-        let log = self.log.clone();
-        tokio::task::spawn_blocking(move || log.purge(log_id.index)).await?
+        // Only the segment list changes here: the files go in the background (see
+        // `PurgedSegments`), so openraft's core is back at once to send heartbeats.
+        let purged = self.log.purge(log_id.index);
+        tokio::task::spawn_blocking(move || {
+            failpoints::crash_point(failpoints::PURGE_BEFORE_DELETE);
+            let files = purged.len();
+            if let Err(e) = purged.delete() {
+                tracing::warn!(files, error = %e, "could not delete purged log segments; the next start deletes them");
+            }
+        });
+        Ok(())
     }
 
     fn deferred_slot(&self) -> std::sync::MutexGuard<'_, Option<DeferredPurge>> {

@@ -111,22 +111,53 @@ impl Inner {
     /// Deletes the segments holding nothing above the purged index, so that the log's next
     /// index is the one after it.
     fn drop_purged_segments(&mut self) -> Result<(), StoreError> {
+        self.detach_purged_segments().delete()
+    }
+
+    /// Takes the segments holding only purged records out of the log, files untouched.
+    fn detach_purged_segments(&mut self) -> PurgedSegments {
         let Some(purged) = self.purged else {
-            return Ok(());
+            return PurgedSegments(Vec::new());
         };
-        while self
+        let count = self
             .segments
-            .first()
-            .is_some_and(|s| only_purged(s.end(), Some(purged)))
-        {
-            let gone = self.segments.remove(0);
-            self.dirty.retain(|f| !Arc::ptr_eq(f, &gone.file));
-            std::fs::remove_file(&gone.path)?;
-        }
+            .iter()
+            .take_while(|s| only_purged(s.end(), Some(purged)))
+            .count();
+        let gone: Vec<Segment> = self.segments.drain(..count).collect();
+        self.dirty
+            .retain(|f| !gone.iter().any(|g| Arc::ptr_eq(f, &g.file)));
         if self.segments.is_empty() {
             self.last = None;
         }
+        PurgedSegments(gone.into_iter().map(|g| g.path).collect())
+    }
+}
+
+/// Segment files a purge took out of the log, still on disk. Deleting gigabytes of them took
+/// a second or more on a busy disk; done under the log's lock and inside openraft's core, it
+/// stalled appends and heartbeats alike and cost the cluster its leader (docs/performance.md,
+/// "Snapshots at size"). So the purge only detaches them, and whoever holds this deletes them
+/// later; a crash first leaves files that the next open deletes (they hold only purged
+/// records).
+#[must_use = "the files stay on disk until deleted"]
+pub(crate) struct PurgedSegments(Vec<PathBuf>);
+
+impl PurgedSegments {
+    /// Deletes the files (one already gone is no error).
+    pub(crate) fn delete(self) -> Result<(), StoreError> {
+        for path in self.0 {
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
         Ok(())
+    }
+
+    /// How many files there are.
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
     }
 }
 
@@ -648,12 +679,13 @@ impl SegmentLog {
         inner.drop_purged_segments()
     }
 
-    /// Forgets records up to `index`: deletes the segments holding nothing above it. The
-    /// caller has made the purged index durable first (see the module docs).
-    pub(crate) fn purge(&self, index: u64) -> Result<(), StoreError> {
+    /// Forgets records up to `index`: takes the segments holding nothing above it out of the
+    /// log and returns their files, for the caller to delete outside the lock. The caller has
+    /// made the purged index durable first (see the module docs).
+    pub(crate) fn purge(&self, index: u64) -> PurgedSegments {
         let mut inner = self.lock();
         inner.purged = Some(inner.purged.map_or(index, |p| p.max(index)));
-        inner.drop_purged_segments()
+        inner.detach_purged_segments()
     }
 
     /// The highest index a purge may reach and still keep at least `keep_bytes` of records
@@ -897,7 +929,7 @@ mod tests {
             let inner = log.lock();
             inner.segments[1].end() - 1
         };
-        log.purge(purge_at).unwrap();
+        log.purge(purge_at).delete().unwrap();
         let after = segment_files(dir.path());
         assert_eq!(after.len(), before.len() - 2);
         let want: Vec<u64> = (purge_at + 1..12).collect();
@@ -911,7 +943,7 @@ mod tests {
         assert_eq!(indexes(&log), want);
 
         // Purging past the end empties the log; it then continues after the purged index.
-        log.purge(40).unwrap();
+        log.purge(40).delete().unwrap();
         assert_eq!(log.last_log_id(), None);
         assert!(log.append(&[entry(1, 12)]).is_err());
         log.append(&[entry(1, 41)]).unwrap();
@@ -1169,7 +1201,7 @@ mod tests {
                     }
                     Op::Purge(i) => {
                         log.sync().unwrap();
-                        log.purge(i).unwrap();
+                        log.purge(i).delete().unwrap();
                         purged = Some(purged.map_or(i, |p| p.max(i)));
                         let p = purged.unwrap_or(0);
                         model.retain(|e| e.log_id.index > p);

@@ -225,7 +225,7 @@ pub(crate) fn build(db: &Db) -> Result<(Meta, SnapshotFile), StoreError> {
     sync_dir(db)?;
     // Opened before the record is written: a newer snapshot may replace (and delete) this
     // file at once, and an open file stays readable.
-    let send = SnapshotFile::to_send(File::open(new.path())?, sealed.len, sealed.checksum);
+    let send = SnapshotFile::to_send(File::open(new.path())?, sealed.len, sealed.checksum)?;
 
     let _guard = db.snapshot_guard();
     // A build that raced with an install must not replace the newer installed snapshot.
@@ -262,12 +262,13 @@ pub(crate) fn build(db: &Db) -> Result<(Meta, SnapshotFile), StoreError> {
 /// The current snapshot (last built or installed), if any, opened for sending. Its checksum
 /// is verified as it is read (snapshot_file.rs); here only its length is.
 pub(crate) fn load_current(db: &Db) -> Result<Option<(Meta, SnapshotFile)>, StoreError> {
-    Ok(open_current(db)?.map(|(meta, sealed, file)| {
-        (
+    match open_current(db)? {
+        Some((meta, sealed, file)) => Ok(Some((
             meta,
-            SnapshotFile::to_send(file, sealed.len, sealed.checksum),
-        )
-    }))
+            SnapshotFile::to_send(file, sealed.len, sealed.checksum)?,
+        ))),
+        None => Ok(None),
+    }
 }
 
 /// The current snapshot's meta, the length and checksum its record promises, and its data

@@ -41,6 +41,35 @@ pub struct SnapshotFile {
     pos: u64,
     verify: Option<Verify>,
     incoming: Option<Incoming>,
+    /// Declared last, so dropped last: see [`LastClose`]. Never read; it acts when dropped.
+    _last_close: LastClose,
+}
+
+/// A second descriptor of a snapshot's file, closed last and on the blocking pool.
+///
+/// A snapshot file is deleted while still open when a newer snapshot replaces it during a
+/// send (or a backup download). The kernel frees such a file's blocks at its last close: a
+/// second or more for a multi-GiB file on a busy disk. Closed on the async runtime's thread,
+/// that stalled every task of the node, heartbeats included, and a follower campaigned
+/// (seen at ten million events: docs/performance.md, "Snapshots at size"). With this
+/// descriptor outliving tokio's, tokio's close is always cheap and the costly one happens
+/// off the runtime.
+struct LastClose(Option<Arc<std::fs::File>>);
+
+impl Drop for LastClose {
+    fn drop(&mut self) {
+        let Some(file) = self.0.take() else {
+            return;
+        };
+        let close = move || {
+            crate::failpoints::crash_point(crate::failpoints::SNAPSHOT_FILE_CLOSE);
+            drop(file);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(close)),
+            Err(_) => close(),
+        }
+    }
 }
 
 /// A file being received: where it is, and its syncs as it is written.
@@ -63,8 +92,13 @@ struct Verify {
 
 impl SnapshotFile {
     /// A file opened for sending, promised to hold `len` bytes hashing to `checksum`.
-    pub(crate) fn to_send(file: std::fs::File, len: u64, checksum: u64) -> SnapshotFile {
-        SnapshotFile {
+    pub(crate) fn to_send(
+        file: std::fs::File,
+        len: u64,
+        checksum: u64,
+    ) -> io::Result<SnapshotFile> {
+        let last_close = LastClose(Some(Arc::new(file.try_clone()?)));
+        Ok(SnapshotFile {
             file: tokio::fs::File::from_std(file),
             pos: 0,
             verify: Some(Verify {
@@ -74,7 +108,8 @@ impl SnapshotFile {
                 hashed: 0,
             }),
             incoming: None,
-        }
+            _last_close: last_close,
+        })
     }
 
     /// A new, empty file at `path` for openraft to write a received snapshot into.
@@ -85,6 +120,7 @@ impl SnapshotFile {
             .create_new(true)
             .open(path)?;
         let sync_handle = Arc::new(file.try_clone()?);
+        let last_close = LastClose(Some(sync_handle.clone()));
         Ok(SnapshotFile {
             file: tokio::fs::File::from_std(file),
             pos: 0,
@@ -95,6 +131,7 @@ impl SnapshotFile {
                 unsynced: 0,
                 syncing: None,
             }),
+            _last_close: last_close,
         })
     }
 
@@ -280,7 +317,7 @@ mod tests {
         let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
         let (_dir, file) = file_with(&data);
         rt().block_on(async {
-            let mut f = SnapshotFile::to_send(file, data.len() as u64, xxh3_64(&data));
+            let mut f = SnapshotFile::to_send(file, data.len() as u64, xxh3_64(&data)).unwrap();
             let end = f.seek(SeekFrom::End(0)).await.unwrap();
             assert_eq!(end, data.len() as u64);
             let mut first = vec![0; 4000];
@@ -301,7 +338,7 @@ mod tests {
         let data = vec![7u8; 5000];
         let (_dir, file) = file_with(&data);
         rt().block_on(async {
-            let mut f = SnapshotFile::to_send(file, data.len() as u64, xxh3_64(b"other"));
+            let mut f = SnapshotFile::to_send(file, data.len() as u64, xxh3_64(b"other")).unwrap();
             let mut out = Vec::new();
             let err = f.read_to_end(&mut out).await.unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidData);
@@ -313,7 +350,7 @@ mod tests {
         let data = vec![1u8; 100];
         let (_dir, file) = file_with(&data);
         rt().block_on(async {
-            let mut f = SnapshotFile::to_send(file, 50, xxh3_64(&data[..50]));
+            let mut f = SnapshotFile::to_send(file, 50, xxh3_64(&data[..50])).unwrap();
             let mut out = Vec::new();
             assert!(f.read_to_end(&mut out).await.is_err());
         });
@@ -324,7 +361,7 @@ mod tests {
         let data = vec![1u8; 100];
         let (_dir, file) = file_with(&data);
         rt().block_on(async {
-            let mut f = SnapshotFile::to_send(file, 200, xxh3_64(&data));
+            let mut f = SnapshotFile::to_send(file, 200, xxh3_64(&data)).unwrap();
             let mut out = Vec::new();
             assert!(f.read_to_end(&mut out).await.is_err());
         });
@@ -354,7 +391,7 @@ mod tests {
         use tokio::io::AsyncWriteExt;
         let (_dir, file) = file_with(b"abc");
         rt().block_on(async {
-            let mut f = SnapshotFile::to_send(file, 3, xxh3_64(b"abc"));
+            let mut f = SnapshotFile::to_send(file, 3, xxh3_64(b"abc")).unwrap();
             assert!(f.write_all(b"x").await.is_err());
         });
     }

@@ -42,6 +42,9 @@ pub struct ClusterOptions {
     /// A backup file every initial member's data dir is restored from (`aggregator restore`
     /// with this cluster's `--peers`) before it first starts: a whole new cluster.
     pub restore_from: Option<PathBuf>,
+    /// Environment variables for every node at every start (`AGG_FAILPOINTS`, say); a
+    /// restart's own variables come after them.
+    pub env: Vec<(String, String)>,
 }
 
 impl ClusterOptions {
@@ -54,6 +57,7 @@ impl ClusterOptions {
             api_token: None,
             start_timeout: Duration::from_secs(30),
             restore_from: None,
+            env: Vec::new(),
         }
     }
 }
@@ -412,7 +416,14 @@ impl TestCluster {
             args.extend(["--api-token".into(), token.clone()]);
         }
         args.extend(self.options.extra_args.iter().cloned());
-        ChildProcess::spawn_with_env(&binaries::aggregator(), &args, env, &m.log)
+        let mut all_env: Vec<(&str, &str)> = self
+            .options
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        all_env.extend_from_slice(env);
+        ChildProcess::spawn_with_env(&binaries::aggregator(), &args, &all_env, &m.log)
     }
 }
 

@@ -273,3 +273,58 @@ async fn a_follower_rebuilt_under_writes_continues_from_the_log_kept_in_bytes() 
         "node {victim} installed {installs} snapshots: the log after the first was not kept"
     );
 }
+
+/// Deleting gigabytes of file data takes a second or more on a busy disk, and at ten million
+/// events every such deletion done where heartbeats wait for it deposed the leader: a log
+/// purge deleted its segments inside openraft's core (under the log's lock, too), and the last
+/// close of a snapshot file that a newer snapshot had replaced mid-send freed it on the async
+/// runtime's only thread (docs/performance.md, "Snapshots at size"). Here both are made to take
+/// 1.5 s on every node, with one runtime thread per node as in the benchmark, purges and
+/// snapshot builds every 20 entries, and a wiped follower rebuilt from a snapshot while writes
+/// go on. The leader and its term stay as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_file_deletions_do_not_depose_the_leader() {
+    let mut options = options();
+    options
+        .extra_args
+        .extend(["--worker-threads", "1"].map(String::from));
+    let slow = format!(
+        "{}=sleep(1500);{}=sleep(1500)",
+        raft_store::failpoints::PURGE_BEFORE_DELETE,
+        raft_store::failpoints::SNAPSHOT_FILE_CLOSE
+    );
+    options.env = vec![("AGG_FAILPOINTS".into(), slow)];
+    let mut cluster = TestCluster::start_with(options).await;
+    let mut published = Published::new("slow-deletes");
+    published.singles(&cluster, &[1, 2, 3], 30).await;
+    let leader = cluster.wait_for_leader(ELECTION).await;
+    let term = cluster.stats(leader).await.raft.term;
+
+    let victim = others(leader)[0];
+    cluster.kill(victim);
+    cluster.wipe(victim);
+    // Three snapshots and purges on each serving node, each deletion held up 1.5 s.
+    published.singles(&cluster, &others(victim), 60).await;
+    cluster.restart(victim);
+    published.singles(&cluster, &others(victim), 40).await;
+    published.assert_everywhere(&cluster).await;
+
+    let log = std::fs::read_to_string(cluster.log_path(victim)).unwrap_or_default();
+    assert!(
+        log.contains("snapshot installed"),
+        "node {victim} caught up without installing a snapshot: the test proves nothing"
+    );
+    for id in [1, 2, 3] {
+        let log = std::fs::read_to_string(cluster.log_path(id)).unwrap_or_default();
+        assert!(
+            log.contains("crash points armed"),
+            "node {id} runs without the delays: the test proves nothing"
+        );
+    }
+    assert_eq!(
+        cluster.stats(leader).await.raft.term,
+        term,
+        "an election happened while files were deleted slowly"
+    );
+    assert_eq!(cluster.wait_for_leader(ELECTION).await, leader);
+}
