@@ -8,10 +8,10 @@
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
-use cluster_tests::event::unique;
-use cluster_tests::{assert_each_once, event, ClusterOptions, NodeId, TestCluster};
 use raft_store::failpoints::CRASH_POINTS;
 use serde_json::Value;
+use tests::event::unique;
+use tests::{assert_each_once, event, ClusterOptions, NodeId, TestCluster};
 
 const CONVERGE: Duration = Duration::from_secs(45);
 const ELECTION: Duration = Duration::from_secs(15);
