@@ -11,9 +11,9 @@ use raft_store::{NodeId, StoreError, StoreReader};
 use serde::Serialize;
 
 use super::error::ApiError;
-use super::AppState;
-use crate::cluster::{await_leadership, leadership, Leadership};
-use crate::forward::{is_forwarded, LeaderAddr};
+use super::forward::{is_forwarded, LeaderAddr};
+use super::state::AppState;
+use crate::raft::leadership::{await_leadership, leadership, Leadership};
 
 /// The consistency marker of a read answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

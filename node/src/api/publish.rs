@@ -1,6 +1,6 @@
 //! `POST /publish`: read the body within its limit, validate every event (on any node), then
-//! submit to group commit on the leader or forward the raw body to the leader once; answer
-//! with one result per event after the entry is committed and applied.
+//! submit to the batcher (group commit) on the leader or forward the raw body to the leader
+//! once; answer with one result per event after the entry is committed and applied.
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -10,11 +10,11 @@ use futures::StreamExt;
 use raft_store::{ApplyStatus, EventOutcome, NodeId};
 
 use super::error::ApiError;
+use super::forward::{is_forwarded, LeaderAddr};
+use super::state::AppState;
 use super::validate::{parse_batch, ValidBatch};
-use super::AppState;
 use crate::batcher::SubmitError;
-use crate::cluster::Leadership;
-use crate::forward::{is_forwarded, LeaderAddr};
+use crate::raft::leadership::{await_leadership, leadership, Leadership};
 
 /// The publish handler.
 pub async fn publish(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
@@ -45,9 +45,9 @@ async fn run(st: &AppState, headers: &HeaderMap, body: Body) -> Result<Response,
     let silence = st.quorum_silence_ms();
     let leadership = if forwarded {
         // One hop only: a forwarded request is served here or refused.
-        crate::cluster::leadership(&st.raft.metrics().borrow(), silence)
+        leadership(&st.raft.metrics().borrow(), silence)
     } else {
-        crate::cluster::await_leadership(&st.raft, silence, st.limits.leader_wait).await
+        await_leadership(&st.raft, silence, st.limits.leader_wait).await
     };
     match leadership {
         Leadership::Local => submit(st, headers, &bytes, batch, forwarded).await,

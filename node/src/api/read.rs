@@ -15,8 +15,8 @@ use super::consistency::{
     blocking, forward_read, marker, parse_level, plan, with_provenance, Marker, Plan,
 };
 use super::error::ApiError;
-use super::AppState;
-use crate::cluster::role_name;
+use super::state::AppState;
+use crate::raft::leadership::role_name;
 
 /// Largest page of `/events`.
 pub const MAX_LIMIT: usize = 1000;
