@@ -1,4 +1,4 @@
-//! Group commit: publish requests wait in a bounded queue; one task takes the first, drains
+//! The batcher (group commit on the node side): publish requests wait in a bounded queue; one task takes the first, drains
 //! whatever else is waiting (up to an event and a byte cap), submits the merged events as ONE
 //! Raft entry, and moves on without waiting for it, so up to `max_inflight` entries are in
 //! flight at once. When an entry is applied each caller receives its own slice of the
@@ -13,8 +13,8 @@ use openraft::raft::ClientWriteResponse;
 use raft_store::{BatchOutcome, Event, EventBatch, EventOutcome, Node, NodeId, TypeConfig};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::cluster::Raft;
 use crate::metrics::Metrics;
+use crate::raft::Raft;
 
 /// Most events merged into one entry (a larger single request still goes alone).
 const MAX_ENTRY_EVENTS: usize = 8192;
@@ -42,7 +42,16 @@ struct Pending {
     reply: oneshot::Sender<Result<Vec<EventOutcome>, SubmitError>>,
 }
 
-/// Handle to the group-commit task.
+/// Handle to the batcher task.
+///
+/// To ensure correctness:
+/// - A caller gets `Ok(outcomes)` only after its entry is committed and applied: the outcomes
+///   are the state machine's answer for that entry, which openraft hands back after apply.
+/// - A caller gets exactly its own events' outcomes, as many as it sent, in its order; an
+///   answer whose count does not match the entry is "unknown" for every caller, never a guess.
+/// - Every other end is an error the client sees as "maybe" (`Overloaded` before anything
+///   was submitted; `NotLeader` or `Unknown` after): never an ack for an entry that may be lost.
+/// - One entry's callers share its fate: all get outcomes, or all get the same error.
 #[derive(Clone)]
 pub struct Batcher {
     tx: mpsc::Sender<Pending>,
@@ -50,7 +59,7 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Starts the group-commit task on `raft`. An entry whose outcome Raft has not reported
+    /// Starts the batcher task on `raft`. An entry whose outcome Raft has not reported
     /// within `answer_timeout` gives its pipeline slot back (its callers get "unknown").
     pub fn spawn(
         raft: Raft,
@@ -106,7 +115,7 @@ impl Batcher {
     }
 }
 
-/// The group-commit task.
+/// The batcher task.
 struct Runner {
     raft: Raft,
     rx: mpsc::Receiver<Pending>,

@@ -1,22 +1,16 @@
 //! `aggregator`: one member of a Raft-replicated event log cluster. Parses the command line,
-//! sets up logging, opens the store, starts Raft, the group-commit task and the HTTP server,
+//! sets up logging, opens the store, starts Raft, the batcher (group commit) and the HTTP server,
 //! and on SIGTERM/SIGINT stops accepting, finishes in-flight requests, shuts Raft down and
 //! exits 0. Also provides `aggregator healthcheck --url` for images without curl, and
 //! `aggregator restore` to write a data directory from a backup.
 
 mod api;
 mod batcher;
-mod cluster;
 mod config;
-mod election_hold;
-mod forward;
 mod idle_flush;
-mod log_retention;
 mod metrics;
-mod network;
+mod raft;
 mod restore;
-mod rpc_stream;
-mod snapshot_policy;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -27,13 +21,15 @@ use axum::serve::ListenerExt;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+use crate::api::forward::Forwarder;
 use crate::api::{AppState, Shared};
 use crate::batcher::Batcher;
-use crate::cluster::LeaderContact;
 use crate::config::{Cli, Command, HealthcheckArgs, LogFormat, NodeConfig};
-use crate::forward::Forwarder;
 use crate::metrics::Metrics;
-use crate::network::HttpNetwork;
+use crate::raft::leadership::LeaderContact;
+use crate::raft::network::{self, HttpNetwork};
+use crate::raft::wire::raft_message_limit;
+use crate::raft::{bootstrap, election_hold, log_retention, snapshot_policy};
 
 /// jemalloc for every allocation of the process, RocksDB's included (see the workspace manifest).
 #[cfg(not(target_env = "msvc"))]
@@ -125,9 +121,9 @@ async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         cfg.id,
         raft_client,
         cfg.cluster_secret.clone(),
-        network::raft_message_limit(cfg.limits.max_body_bytes),
+        raft_message_limit(cfg.limits.max_body_bytes),
     );
-    let (raft, reader) = cluster::start(&cfg, stores, net.clone()).await?;
+    let (raft, reader) = raft::start(&cfg, stores, net.clone()).await?;
     let metrics = Metrics::new().context("registering metrics")?;
     let batcher = Batcher::spawn(
         raft.clone(),
@@ -183,7 +179,7 @@ async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         metrics.clone(),
         cfg.idle_flush,
     ));
-    tokio::spawn(cluster::bootstrap(raft.clone(), cfg.clone(), net));
+    tokio::spawn(bootstrap::bootstrap(raft.clone(), cfg.clone(), net));
     if let Some(listed) = cfg.peers.get(cfg.id).filter(|a| *a != cfg.advertise) {
         // Peers reach members at the address in the membership, which --peers seeded.
         tracing::warn!(

@@ -10,7 +10,7 @@ use prometheus::{
 };
 use raft_store::{NodeId, StoreReader, StoreStats};
 
-use crate::cluster::Raft;
+use crate::raft::Raft;
 
 /// All metrics of the node; cheap to clone.
 #[derive(Clone)]

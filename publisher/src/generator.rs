@@ -16,7 +16,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use crate::api::{EventKey, LamportStamp, WireEvent};
+use api_types::{EventKey, LamportStamp, PublishEvent};
 
 /// How many recent distinct events a repeat may copy: bounds memory on long runs.
 const REPEAT_WINDOW: usize = 8192;
@@ -339,7 +339,7 @@ impl Generator {
             },
         };
         self.seq += 1;
-        let wire = WireEvent {
+        let wire = PublishEvent {
             topic,
             event_id: id.as_str(),
             timestamp: &self.timestamp,

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TryRecvError;
 
-use crate::api::{EventKey, EventStatus, LamportStamp};
+use api_types::{EventKey, EventStatus, LamportStamp};
 
 /// How a request ended.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

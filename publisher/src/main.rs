@@ -2,7 +2,6 @@
 //! This file wires the command line to the subcommands and maps their verdicts to exit codes:
 //! 0 success, 1 a failed check or unacknowledged events, 2 a usage or I/O error.
 
-mod api;
 mod bench;
 mod cli;
 mod client;

@@ -14,13 +14,13 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tokio::sync::{mpsc, Mutex};
 
-use crate::api::{EventStatus, PublishResponse};
 use crate::cli::{ProgressMode, SendArgs};
 use crate::client::{ApiClient, PublishOutcome, RetryPolicy};
 use crate::generator::{Batch, Generator, GeneratorConfig, LamportClock};
 use crate::history::{HistoryEvent, HistoryRecord, HistoryWriter, Outcome};
 use crate::progress::{Progress, Tally};
 use crate::report::{new_histogram, per_second, record_latency, LatencySummary, Report};
+use api_types::{EventStatus, PublishResponse};
 
 /// Everything one run needs.
 #[derive(Clone, Debug)]

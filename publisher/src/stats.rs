@@ -7,9 +7,9 @@ use std::time::Duration;
 use anyhow::Context;
 use futures::future::join_all;
 
-use crate::api::StatsResponse;
 use crate::cli::StatsArgs;
 use crate::client::{ApiClient, ClientError};
+use api_types::StatsResponse;
 
 /// `publisher stats`; false only when no node answered.
 pub async fn command(args: StatsArgs) -> anyhow::Result<bool> {
@@ -67,11 +67,7 @@ pub fn render(rows: &[(String, Result<StatsResponse, ClientError>)]) -> String {
     for (url, r) in rows {
         match r {
             Ok(s) => {
-                let lag = s
-                    .consistency
-                    .as_ref()
-                    .and_then(|c| c.lag_entries)
-                    .map_or_else(|| "-".to_string(), |l| l.to_string());
+                let lag = s.consistency.lag_entries;
                 out.push_str(&format!(
                     "{:<28} {:>4} {:<9} {:>5} {:>9} {:>9} {:>9} {:>10} {:>5}  {}\n",
                     url,
@@ -85,7 +81,7 @@ pub fn render(rows: &[(String, Result<StatsResponse, ClientError>)]) -> String {
                     s.unique_processed,
                     s.duplicate_dropped,
                     lag,
-                    s.digest.as_deref().unwrap_or("-")
+                    if s.digest.is_empty() { "-" } else { &s.digest }
                 ));
             }
             Err(e) => {
@@ -100,8 +96,8 @@ pub fn render(rows: &[(String, Result<StatsResponse, ClientError>)]) -> String {
     }
     let up: Vec<&StatsResponse> = rows.iter().filter_map(|(_, r)| r.as_ref().ok()).collect();
     let agree = up.windows(2).all(|w| {
-        (w[0].digest.as_ref(), w[0].unique_processed, w[0].received)
-            == (w[1].digest.as_ref(), w[1].unique_processed, w[1].received)
+        (&w[0].digest, w[0].unique_processed, w[0].received)
+            == (&w[1].digest, w[1].unique_processed, w[1].received)
     });
     let verdict = match (up.len(), agree) {
         (0, _) => "no node answered".to_string(),
@@ -148,7 +144,7 @@ mod tests {
             received: 10,
             unique_processed: 7,
             duplicate_dropped: 3,
-            digest: Some("ab".into()),
+            digest: "ab".into(),
             ..StatsResponse::default()
         };
         rows.push(("http://n2".into(), Ok(up)));

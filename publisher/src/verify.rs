@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use futures::future::join_all;
 
-use crate::api::{DigestResponse, EventKey, EventsPage, LamportStamp, StatsResponse};
 use crate::cli::VerifyArgs;
 use crate::client::{ApiClient, ClientError};
 use crate::history::{read_history, HistoryRecord, Outcome};
+use api_types::{DigestResponse, EventKey, EventsPage, LamportStamp, StatsResponse};
 
 /// Violations printed per node; the rest are only counted.
 const SHOWN_VIOLATIONS: usize = 10;
@@ -131,7 +131,7 @@ pub async fn command(args: VerifyArgs) -> anyhow::Result<bool> {
         "converged after {:.1} s: {} nodes at applied index {}, digest {}, {} events",
         started.elapsed().as_secs_f64(),
         digests.len(),
-        fmt_opt(first.applied_index),
+        first.applied_index,
         first.digest,
         first.count
     );
@@ -226,10 +226,7 @@ async fn converge(client: &ApiClient, timeout: Duration) -> Result<Vec<DigestRes
                 .map(|(b, a)| match a {
                     Ok(d) => format!(
                         "  {b}: node {} applied {} digest {} count {}",
-                        d.node_id,
-                        fmt_opt(d.applied_index),
-                        d.digest,
-                        d.count
+                        d.node_id, d.applied_index, d.digest, d.count
                     ),
                     Err(e) => format!("  {b}: {e}"),
                 })
@@ -377,15 +374,11 @@ async fn read_topic(
     }
 }
 
-fn fmt_opt(v: Option<u64>) -> String {
-    v.map_or_else(|| "-".to_string(), |v| v.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::EventStatus;
     use crate::history::HistoryEvent;
+    use api_types::EventStatus;
 
     fn record(outcome: Outcome, events: &[(&str, Option<u64>)]) -> HistoryRecord {
         HistoryRecord {

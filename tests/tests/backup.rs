@@ -9,9 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cluster_tests::event::unique;
-use cluster_tests::{assert_each_once, event, ApiClient, ClusterOptions, NodeId, TestCluster};
 use serde_json::Value;
+use tests::event::unique;
+use tests::{assert_each_once, event, ApiClient, ClusterOptions, NodeId, TestCluster};
 
 const CONVERGE: Duration = Duration::from_secs(45);
 const ADMIN: &str = "admin-token-for-tests";

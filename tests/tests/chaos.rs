@@ -7,9 +7,9 @@
 
 use std::time::Duration;
 
-use cluster_tests::event::unique;
-use cluster_tests::load::Writer;
-use cluster_tests::{assert_each_once, TestCluster};
+use tests::event::unique;
+use tests::load::Writer;
+use tests::{assert_each_once, TestCluster};
 
 /// Faults injected, one after the other.
 const STEPS: usize = 8;

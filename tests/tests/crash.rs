@@ -6,10 +6,10 @@
 
 use std::time::Duration;
 
-use cluster_tests::event::unique;
-use cluster_tests::load::{Writer, WriterReport};
-use cluster_tests::{assert_each_once, event, PublishReply, TestCluster};
 use serde_json::Value;
+use tests::event::unique;
+use tests::load::{Writer, WriterReport};
+use tests::{assert_each_once, event, PublishReply, TestCluster};
 
 const CONVERGE: Duration = Duration::from_secs(30);
 

@@ -6,13 +6,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cluster_tests::event::unique;
-use cluster_tests::model::ReplicatedState;
-use cluster_tests::{
+use serde_json::Value;
+use tests::event::unique;
+use tests::model::ReplicatedState;
+use tests::{
     assert_each_once, event, event_at, metric_value, wait_until, ClusterOptions, EventBuilder,
     StoredEventJson, TestCluster,
 };
-use serde_json::Value;
 
 const CONVERGE: Duration = Duration::from_secs(30);
 

@@ -6,9 +6,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use cluster_tests::event::unique;
-use cluster_tests::{assert_each_once, event, event_at, TestCluster};
 use serde_json::{json, Value};
+use tests::event::unique;
+use tests::{assert_each_once, event, event_at, TestCluster};
 
 const CONVERGE: Duration = Duration::from_secs(20);
 

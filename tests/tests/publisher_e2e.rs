@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use cluster_tests::publisher::{self, read_json, read_json_lines};
-use cluster_tests::TestCluster;
 use serde_json::Value;
+use tests::publisher::{self, read_json, read_json_lines};
+use tests::TestCluster;
 
 const CONVERGE: Duration = Duration::from_secs(30);
 
@@ -188,7 +188,7 @@ async fn node_killed_during_send_neither_loses_nor_duplicates() {
         ],
     ));
     let c = &cluster;
-    cluster_tests::wait_until(
+    tests::wait_until(
         "the run to be under way",
         Duration::from_secs(20),
         move || async move {

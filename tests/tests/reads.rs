@@ -3,9 +3,9 @@
 
 #![allow(clippy::unwrap_used)] // A failed unwrap in a test is that test failing.
 
-use cluster_tests::event::unique;
-use cluster_tests::{event, metric_value, TestCluster};
 use serde_json::Value;
+use tests::event::unique;
+use tests::{event, metric_value, TestCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consistency_levels_forwarding_and_provenance_headers() {

@@ -8,10 +8,10 @@
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 
-use cluster_tests::event::unique;
-use cluster_tests::{assert_each_once, event, ClusterOptions, NodeId, TestCluster};
 use raft_store::failpoints::CRASH_POINTS;
 use serde_json::Value;
+use tests::event::unique;
+use tests::{assert_each_once, event, ClusterOptions, NodeId, TestCluster};
 
 const CONVERGE: Duration = Duration::from_secs(45);
 const ELECTION: Duration = Duration::from_secs(15);
@@ -191,7 +191,7 @@ async fn a_crash_at_any_step_of_a_snapshot_install_recovers() {
 /// it by a delay on a crash point) must not campaign. openraft answers the heartbeats that
 /// arrive during an install only after it, and without the node's election hold the rebuilt
 /// follower found its timer expired and deposed the leader again and again
-/// (`node/src/election_hold.rs`). The leader and its term stay as they were.
+/// (`node/src/raft/election_hold.rs`). The leader and its term stay as they were.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_install_does_not_depose_the_leader() {
     let mut cluster = TestCluster::start_with(options()).await;
@@ -223,7 +223,7 @@ async fn a_slow_install_does_not_depose_the_leader() {
 
 /// A follower rebuilt from a snapshot while writes go on must continue from the log after its
 /// install, not need another snapshot: the leader keeps `--log-retain-mib` of log behind its
-/// snapshots (node/src/log_retention.rs). Kept in entries only (20 here), the log was purged
+/// snapshots (node/src/raft/log_retention.rs). Kept in entries only (20 here), the log was purged
 /// past the installed snapshot during the install and the follower was sent a second one,
 /// and under a steady write rate a large follower could be rebuilt over and over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

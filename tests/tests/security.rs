@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
-use cluster_tests::event::unique;
-use cluster_tests::{event, metric_value, ApiClient, ClusterOptions, TestCluster};
 use serde_json::{json, Value};
+use tests::event::unique;
+use tests::{event, metric_value, ApiClient, ClusterOptions, TestCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_token_and_cluster_secret_are_enforced() {

@@ -6,10 +6,10 @@
 
 use std::time::Duration;
 
-use cluster_tests::client::JsonReply;
-use cluster_tests::event::unique;
-use cluster_tests::{assert_each_once, event, PublishReply, PublishResponse, TestCluster};
 use serde_json::Value;
+use tests::client::JsonReply;
+use tests::event::unique;
+use tests::{assert_each_once, event, PublishReply, PublishResponse, TestCluster};
 
 const CONVERGE: Duration = Duration::from_secs(30);
 

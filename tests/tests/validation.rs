@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use cluster_tests::event::unique;
-use cluster_tests::raw_http::{self, Framing};
-use cluster_tests::{event, EventBuilder, PublishReply, TestCluster};
 use serde_json::{json, Value};
+use tests::event::unique;
+use tests::raw_http::{self, Framing};
+use tests::{event, EventBuilder, PublishReply, TestCluster};
 
 /// One bad request and what the answer must say.
 struct Case {

@@ -18,9 +18,9 @@ use raft_store::NodeId;
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
-use super::AppState;
-use crate::cluster::{await_leadership, leadership, Leadership};
-use crate::forward::{is_forwarded, LeaderAddr};
+use super::forward::{is_forwarded, LeaderAddr};
+use super::state::AppState;
+use crate::raft::leadership::{await_leadership, leadership, Leadership};
 
 /// How long a membership change may take before the request gives up waiting.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);

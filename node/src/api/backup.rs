@@ -16,7 +16,7 @@ use serde::Deserialize;
 
 use super::consistency::blocking;
 use super::error::ApiError;
-use super::AppState;
+use super::state::AppState;
 
 /// Longest wait for a fresh snapshot (one of 10 million events takes about 15 s here).
 const FRESH_TIMEOUT: Duration = Duration::from_secs(600);

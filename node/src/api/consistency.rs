@@ -1,38 +1,28 @@
 //! Consistency of reads: deciding where and how a read is served (linearizable on a leader
 //! that confirmed its leadership with a quorum, forwarded once to the leader, or eventual
-//! from local state), the consistency marker that says which, and the provenance headers.
+//! from local state), the consistency marker that says which ([`ConsistencyMarker`]), and the
+//! provenance headers.
 
 use std::time::Duration;
 
+use api_types::{ConsistencyLevel, ConsistencyMarker};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use axum::response::{IntoResponse, Response};
 use openraft::error::{CheckIsLeaderError, RaftError};
 use raft_store::{NodeId, StoreError, StoreReader};
-use serde::Serialize;
 
 use super::error::ApiError;
-use super::AppState;
-use crate::cluster::{await_leadership, leadership, Leadership};
-use crate::forward::{is_forwarded, LeaderAddr};
+use super::forward::{is_forwarded, LeaderAddr};
+use super::state::AppState;
+use crate::raft::leadership::{await_leadership, leadership, Leadership};
 
-/// The consistency marker of a read answer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Marker {
-    /// `linearizable` or `eventual`.
-    pub level: &'static str,
-    /// The node that answered.
-    pub served_by: NodeId,
-    /// Log index the answering state had applied when read.
-    pub applied_index: u64,
-    /// The leader known to the answering node.
-    pub leader_id: Option<NodeId>,
-    /// Committed entries known to exist that the answer may not reflect.
-    pub lag_entries: u64,
-    /// Milliseconds since the answering node last heard from the leader; on the leader, since
-    /// a quorum last acknowledged it (0 for a linearizable answer).
-    pub last_leader_contact_ms: Option<u64>,
-    /// Term of the serving node (for the `X-Raft-Term` header only).
-    #[serde(skip)]
+/// How a local read was served: the marker its body carries, and the term for the
+/// `X-Raft-Term` header (not in the body).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Provenance {
+    /// The body's `consistency` object.
+    pub marker: ConsistencyMarker,
+    /// Term of the serving node.
     pub term: u64,
 }
 
@@ -114,8 +104,8 @@ pub(crate) async fn plan(
     }
 }
 
-/// Builds the marker for a local read of state applied up to `applied`.
-pub(crate) async fn marker(st: &AppState, linearizable: bool, applied: u64) -> Marker {
+/// Builds the provenance of a local read of state applied up to `applied`.
+pub(crate) async fn provenance(st: &AppState, linearizable: bool, applied: u64) -> Provenance {
     let (leader, term, is_leader, quorum_ack_ms) = {
         let m = st.raft.metrics();
         let m = m.borrow();
@@ -142,23 +132,26 @@ pub(crate) async fn marker(st: &AppState, linearizable: bool, applied: u64) -> M
             st.contact.millis_since(),
         )
     };
-    Marker {
-        level: if linearizable {
-            "linearizable"
-        } else {
-            "eventual"
+    Provenance {
+        marker: ConsistencyMarker {
+            level: if linearizable {
+                ConsistencyLevel::Linearizable
+            } else {
+                ConsistencyLevel::Eventual
+            },
+            served_by: st.id,
+            applied_index: applied,
+            leader_id: leader,
+            lag_entries: lag,
+            last_leader_contact_ms: contact,
         },
-        served_by: st.id,
-        applied_index: applied,
-        leader_id: leader,
-        lag_entries: lag,
-        last_leader_contact_ms: contact,
         term,
     }
 }
 
 /// Adds the provenance headers (`X-Served-By`, `X-Raft-Term`, `X-Applied-Index`, `X-Consistency`).
-pub(crate) fn with_provenance(body: Vec<u8>, m: &Marker) -> Response {
+pub(crate) fn with_provenance(body: Vec<u8>, p: &Provenance) -> Response {
+    let m = &p.marker;
     let mut r = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
     let h = r.headers_mut();
     h.insert(
@@ -167,7 +160,7 @@ pub(crate) fn with_provenance(body: Vec<u8>, m: &Marker) -> Response {
     );
     h.insert(
         HeaderName::from_static("x-raft-term"),
-        HeaderValue::from(m.term),
+        HeaderValue::from(p.term),
     );
     h.insert(
         HeaderName::from_static("x-applied-index"),
@@ -175,7 +168,7 @@ pub(crate) fn with_provenance(body: Vec<u8>, m: &Marker) -> Response {
     );
     h.insert(
         HeaderName::from_static("x-consistency"),
-        HeaderValue::from_static(m.level),
+        HeaderValue::from_static(m.level.as_str()),
     );
     r
 }

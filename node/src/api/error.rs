@@ -1,26 +1,15 @@
-//! Every error answer of the API: `ApiError` becomes a JSON body
-//! `{"error": "...", "details": [...]}` with the right status code and, for 429 and 503, a
+//! Every error answer of the API: `ApiError` becomes a JSON body ([`api_types::ErrorBody`],
+//! `{"error": "...", "details": [...]}`) with the right status code and, for 429 and 503, a
 //! `Retry-After` header. Axum's own rejections (plain text by default) are mapped here too.
 
+use api_types::{ErrorBody, FieldError};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use raft_store::NodeId;
-use serde::Serialize;
 
 /// Seconds a client should wait before retrying a 429 or 503.
 pub const RETRY_AFTER_SECS: u64 = 1;
-
-/// One problem with one field of one event of a publish request.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct FieldError {
-    /// Position of the event in the request (0 for a single event).
-    pub index: usize,
-    /// The field (`""` when the event itself is wrong, e.g. not an object).
-    pub field: &'static str,
-    /// What is wrong.
-    pub reason: String,
-}
 
 /// An error answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,15 +22,6 @@ pub struct ApiError {
     pub details: Vec<FieldError>,
     /// Leader known to the answering node, reported on 503.
     pub leader_id: Option<NodeId>,
-}
-
-#[derive(Serialize)]
-struct Body<'a> {
-    error: &'a str,
-    #[serde(skip_serializing_if = "<[FieldError]>::is_empty")]
-    details: &'a [FieldError],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    leader_id: Option<NodeId>,
 }
 
 impl ApiError {
@@ -130,11 +110,11 @@ impl ApiError {
         self
     }
 
-    /// The JSON body.
+    /// The JSON body ([`ErrorBody`]).
     pub fn body_json(&self) -> Vec<u8> {
-        let body = Body {
-            error: &self.message,
-            details: &self.details,
+        let body = ErrorBody {
+            error: self.message.clone(),
+            details: self.details.clone(),
             leader_id: self.leader_id,
         };
         serde_json::to_vec(&body).unwrap_or_else(|_| br#"{"error":"internal error"}"#.to_vec())
@@ -189,12 +169,12 @@ mod tests {
         let e = ApiError::invalid(vec![
             FieldError {
                 index: 0,
-                field: "topic",
+                field: "topic".into(),
                 reason: "required".into(),
             },
             FieldError {
                 index: 2,
-                field: "payload",
+                field: "payload".into(),
                 reason: "too large".into(),
             },
         ]);

@@ -8,8 +8,8 @@ use axum::Json;
 use serde_json::json;
 use std::time::Duration;
 
-use super::AppState;
-use crate::cluster::{leadership, role_name, Leadership};
+use super::state::AppState;
+use crate::raft::leadership::{leadership, role_name, Leadership};
 
 /// How long `/ready` lets applies catch up with the commit index before answering 503.
 const READY_CATCH_UP: Duration = Duration::from_millis(1000);

@@ -1,20 +1,22 @@
-//! The HTTP surface of a node: the router, the shared state every handler sees, the client
-//! and admin bearer-token and cluster-secret checks, per-route request metrics, and JSON answers for unknown routes
-//! and methods.
+//! The HTTP surface of a node: the router, the client and admin bearer-token and
+//! cluster-secret checks, per-route request metrics, and JSON answers for unknown routes and
+//! methods. The handlers are the submodules; the state they share is [`state`]. Imports go
+//! one way: this file uses the handlers, the handlers use `state` and each other, never this
+//! file.
 
 pub mod admin;
 pub mod backup;
 pub mod consistency;
 pub mod error;
+pub mod forward;
 pub mod health;
 pub mod publish;
 pub mod raft_rpc;
 pub mod read;
 pub mod snapshot_intake;
+pub mod state;
 pub mod validate;
 
-use std::ops::Deref;
-use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -23,100 +25,22 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use raft_store::{NodeId, StoreReader};
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
 
-use crate::batcher::Batcher;
-use crate::cluster::{LeaderContact, Raft};
-use crate::config::{Limits, RaftTiming};
-use crate::forward::Forwarder;
-use crate::metrics::Metrics;
-use crate::network::{raft_message_limit, SECRET_HEADER};
+use crate::raft::wire::{path, raft_message_limit, SECRET_HEADER};
 use error::ApiError;
-use snapshot_intake::SnapshotIntake;
-
-/// Everything a handler needs; cheap to clone.
-#[derive(Clone)]
-pub struct AppState(Arc<Shared>);
-
-/// The shared parts of [`AppState`].
-pub struct Shared {
-    /// This node's id.
-    pub id: NodeId,
-    /// The Raft handle.
-    pub raft: Raft,
-    /// Read access to the state machine.
-    pub reader: StoreReader,
-    /// Group commit.
-    pub batcher: Batcher,
-    /// Forwarding to the leader.
-    pub forwarder: Forwarder,
-    /// What the leader's appends told us.
-    pub contact: Arc<LeaderContact>,
-    /// Admission of incoming snapshot chunks.
-    pub snapshot_intake: SnapshotIntake,
-    /// Elections off while a snapshot is received and installed.
-    pub election_hold: Arc<crate::election_hold::ElectionHold>,
-    /// Prometheus metrics.
-    pub metrics: Metrics,
-    /// Request limits.
-    pub limits: Limits,
-    /// Raft timers.
-    pub timing: RaftTiming,
-    /// Client bearer token.
-    pub api_token: Option<String>,
-    /// Admin bearer token.
-    pub admin_token: Option<String>,
-    /// Inter-node secret.
-    pub cluster_secret: Option<String>,
-    /// Process start, for `uptime_seconds`.
-    pub started: Instant,
-}
-
-impl AppState {
-    /// Wraps the shared parts.
-    pub fn new(shared: Shared) -> Self {
-        Self(Arc::new(shared))
-    }
-}
-
-impl Deref for AppState {
-    type Target = Shared;
-    fn deref(&self) -> &Shared {
-        &self.0
-    }
-}
-
-impl Shared {
-    /// A leader that has not heard from a quorum for this long may have been replaced: it no
-    /// longer takes writes or leads reads. openraft followers that know a leader wait a lease
-    /// (`election_timeout_max`) plus their election timeout (at least `election_timeout_min`)
-    /// before campaigning, so no other leader can exist sooner.
-    pub fn quorum_silence_ms(&self) -> u64 {
-        self.timing.election_max_ms + self.timing.election_min_ms
-    }
-
-    /// Address of a member, from the current membership.
-    pub fn member_addr(&self, id: NodeId) -> Option<String> {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        m.membership_config
-            .membership()
-            .get_node(&id)
-            .map(|n| n.addr.clone())
-    }
-}
+pub use state::{AppState, Shared};
 
 /// Builds the router with every route and layer.
 pub fn router(state: AppState) -> Router {
     let raft_limit = raft_message_limit(state.limits.max_body_bytes);
     let raft = Router::new()
-        .route("/raft/stream", get(raft_rpc::stream))
-        .route("/raft/append", post(raft_rpc::append))
-        .route("/raft/vote", post(raft_rpc::vote))
-        .route("/raft/snapshot", post(raft_rpc::snapshot))
-        .route("/raft/status", get(raft_rpc::status))
+        .route(path::STREAM, get(raft_rpc::stream))
+        .route(path::APPEND, post(raft_rpc::append))
+        .route(path::VOTE, post(raft_rpc::vote))
+        .route(path::SNAPSHOT, post(raft_rpc::snapshot))
+        .route(path::STATUS, get(raft_rpc::status))
         .layer(DefaultBodyLimit::max(raft_limit))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -1,6 +1,7 @@
 //! `POST /publish`: read the body within its limit, validate every event (on any node), then
-//! submit to group commit on the leader or forward the raw body to the leader once; answer
-//! with one result per event after the entry is committed and applied.
+//! submit to the batcher (group commit) on the leader or forward the raw body to the leader
+//! once; answer with one result per event after the entry is committed and applied. The
+//! answer ([`api_types::PublishResponse`]) is written by hand for speed; a test parses it back.
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -10,11 +11,11 @@ use futures::StreamExt;
 use raft_store::{ApplyStatus, EventOutcome, NodeId};
 
 use super::error::ApiError;
+use super::forward::{is_forwarded, LeaderAddr};
+use super::state::AppState;
 use super::validate::{parse_batch, ValidBatch};
-use super::AppState;
 use crate::batcher::SubmitError;
-use crate::cluster::Leadership;
-use crate::forward::{is_forwarded, LeaderAddr};
+use crate::raft::leadership::{await_leadership, leadership, Leadership};
 
 /// The publish handler.
 pub async fn publish(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
@@ -45,9 +46,9 @@ async fn run(st: &AppState, headers: &HeaderMap, body: Body) -> Result<Response,
     let silence = st.quorum_silence_ms();
     let leadership = if forwarded {
         // One hop only: a forwarded request is served here or refused.
-        crate::cluster::leadership(&st.raft.metrics().borrow(), silence)
+        leadership(&st.raft.metrics().borrow(), silence)
     } else {
-        crate::cluster::await_leadership(&st.raft, silence, st.limits.leader_wait).await
+        await_leadership(&st.raft, silence, st.limits.leader_wait).await
     };
     match leadership {
         Leadership::Local => submit(st, headers, &bytes, batch, forwarded).await,
@@ -153,8 +154,8 @@ async fn submit(
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
 
-/// Writes the success body by hand: topics and ids are echoed as the raw JSON literals the
-/// client sent, so nothing is re-escaped or copied into a tree.
+/// Writes the success body ([`api_types::PublishResponse`]) by hand: topics and ids are echoed
+/// as the raw JSON literals the client sent, so nothing is re-escaped or copied into a tree.
 fn render(
     keys: &[(&serde_json::value::RawValue, &serde_json::value::RawValue)],
     outcomes: &[EventOutcome],
@@ -234,4 +235,55 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
         buf.extend_from_slice(&chunk);
     }
     Ok(Bytes::from(buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use api_types::{EventStatus, LamportStamp, PublishResponse};
+    use raft_store::LamportStamp as StoreStamp;
+    use serde_json::value::RawValue;
+
+    /// The hand-written answer must parse into the client's type with every total and result
+    /// as rendered: this is what fails when `render` and `api_types` drift apart.
+    #[test]
+    fn the_publish_answer_parses_into_the_client_type() {
+        let raw = |s: &'static str| -> &'static RawValue {
+            Box::leak(RawValue::from_string(s.to_owned()).unwrap())
+        };
+        let keys = [
+            (raw(r#""orders""#), raw(r#""a\"1""#)),
+            (raw(r#""orders""#), raw(r#""b""#)),
+        ];
+        let outcomes = [
+            EventOutcome {
+                status: ApplyStatus::Stored,
+                lamport: StoreStamp(17),
+            },
+            EventOutcome {
+                status: ApplyStatus::Duplicate,
+                lamport: StoreStamp(5),
+            },
+        ];
+        let body = render(&keys, &outcomes, 3);
+        let r: PublishResponse = serde_json::from_slice(&body).unwrap();
+        assert_eq!((r.accepted, r.stored, r.duplicates), (2, 1, 1));
+        assert_eq!(r.leader_id, Some(3));
+        assert_eq!(r.results.len(), 2);
+        assert_eq!(r.results[0].topic, "orders");
+        assert_eq!(r.results[0].event_id, "a\"1");
+        assert_eq!(r.results[0].status, EventStatus::Stored);
+        assert_eq!(r.results[0].lamport, LamportStamp(17));
+        assert_eq!(r.results[1].event_id, "b");
+        assert_eq!(r.results[1].status, EventStatus::Duplicate);
+        assert_eq!(r.results[1].lamport, LamportStamp(5));
+        // Every field is written: defaults would hide a missing one.
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let top: Vec<&String> = v.as_object().unwrap().keys().collect();
+        assert_eq!(
+            top,
+            ["accepted", "duplicates", "leader_id", "results", "stored"]
+        );
+        assert_eq!(v, serde_json::to_value(&r).unwrap());
+    }
 }

@@ -1,8 +1,8 @@
-//! The receiving side of Raft RPCs: `/raft/stream` upgrades to a [Raft RPC
-//! stream](crate::rpc_stream) carrying appends and votes; `/raft/append`, `/raft/vote`,
+//! The receiving side of Raft RPCs (the wire format is [`crate::raft::wire`]): `/raft/stream`
+//! upgrades to a [Raft RPC stream](crate::raft::rpc_stream) carrying appends and votes; `/raft/append`, `/raft/vote`,
 //! `/raft/snapshot` take one postcard body each and answer a postcard `Result<Resp,
 //! RaftError>`; `/raft/status` answers JSON for peers deciding whether to bootstrap. Accepted
-//! appends from the leader are noted in [`LeaderContact`](crate::cluster::LeaderContact) for
+//! appends from the leader are noted in [`LeaderContact`](crate::raft::leadership::LeaderContact) for
 //! follower lag reporting.
 
 use std::time::Instant;
@@ -23,9 +23,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::error::ApiError;
-use super::AppState;
-use crate::network::{raft_message_limit, POSTCARD};
-use crate::rpc_stream::{RpcStream, StreamRequest, PROTOCOL};
+use super::state::AppState;
+use crate::raft::bootstrap::local_status;
+use crate::raft::rpc_stream::{RpcStream, StreamError, StreamRequest, PROTOCOL};
+use crate::raft::wire::{raft_message_limit, POSTCARD};
 
 fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     postcard::from_bytes(body)
@@ -151,7 +152,7 @@ where
         let request: OwnedRequest =
             match tokio::time::timeout(STREAM_IDLE_TIMEOUT, stream.recv()).await {
                 Ok(Ok(r)) => r,
-                Ok(Err(crate::rpc_stream::StreamError::Closed)) => return,
+                Ok(Err(StreamError::Closed)) => return,
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "closing a Raft RPC stream");
                     return;
@@ -219,7 +220,7 @@ pub async fn snapshot(State(st): State<AppState>, body: Bytes) -> Response {
 
 /// This node's Raft status, for bootstrap decisions.
 pub async fn status(State(st): State<AppState>) -> Response {
-    match crate::cluster::local_status(&st.raft).await {
+    match local_status(&st.raft).await {
         Ok(s) => Json(s).into_response(),
         Err(e) => ApiError::unavailable(format!("Raft is not running: {e}")).into_response(),
     }

@@ -1,22 +1,23 @@
 //! Reads: `GET /events`, `GET /stats`, `GET /digest` — query parsing, the store reads and
-//! the answer bodies. Where and how consistently each read is served is decided in
-//! [`consistency`](super::consistency).
+//! the answer bodies. `/stats` and `/digest` are rendered with their [`api_types`] answers;
+//! `/events` is written by hand (stored payload text goes out verbatim) and a test parses it
+//! into [`api_types::EventsPage`]. Where and how consistently each read is served is decided
+//! in [`consistency`](super::consistency).
 
-use std::collections::BTreeMap;
-
+use api_types::{DigestResponse, ProducerStats, RaftStats, StatsResponse};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Uri};
 use axum::response::Response;
-use raft_store::{LamportStamp, NodeId, ProducerStats};
+use raft_store::LamportStamp;
 use serde::{Deserialize, Serialize};
 
 use super::consistency::{
-    blocking, forward_read, marker, parse_level, plan, with_provenance, Marker, Plan,
+    blocking, forward_read, parse_level, plan, provenance, with_provenance, Plan, Provenance,
 };
 use super::error::ApiError;
-use super::AppState;
-use crate::cluster::role_name;
+use super::state::AppState;
+use crate::raft::leadership::role_name;
 
 /// Largest page of `/events`.
 pub const MAX_LIMIT: usize = 1000;
@@ -78,8 +79,8 @@ pub async fn events(
     .await?;
     // The marker describes the very view the page was read from.
     let applied = page.as_of.map_or(0, |l| l.index);
-    let m = marker(&st, linearizable, applied).await;
-    Ok(with_provenance(render_events(&page, &m), &m))
+    let p = provenance(&st, linearizable, applied).await;
+    Ok(with_provenance(render_events(&page, &p), &p))
 }
 
 enum By {
@@ -87,8 +88,9 @@ enum By {
     Source(String),
 }
 
-/// Writes the `/events` body by hand so stored payload text is emitted verbatim.
-fn render_events(page: &raft_store::EventPage, m: &Marker) -> Vec<u8> {
+/// Writes the `/events` body ([`api_types::EventsPage`]) by hand so stored payload text is
+/// emitted verbatim.
+fn render_events(page: &raft_store::EventPage, p: &Provenance) -> Vec<u8> {
     let approx: usize = page
         .events
         .iter()
@@ -125,7 +127,7 @@ fn render_events(page: &raft_store::EventPage, m: &Marker) -> Vec<u8> {
     out.extend_from_slice(b"],\"next\":");
     push_json(&mut out, &page.next.map(|n| n.0.to_string()));
     out.extend_from_slice(b",\"consistency\":");
-    push_json(&mut out, m);
+    push_json(&mut out, &p.marker);
     out.push(b'}');
     out
 }
@@ -143,34 +145,23 @@ pub struct LevelQuery {
     consistency: Option<String>,
 }
 
-#[derive(Serialize)]
-struct StatsBody<'a> {
-    received: u64,
-    unique_processed: u64,
-    duplicate_dropped: u64,
-    topics: Vec<&'a str>,
-    uptime_seconds: u64,
-    queue_size: usize,
-    node_id: NodeId,
-    role: &'static str,
-    leader_id: Option<NodeId>,
-    topic_counts: &'a BTreeMap<String, u64>,
-    producers: &'a BTreeMap<String, ProducerStats>,
-    raft: RaftBody,
-    digest: String,
-    consistency: &'a Marker,
-}
-
-#[derive(Serialize)]
-struct RaftBody {
-    term: u64,
-    last_log_index: Option<u64>,
-    committed_index: Option<u64>,
-    applied_index: Option<u64>,
-    /// Last log index covered by this node's current snapshot.
-    snapshot_index: Option<u64>,
-    /// Last log index deleted from this node's log (covered by a snapshot).
-    purged_index: Option<u64>,
+/// A producer's counters as `/stats` reports them. Every field is named, so a counter added
+/// to the store does not compile until the answer says whether it shows it.
+fn producer_stats(p: raft_store::ProducerStats) -> ProducerStats {
+    let raft_store::ProducerStats {
+        events,
+        last_seq,
+        gaps,
+        out_of_order,
+        last_lamport,
+    } = p;
+    ProducerStats {
+        events,
+        last_seq,
+        gaps,
+        out_of_order,
+        last_lamport: api_types::LamportStamp(last_lamport.0),
+    }
 }
 
 /// `GET /stats[?consistency=...]`
@@ -187,7 +178,7 @@ pub async fn stats(
     };
     let s = blocking(&st.reader, |r| r.stats()).await?;
     let applied = s.last_applied.map_or(0, |l| l.index);
-    let m = marker(&st, linearizable, applied).await;
+    let p = provenance(&st, linearizable, applied).await;
     let committed = st
         .raft
         .with_raft_state(|s| s.committed.map(|c| c.index))
@@ -199,7 +190,7 @@ pub async fn stats(
         let mx = mx.borrow();
         (
             role_name(mx.state),
-            RaftBody {
+            RaftStats {
                 term: mx.current_term,
                 last_log_index: mx.last_log_index,
                 committed_index: committed,
@@ -209,56 +200,69 @@ pub async fn stats(
             },
         )
     };
-    let body = StatsBody {
+    let body = StatsResponse {
         received: s.counters.received,
         unique_processed: s.counters.unique_processed,
         duplicate_dropped: s.counters.duplicate_dropped,
-        topics: s.topic_counts.keys().map(String::as_str).collect(),
+        topics: s.topic_counts.keys().cloned().collect(),
         uptime_seconds: st.started.elapsed().as_secs(),
-        queue_size: st.batcher.queued_events(),
+        queue_size: st.batcher.queued_events() as u64,
         node_id: st.id,
-        role,
-        leader_id: m.leader_id,
-        topic_counts: &s.topic_counts,
-        producers: &s.producers,
+        role: role.to_owned(),
+        leader_id: p.marker.leader_id,
+        topic_counts: s.topic_counts,
+        producers: s
+            .producers
+            .into_iter()
+            .map(|(source, stats)| (source, producer_stats(stats)))
+            .collect(),
         raft,
         digest: s.digest.hex(),
-        consistency: &m,
+        consistency: p.marker.clone(),
     };
     let bytes = serde_json::to_vec(&body).map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok(with_provenance(bytes, &m))
-}
-
-#[derive(Serialize)]
-struct DigestBody {
-    node_id: NodeId,
-    applied_index: u64,
-    count: u64,
-    digest: String,
+    Ok(with_provenance(bytes, &p))
 }
 
 /// `GET /digest`: this node's own applied state, never forwarded.
 pub async fn digest(State(st): State<AppState>) -> Result<Response, ApiError> {
     let (applied, d) = blocking(&st.reader, |r| r.digest()).await?;
     let applied = applied.map_or(0, |l| l.index);
-    let m = marker(&st, false, applied).await;
-    let body = DigestBody {
+    let p = provenance(&st, false, applied).await;
+    let body = DigestResponse {
         node_id: st.id,
         applied_index: applied,
         count: d.count,
         digest: d.hex(),
     };
     let bytes = serde_json::to_vec(&body).map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok(with_provenance(bytes, &m))
+    Ok(with_provenance(bytes, &p))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use api_types::{ConsistencyLevel, ConsistencyMarker, EventsPage};
     use raft_store::{Event, EventPage, StoredEvent};
 
+    fn provenance() -> Provenance {
+        Provenance {
+            marker: ConsistencyMarker {
+                level: ConsistencyLevel::Eventual,
+                served_by: 2,
+                applied_index: 4,
+                leader_id: Some(1),
+                lag_entries: 0,
+                last_leader_contact_ms: Some(5),
+            },
+            term: 3,
+        }
+    }
+
+    /// The hand-written page must parse into the client's type, field for field: this is what
+    /// fails when the renderer and `api_types::EventsPage` drift apart.
     #[test]
-    fn events_page_is_valid_json_with_raw_payloads() {
+    fn events_page_parses_into_the_client_type_with_raw_payloads() {
         let page = EventPage {
             events: vec![StoredEvent {
                 event: Event {
@@ -276,28 +280,48 @@ mod tests {
             next: Some(LamportStamp(9)),
             as_of: None,
         };
-        let m = Marker {
-            level: "eventual",
-            served_by: 2,
-            applied_index: 4,
-            leader_id: Some(1),
-            lag_entries: 0,
-            last_leader_contact_ms: Some(5),
-            term: 3,
+        let p = provenance();
+        let body = render_events(&page, &p);
+        let parsed: EventsPage<serde_json::Value> = serde_json::from_slice(&body).unwrap();
+        let expected = EventsPage {
+            events: vec![api_types::StoredEvent {
+                topic: "t".into(),
+                event_id: "id \"q\"".into(),
+                timestamp: "2024-01-01T00:00:00Z".into(),
+                source: "s".into(),
+                payload: serde_json::json!({"k": [1, 2.5, null]}),
+                seq: Some(3),
+                producer_lamport: None,
+                lamport: api_types::LamportStamp(9),
+                log_index: 4,
+            }],
+            next: Some("9".into()),
+            consistency: p.marker.clone(),
         };
-        let v: serde_json::Value = serde_json::from_slice(&render_events(&page, &m)).unwrap();
-        assert_eq!(v["events"][0]["event_id"], "id \"q\"");
-        assert_eq!(v["events"][0]["payload"]["k"][1], 2.5);
-        assert_eq!(v["events"][0]["lamport"], 9);
-        assert_eq!(v["events"][0]["seq"], 3);
-        assert_eq!(v["events"][0]["producer_lamport"], serde_json::Value::Null);
-        assert_eq!(v["next"], "9");
-        assert_eq!(v["consistency"]["level"], "eventual");
-        assert_eq!(v["consistency"]["served_by"], 2);
+        assert_eq!(parsed, expected);
+        // Defaults must not hide a field the renderer lost: every field is written (keys
+        // compared sorted), and the term stays in its header.
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let written: Vec<&str> = v["events"][0]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let all = serde_json::to_value(&expected.events[0]).unwrap();
+        let all: Vec<&str> = all
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(written, all);
         assert!(v["consistency"].get("term").is_none());
-        let empty = render_events(&EventPage::default(), &m);
-        let v: serde_json::Value = serde_json::from_slice(&empty).unwrap();
-        assert_eq!(v["next"], serde_json::Value::Null);
-        assert_eq!(v["events"].as_array().unwrap().len(), 0);
+        assert_eq!(v["next"], "9");
+
+        let empty = render_events(&EventPage::default(), &p);
+        let parsed: EventsPage<serde_json::Value> = serde_json::from_slice(&empty).unwrap();
+        assert_eq!(parsed.next, None);
+        assert!(parsed.events.is_empty());
     }
 }

@@ -8,7 +8,9 @@ use raft_store::{Event, MAX_PRODUCER_LAMPORT};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
-use super::error::{ApiError, FieldError};
+use api_types::FieldError;
+
+use super::error::ApiError;
 
 /// Longest topic, in characters.
 pub const MAX_TOPIC: usize = 255;
@@ -33,7 +35,7 @@ pub struct ValidBatch<'a> {
 
 /// An event as it arrives, each field kept as raw JSON text; `None` when absent.
 #[derive(Deserialize)]
-struct WireEvent<'a> {
+struct RawEvent<'a> {
     #[serde(borrow, default, deserialize_with = "present")]
     topic: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
@@ -122,7 +124,7 @@ fn check_event<'a>(
     let mut bad = |field: &'static str, reason: Cow<'static, str>| {
         problems.push(FieldError {
             index,
-            field,
+            field: field.to_owned(),
             reason: reason.into_owned(),
         });
     };
@@ -130,7 +132,7 @@ fn check_event<'a>(
         bad("", "an event must be a JSON object".into());
         return None;
     }
-    let wire: WireEvent<'a> = match serde_json::from_str(raw.get()) {
+    let wire: RawEvent<'a> = match serde_json::from_str(raw.get()) {
         Ok(w) => w,
         Err(e) => {
             bad("", format!("unreadable event: {e}").into());
@@ -286,7 +288,10 @@ mod tests {
             Ok(_) => vec![],
             Err(e) => {
                 assert_eq!(e.status, StatusCode::BAD_REQUEST, "{e:?}");
-                e.details.iter().map(|d| (d.index, d.field)).collect()
+                e.details
+                    .iter()
+                    .map(|d| (d.index, &*d.field.clone().leak()))
+                    .collect()
             }
         }
     }
@@ -459,5 +464,27 @@ mod tests {
         assert_eq!(problems(dup), [(0, "")]);
         let extra = with("colour", "\"blue\"");
         assert!(problems(&extra).is_empty());
+    }
+
+    /// What a client writes with `api_types::PublishEvent` is what this parser takes.
+    #[test]
+    fn the_client_type_is_accepted_field_for_field() {
+        let payload = serde_json::json!({"a": [1, 2]});
+        let event = api_types::PublishEvent {
+            topic: "orders",
+            event_id: "e1",
+            timestamp: "2024-05-01T12:00:00Z",
+            source: "svc",
+            payload: &payload,
+            seq: 7,
+            lamport: 9,
+        };
+        let body = serde_json::to_vec(&[&event, &event]).unwrap();
+        let batch = parse_batch(&body, 10).unwrap();
+        assert_eq!(batch.events.len(), 2);
+        let e = &batch.events[0];
+        assert_eq!((e.topic.as_str(), e.event_id.as_str()), ("orders", "e1"));
+        assert_eq!((e.seq, e.lamport), (Some(7), Some(9)));
+        assert_eq!(e.payload, r#"{"a":[1,2]}"#);
     }
 }

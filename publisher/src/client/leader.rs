@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::api::NodeId;
+use api_types::NodeId;
 
 /// No more than one node-id refresh per this interval: a leader id no target serves (a node
 /// outside `--targets`) must not turn every answer into a round of `/stats` calls.

@@ -19,7 +19,7 @@ use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 
-use crate::api::{ErrorBody, NodeId, StatsResponse};
+use api_types::{ErrorBody, NodeId, StatsResponse};
 
 pub use leader::LeaderRouting;
 pub use retry::{
@@ -401,8 +401,8 @@ fn leader_hint(body: &[u8]) -> Option<NodeId> {
 /// The `error` field of a JSON error body, or the start of the body text.
 fn error_message(body: &[u8]) -> String {
     match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(e) if !e.error.is_empty() => match e.details {
-            Some(d) if !d.is_null() => format!("{} {}", e.error, truncate(&d.to_string(), 300)),
+        Ok(e) if !e.error.is_empty() => match serde_json::to_string(&e.details) {
+            Ok(d) if !e.details.is_empty() => format!("{} {}", e.error, truncate(&d, 300)),
             _ => e.error,
         },
         _ => truncate(String::from_utf8_lossy(body).trim(), 300),

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, HeaderName, Method};
 use axum::response::Response;
 use raft_store::NodeId;
 
-use crate::api::error::ApiError;
+use super::error::ApiError;
 
 /// Header a forwarding node adds; its value is the forwarding node's id.
 pub const HOP_HEADER: &str = "x-aggregator-forwarded-by";
@@ -36,6 +36,15 @@ pub struct LeaderAddr<'a> {
 }
 
 /// Sends client requests on to the leader.
+///
+/// To ensure correctness:
+/// - A forwarded request is answered with the leader's own answer (status, body, the
+///   provenance and `Retry-After` headers) or with a 503 "maybe" error when the leader did not
+///   answer; it never invents a success, and never answers from this node's state.
+/// - One hop only: the request carries [`HOP_HEADER`], and a node that receives it serves the
+///   request itself or refuses it ([`is_forwarded`]), so a stale leader view cannot make a loop.
+/// - The body is sent as the client sent it (publish is retried safely because the cluster
+///   deduplicates by `(topic, event_id)`, not because forwarding is exactly-once).
 #[derive(Clone)]
 pub struct Forwarder {
     client: reqwest::Client,

@@ -1,5 +1,5 @@
-//! Raft transport between nodes: openraft's `RaftNetworkFactory`/`RaftNetwork`.
-//! Appends and votes go over a [Raft RPC stream](crate::rpc_stream) that each client opens
+//! The client side of Raft transport between nodes: openraft's `RaftNetworkFactory`/`RaftNetwork`.
+//! Appends and votes go over a [Raft RPC stream](super::rpc_stream) that each client opens
 //! once (an HTTP upgrade) and keeps; a peer that does not know the stream (404, an older
 //! release) is spoken to with one HTTP POST per RPC instead. Messages are postcard; the answer
 //! is a postcard `Result<Resp, RaftError>` so a remote Raft error reaches openraft as such.
@@ -25,27 +25,14 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sync_wrapper::SyncWrapper;
 
-use crate::cluster::RaftStatus;
-use crate::rpc_stream::{RpcStream, StreamError, StreamRequest, PROTOCOL};
-
-/// Header carrying `--cluster-secret` on every request to `/raft/*`.
-pub const SECRET_HEADER: &str = "x-cluster-secret";
-
-/// Content type of Raft RPC bodies.
-pub const POSTCARD: &str = "application/octet-stream";
+use super::rpc_stream::{RpcStream, StreamError, StreamRequest, PROTOCOL};
+use super::wire::{path, RaftStatus, POSTCARD, SECRET_HEADER};
 
 /// Most bytes of log entries sent in one append (estimated from the events' text).
 const APPEND_BUDGET_BYTES: usize = 2 * 1024 * 1024;
 
 /// Timeout of a `/raft/status` probe at bootstrap.
 const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
-
-/// Largest Raft message a node accepts, as an HTTP body or a stream frame. Appends are cut to
-/// ~2 MiB and snapshot chunks to 1 MiB, but one entry can hold a whole publish request: leave
-/// room for the largest body a client may send, twice over.
-pub fn raft_message_limit(max_body_bytes: usize) -> usize {
-    (max_body_bytes * 2 + 4 * 1024 * 1024).max(32 * 1024 * 1024)
-}
 
 /// Builds an HTTP client for node-to-node traffic: pooled keep-alive connections, no proxy,
 /// Nagle off (latency matters more than packet count), bound to `local_ip` when given.
@@ -94,7 +81,7 @@ impl HttpNetwork {
         PeerClient {
             id: self.id,
             target,
-            base: format!("http://{addr}/raft"),
+            base: format!("http://{addr}"),
             client: self.client.clone(),
             secret: self.secret.clone(),
             max_message: self.max_message,
@@ -127,7 +114,7 @@ pub struct PeerClient {
     http_only: bool,
 }
 
-/// An RPC that can go over the stream or, to an older peer, as a POST to `/raft/{path}`.
+/// An RPC that can go over the stream or, to an older peer, as a POST to its `path`.
 struct Rpc<'a, A, V> {
     request: StreamRequest<&'a A, &'a V>,
     path: &'static str,
@@ -149,7 +136,7 @@ pub enum CallError {
 }
 
 impl PeerClient {
-    /// POSTs a postcard body to `/raft/{path}` and decodes the postcard answer. `size_hint`
+    /// POSTs a postcard body to `path` (a `wire::path` route) and decodes the postcard answer. `size_hint`
     /// presizes the body, so a large append is encoded without regrowing (and copying) it.
     async fn call<Req, Resp>(
         &self,
@@ -166,7 +153,7 @@ impl PeerClient {
             .map_err(|e| CallError::Other(format!("encode: {e}")))?;
         let mut rb = self
             .client
-            .post(format!("{}/{path}", self.base))
+            .post(format!("{}{path}", self.base))
             .header(reqwest::header::CONTENT_TYPE, POSTCARD)
             .timeout(ttl)
             .body(body);
@@ -247,7 +234,7 @@ impl PeerClient {
     ) -> Result<Option<RpcStream<reqwest::Upgraded>>, CallError> {
         let mut rb = self
             .client
-            .get(format!("{}/stream", self.base))
+            .get(format!("{}{}", self.base, path::STREAM))
             .header(reqwest::header::CONNECTION, "upgrade")
             .header(reqwest::header::UPGRADE, PROTOCOL);
         if let Some(s) = &self.secret {
@@ -289,7 +276,7 @@ impl PeerClient {
     pub async fn status(&self) -> Result<RaftStatus, CallError> {
         let mut rb = self
             .client
-            .get(format!("{}/status", self.base))
+            .get(format!("{}{}", self.base, path::STATUS))
             .timeout(STATUS_TIMEOUT);
         if let Some(s) = &self.secret {
             rb = rb.header(SECRET_HEADER, &**s);
@@ -373,7 +360,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         };
         let call = Rpc {
             request: StreamRequest::<_, &VoteRequest<NodeId>>::Append(&rpc),
-            path: "append",
+            path: path::APPEND,
             size_hint,
         };
         let answer: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> = self
@@ -401,7 +388,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             InstallSnapshotResponse<NodeId>,
             RaftError<NodeId, InstallSnapshotError>,
         > = self
-            .call("snapshot", &rpc, rpc.data.len() + 256, option.hard_ttl())
+            .call(
+                path::SNAPSHOT,
+                &rpc,
+                rpc.data.len() + 256,
+                option.hard_ttl(),
+            )
             .await
             .map_err(|e| self.rpc_error(e, RPCTypes::InstallSnapshot))?;
         answer.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -414,7 +406,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
         let call = Rpc {
             request: StreamRequest::<&AppendEntriesRequest<TypeConfig>, _>::Vote(&rpc),
-            path: "vote",
+            path: path::VOTE,
             size_hint: 128,
         };
         let answer: Result<VoteResponse<NodeId>, RaftError<NodeId>> = self

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use raft_store::StoreReader;
 
-use crate::cluster::Raft;
+use super::start::Raft;
 
 /// A receive with no chunk for this long was abandoned by its sender.
 const ABANDONED_AFTER: Duration = Duration::from_secs(10);
@@ -27,6 +27,14 @@ const CHECK_EVERY: Duration = Duration::from_millis(100);
 const INDEFINITE: u64 = u64::MAX;
 
 /// Until when elections stay off, shared by the snapshot handler and the task applying it.
+///
+/// To ensure correctness (of liveness: Raft's safety never depends on the hold):
+/// - Elections are off from a snapshot's first chunk, through its install, until
+///   `after_install` after the install answered, done, failed or abandoned by its handler.
+/// - A hold always ends: with no chunk for [`ABANDONED_AFTER`] (the sender gave up), or after
+///   the install; an install openraft carries on without a handler holds only while the
+///   store reports it under way.
+/// - A late chunk never shortens a running install's hold (`fetch_max`, `INDEFINITE`).
 #[derive(Debug)]
 pub struct ElectionHold {
     epoch: Instant,

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use raft_store::StoreReader;
 
-use crate::cluster::Raft;
+use super::start::Raft;
 
 /// Most entries kept behind the snapshot by the entry rule (`min(--snapshot-threshold, this)`).
 pub const MAX_KEEP_ENTRIES: u64 = 10_000;

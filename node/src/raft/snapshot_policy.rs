@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use raft_store::StoreReader;
 
-use crate::cluster::Raft;
+use super::start::Raft;
 
 /// How often the log written since the last snapshot is checked.
 const CHECK_EVERY: Duration = Duration::from_millis(500);
