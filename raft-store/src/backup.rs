@@ -26,7 +26,8 @@ use openraft::storage::RaftLogStorage;
 use openraft::{LogId, Membership, SnapshotMeta, StoredMembership, Vote};
 use serde::{Deserialize, Serialize};
 
-use crate::db::{self, Db};
+use crate::codec;
+use crate::db::Db;
 use crate::error::StoreError;
 use crate::snapshot;
 use crate::snapshot_file::SnapshotFile;
@@ -84,7 +85,7 @@ pub(crate) fn open(db: &Db, taken_from: NodeId) -> Result<Option<BackupSource>, 
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64),
     };
-    let encoded = db::encode("backup header", &header)?;
+    let encoded = codec::encode("backup header", &header)?;
     let mut prefix = Vec::with_capacity(BACKUP_MAGIC.len() + 4 + encoded.len());
     prefix.extend_from_slice(BACKUP_MAGIC);
     prefix.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
@@ -314,7 +315,7 @@ fn read_header(file: &mut File) -> Result<BackupHeader, StoreError> {
         .read_exact(&mut encoded)
         .map_err(|_| StoreError::corrupt("backup", "truncated header"))?;
     drop(input);
-    let header = db::decode("backup header", &encoded)?;
+    let header = codec::decode("backup header", &encoded)?;
     // The buffered reader read ahead: put the file right after the header.
     file.seek(SeekFrom::Start(
         (BACKUP_MAGIC.len() + 4) as u64 + u64::from(len),

@@ -1,5 +1,5 @@
 //! The one RocksDB instance a node keeps (everything but the Raft log's entries): column
-//! families, their options, write options, and the postcard codec every value goes through.
+//! families, their options, write options, and the codec every value goes through.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,8 +11,6 @@ use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, FlushOptions, Options, Snapshot,
     WriteOptions, DB,
 };
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 
 use crate::error::StoreError;
 use crate::snapshot::SnapshotCounters;
@@ -332,30 +330,4 @@ pub(crate) fn unsynced() -> WriteOptions {
     let mut opts = WriteOptions::default();
     opts.set_sync(false);
     opts
-}
-
-/// Encodes a value with postcard.
-pub(crate) fn encode<T: Serialize + ?Sized>(
-    what: &'static str,
-    value: &T,
-) -> Result<Vec<u8>, StoreError> {
-    postcard::to_stdvec(value).map_err(|source| StoreError::Codec { what, source })
-}
-
-/// Encodes a value with postcard into `buf` (cleared first), reusing its allocation.
-pub(crate) fn encode_reusing<T: Serialize + ?Sized>(
-    what: &'static str,
-    value: &T,
-    mut buf: Vec<u8>,
-) -> Result<Vec<u8>, StoreError> {
-    buf.clear();
-    postcard::to_extend(value, buf).map_err(|source| StoreError::Codec { what, source })
-}
-
-/// Decodes a postcard value.
-pub(crate) fn decode<T: DeserializeOwned>(
-    what: &'static str,
-    bytes: &[u8],
-) -> Result<T, StoreError> {
-    postcard::from_bytes(bytes).map_err(|source| StoreError::Codec { what, source })
 }

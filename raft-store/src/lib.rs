@@ -6,6 +6,7 @@
 //! (handed to openraft) and a [`StoreReader`] for queries.
 
 mod backup;
+mod codec;
 mod db;
 mod dedup_index;
 mod error;

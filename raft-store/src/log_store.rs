@@ -25,6 +25,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader, StorageError, Vote};
 use rocksdb::WriteBatch;
 
+use crate::codec;
 use crate::db::{self, Db, CF_LOG, CF_RAFT_META};
 use crate::error::StoreError;
 use crate::failpoints;
@@ -126,7 +127,7 @@ fn read_meta<T: serde::de::DeserializeOwned>(
 ) -> Result<Option<T>, StoreError> {
     let cf = db.cf(CF_RAFT_META)?;
     match db.rocks.get_pinned_cf(cf, key)? {
-        Some(bytes) => Ok(Some(db::decode(what, &bytes)?)),
+        Some(bytes) => Ok(Some(codec::decode(what, &bytes)?)),
         None => Ok(None),
     }
 }
@@ -151,7 +152,7 @@ fn migrate_column_family(
     let mut moved = 0;
     let mut chunk = Vec::new();
     while let Some(value) = it.value() {
-        let entry = db::decode::<Entry>("log entry", value)?;
+        let entry = codec::decode::<Entry>("log entry", value)?;
         if purged.is_none_or(|p| entry.log_id.index > p) {
             chunk.push(entry);
         }
@@ -240,7 +241,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.put_cf(
                 self.db.cf(CF_RAFT_META)?,
                 keys::VOTE,
-                db::encode("vote", vote)?,
+                codec::encode("vote", vote)?,
             );
             self.write_synced(batch).await
         };
@@ -262,7 +263,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     ) -> Result<(), StorageError<NodeId>> {
         let write = || -> Result<(), StoreError> {
             let cf = self.db.cf(CF_RAFT_META)?;
-            let value = db::encode("committed log id", &committed)?;
+            let value = codec::encode("committed log id", &committed)?;
             self.db
                 .rocks
                 .put_cf_opt(cf, keys::COMMITTED, value, &db::unsynced())?;
@@ -376,7 +377,7 @@ impl LogStore {
         batch.put_cf(
             self.db.cf(CF_RAFT_META)?,
             keys::LAST_PURGED,
-            db::encode("last purged log id", &log_id)?,
+            codec::encode("last purged log id", &log_id)?,
         );
         self.write_synced(batch).await?;
         failpoints::crash_point(failpoints::PURGE_AFTER_RECORD);
@@ -560,7 +561,8 @@ mod tests {
     use rocksdb::WriteBatch;
 
     use super::{index_bounds, Entry, LogStore, LOG_SUBDIR};
-    use crate::db::{self, Db, CF_LOG, CF_RAFT_META};
+    use crate::codec;
+    use crate::db::{Db, CF_LOG, CF_RAFT_META};
     use crate::keys;
     use crate::segment_log::SegmentLog;
 
@@ -579,10 +581,10 @@ mod tests {
             batch.put_cf(
                 cf,
                 keys::log_key(i),
-                db::encode("entry", &blank(i)).unwrap(),
+                codec::encode("entry", &blank(i)).unwrap(),
             );
         }
-        let purged = db::encode("purged", &blank(2).log_id).unwrap();
+        let purged = codec::encode("purged", &blank(2).log_id).unwrap();
         batch.put_cf(db.cf(CF_RAFT_META).unwrap(), keys::LAST_PURGED, purged);
         db.rocks.write(batch).unwrap();
     }

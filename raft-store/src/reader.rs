@@ -8,7 +8,8 @@ use std::sync::Arc;
 use openraft::LogId;
 use rocksdb::Snapshot;
 
-use crate::db::{self, Db, CF_BY_SOURCE, CF_BY_TOPIC, CF_EVENTS};
+use crate::codec;
+use crate::db::{Db, CF_BY_SOURCE, CF_BY_TOPIC, CF_EVENTS};
 use crate::dedup_index::SharedDedupIndex;
 use crate::error::StoreError;
 use crate::index_runs;
@@ -140,7 +141,7 @@ impl StoreReader {
                 // Stored after the view was taken.
                 continue;
             };
-            let event: StoredEvent = db::decode("stored event", &bytes)?;
+            let event: StoredEvent = codec::decode("stored event", &bytes)?;
             if event.event.has_key(&key.topic, &key.event_id) {
                 return Ok(Some(event));
             }
@@ -226,7 +227,7 @@ fn read_events(
         let bytes = value?.ok_or_else(|| {
             StoreError::corrupt("events", format!("stamp {stamp} indexed but missing"))
         })?;
-        events.push(db::decode("stored event", &bytes)?);
+        events.push(codec::decode("stored event", &bytes)?);
     }
     Ok(events)
 }

@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 
 use openraft::LogId;
 
-use crate::db;
+use crate::codec;
 use crate::error::StoreError;
 use crate::prealloc::{self, AppendRate, Spares};
 use crate::types::{entry_approx_bytes, NodeId, TypeConfig};
@@ -195,10 +195,7 @@ fn encode_record(entry: &Entry, mut buf: Vec<u8>) -> Result<Vec<u8>, StoreError>
     // Presized: growing the buffer of a large entry copied it several times over.
     buf.reserve(HEADER_BYTES + entry_approx_bytes(entry) + 64);
     buf.extend_from_slice(&[0; HEADER_BYTES]);
-    let mut buf = postcard::to_extend(entry, buf).map_err(|source| StoreError::Codec {
-        what: "log entry",
-        source,
-    })?;
+    let mut buf = codec::encode_onto("log entry", entry, buf)?;
     let payload_len = buf.len() - start - HEADER_BYTES;
     let len = u32::try_from(payload_len)
         .map_err(|_| StoreError::corrupt("log entry", "larger than 4 GiB"))?;
@@ -228,7 +225,7 @@ fn decode_records(first: u64, bytes: &[u8]) -> Result<Vec<Entry>, StoreError> {
                 format!("record {expected} fails its index or checksum"),
             ));
         }
-        entries.push(db::decode::<Entry>("log entry", payload)?);
+        entries.push(codec::decode::<Entry>("log entry", payload)?);
         rest = &rest[end..];
         expected += 1;
     }

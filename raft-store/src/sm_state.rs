@@ -8,7 +8,8 @@ use rocksdb::{Snapshot, WriteBatch};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::db::{self, Db, CF_PRODUCERS, CF_SM_META, CF_TOPICS};
+use crate::codec;
+use crate::db::{Db, CF_PRODUCERS, CF_SM_META, CF_TOPICS};
 use crate::error::StoreError;
 use crate::keys;
 use crate::types::{Counters, Digest, LamportStamp, Node, NodeId, ProducerStats};
@@ -60,7 +61,7 @@ impl SmState {
         while let Some((key, value)) = it.item() {
             producers.insert(
                 utf8("producer name", key)?,
-                db::decode("producer stats", value)?,
+                codec::decode("producer stats", value)?,
             );
             it.next();
         }
@@ -77,7 +78,7 @@ impl SmState {
         batch.put_cf(
             db.cf(CF_SM_META)?,
             keys::SM_STATE,
-            db::encode("state machine meta", &self.meta)?,
+            codec::encode("state machine meta", &self.meta)?,
         );
         Ok(())
     }
@@ -105,7 +106,7 @@ impl SmState {
         batch.put_cf(
             db.cf(CF_PRODUCERS)?,
             source.as_bytes(),
-            db::encode("producer stats", &stats)?,
+            codec::encode("producer stats", &stats)?,
         );
         Ok(())
     }
@@ -127,7 +128,7 @@ impl SmState {
 /// Reads the `sm_meta` record from `view` (the default when nothing was applied yet).
 pub(crate) fn read_meta(db: &Db, view: &Snapshot<'_>) -> Result<SmMeta, StoreError> {
     match view.get_pinned_cf(db.cf(CF_SM_META)?, keys::SM_STATE)? {
-        Some(bytes) => db::decode("state machine meta", &bytes),
+        Some(bytes) => codec::decode("state machine meta", &bytes),
         None => Ok(SmMeta::default()),
     }
 }

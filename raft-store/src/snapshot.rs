@@ -38,6 +38,7 @@ use openraft::{
 use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
 
+use crate::codec;
 use crate::db::{
     self, Db, CF_BY_SOURCE, CF_BY_TOPIC, CF_EVENTS, CF_KEY_HASHES, CF_SNAPSHOT, STATE_MACHINE_CFS,
 };
@@ -396,7 +397,7 @@ pub(crate) fn install(
     batch.put_cf(
         db.cf(CF_SNAPSHOT)?,
         keys::SNAPSHOT_INSTALLING,
-        db::encode("snapshot record", &stored)?,
+        codec::encode("snapshot record", &stored)?,
     );
     if let Err(e) = db.rocks.write_opt(batch, &db::synced()) {
         db.set_installing(false);
@@ -460,7 +461,7 @@ fn replay(
     let (mut by_topic, mut by_source) = (IndexRuns::default(), IndexRuns::default());
     let (mut written_batches, mut unflushed) = (0u64, 0usize);
     while let Some(bytes) = reader.next_event()? {
-        let stored_event: StoredEvent = db::decode("snapshot event", bytes)?;
+        let stored_event: StoredEvent = codec::decode("snapshot event", bytes)?;
         let (event, stamp) = (&stored_event.event, stored_event.lamport);
         batch.put_cf(events_cf, keys::lamport_key(stamp), bytes);
         let hash = keys::event_hash(seed, &event.topic, &event.event_id);
@@ -540,7 +541,7 @@ fn put_current(db: &Db, batch: &mut WriteBatch, stored: &StoredSnapshot) -> Resu
     batch.put_cf(
         cf,
         keys::SNAPSHOT_CURRENT,
-        db::encode("snapshot record", stored)?,
+        codec::encode("snapshot record", stored)?,
     );
     Ok(())
 }
@@ -597,7 +598,7 @@ fn unix_nanos() -> u128 {
 
 fn read_stored(db: &Db, key: &[u8]) -> Result<Option<StoredSnapshot>, StoreError> {
     match db.rocks.get_pinned_cf(db.cf(CF_SNAPSHOT)?, key)? {
-        Some(bytes) => Ok(Some(db::decode("snapshot record", &bytes)?)),
+        Some(bytes) => Ok(Some(codec::decode("snapshot record", &bytes)?)),
         None => Ok(None),
     }
 }
@@ -675,7 +676,7 @@ mod tests {
             batch.put_cf(
                 db.cf(CF_SNAPSHOT).unwrap(),
                 keys::SNAPSHOT_INSTALLING,
-                db::encode("snapshot record", &stored).unwrap(),
+                codec::encode("snapshot record", &stored).unwrap(),
             );
             // Half rewritten: bookkeeping gone, some old events still there.
             let sm_meta = db.cf(crate::db::CF_SM_META).unwrap();

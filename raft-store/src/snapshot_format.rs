@@ -13,7 +13,7 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::db;
+use crate::codec;
 use crate::error::StoreError;
 use crate::sm_state::{SmMeta, SmState};
 use crate::types::{Digest, ProducerStats, StoredEvent};
@@ -82,7 +82,7 @@ impl FormatWriter {
             unsynced: 0,
         };
         w.put(MAGIC)?;
-        w.frame(&db::encode("snapshot header", header)?)?;
+        w.frame(&codec::encode("snapshot header", header)?)?;
         Ok(w)
     }
 
@@ -150,7 +150,7 @@ impl FormatReader {
         if !r.next_frame(u32::MAX)? {
             return Err(StoreError::corrupt("snapshot", "no header"));
         }
-        let header = db::decode("snapshot header", &r.frame)?;
+        let header = codec::decode("snapshot header", &r.frame)?;
         Ok((r, header))
     }
 
@@ -228,7 +228,7 @@ pub(crate) fn check(file: File) -> Result<(SmState, Sealed), StoreError> {
     let mut digest = Digest::default();
     let mut last_stamp = None;
     while let Some(bytes) = reader.next_event()? {
-        let stored: StoredEvent = db::decode("snapshot event", bytes)?;
+        let stored: StoredEvent = codec::decode("snapshot event", bytes)?;
         let stamp = stored.lamport;
         if last_stamp.is_some_and(|last| stamp <= last) {
             return Err(StoreError::corrupt("snapshot", "events out of stamp order"));

@@ -26,6 +26,7 @@ use openraft::{
 use rocksdb::WriteBatch;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
+use crate::codec;
 use crate::db::{self, Db, CF_BY_SOURCE, CF_BY_TOPIC, CF_EVENTS, CF_KEY_HASHES};
 use crate::dedup_index::{self, DedupIndex, KeyHash, SharedDedupIndex};
 use crate::error::StoreError;
@@ -377,7 +378,7 @@ fn apply_entries(
                 lamport: stamp,
                 log_index: entry.log_id.index,
             };
-            scratch = db::encode_reusing("stored event", &stored, scratch)?;
+            scratch = codec::encode_reusing("stored event", &stored, scratch)?;
             batch.put_cf(events_cf, keys::lamport_key(stamp), &scratch);
             results.push(EventOutcome {
                 status: ApplyStatus::Stored,
@@ -435,7 +436,7 @@ fn stored_copies(
         let bytes = answer?.ok_or_else(|| {
             StoreError::corrupt("dedup index", format!("stamp {stamp} indexed but missing"))
         })?;
-        let stored: StoredEvent = db::decode("stored event", &bytes)?;
+        let stored: StoredEvent = codec::decode("stored event", &bytes)?;
         let (Some(event), Some(slot)) = (events.get(i), found.get_mut(i)) else {
             continue;
         };
