@@ -29,9 +29,9 @@ use serde::{Deserialize, Serialize};
 use crate::codec;
 use crate::db::Db;
 use crate::error::StoreError;
-use crate::snapshot;
-use crate::snapshot_file::SnapshotFile;
-use crate::snapshot_format::{FormatReader, FormatWriter, Sealed};
+use crate::sm::snapshot;
+use crate::sm::snapshot::file::SnapshotFile;
+use crate::sm::snapshot::format::{FormatReader, FormatWriter, Sealed};
 use crate::types::{Node, NodeId};
 use crate::StoreOptions;
 

@@ -13,7 +13,7 @@ use rocksdb::{
 };
 
 use crate::error::StoreError;
-use crate::snapshot::SnapshotCounters;
+use crate::sm::snapshot::SnapshotCounters;
 
 /// Raft log entries as older releases kept them: `u64 BE index -> postcard(Entry)`. Opening
 /// a store moves them into segment files (`log_store.rs`); nothing writes here any more.

@@ -4,7 +4,7 @@
 
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::dedup_index::KeyHash;
+use crate::sm::dedup_index::KeyHash;
 use crate::types::LamportStamp;
 
 /// Key of the single record in `sm_meta` holding the state machine's bookkeeping.

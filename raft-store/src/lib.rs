@@ -8,21 +8,12 @@
 mod backup;
 mod codec;
 mod db;
-mod dedup_index;
 mod error;
 pub mod failpoints;
-mod index_runs;
 mod keys;
-mod log_cache;
-mod log_store;
-mod prealloc;
+mod log;
 mod reader;
-mod segment_log;
-mod sm_state;
-mod snapshot;
-mod snapshot_file;
-mod snapshot_format;
-mod state_machine;
+mod sm;
 #[cfg(test)]
 mod test_entries;
 pub mod types;
@@ -32,12 +23,9 @@ use std::sync::Arc;
 
 pub use backup::{restore, BackupSource, RestoreOptions, Restored, BACKUP_MAGIC};
 pub use error::StoreError;
-pub use log_cache::LogCacheReads;
-pub use log_store::LogStore;
+pub use log::{LogCacheReads, LogStore};
 pub use reader::StoreReader;
-pub use snapshot::{SnapshotBuilder, SnapshotStats};
-pub use snapshot_file::SnapshotFile;
-pub use state_machine::StateMachineStore;
+pub use sm::{SnapshotBuilder, SnapshotFile, SnapshotStats, StateMachineStore};
 pub use types::*;
 
 /// The handles on one node's store; all share one RocksDB instance, which closes when the
@@ -65,7 +53,7 @@ pub struct StoreOptions {
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
-            log_segment_bytes: segment_log::DEFAULT_SEGMENT_BYTES,
+            log_segment_bytes: log::DEFAULT_SEGMENT_BYTES,
             log_preallocate: true,
         }
     }
@@ -82,8 +70,8 @@ pub fn open(dir: &Path) -> Result<Stores, StoreError> {
 pub fn open_with(dir: &Path, options: &StoreOptions) -> Result<Stores, StoreError> {
     let db = Arc::new(db::Db::open(dir)?);
     // Before anything reads the state machine: a crash may have left it half rewritten.
-    snapshot::resume_install(&db)?;
-    snapshot::remove_orphans(&db)?;
+    sm::snapshot::resume_install(&db)?;
+    sm::snapshot::remove_orphans(&db)?;
     let log_store = LogStore::open(
         db.clone(),
         dir,
@@ -92,10 +80,10 @@ pub fn open_with(dir: &Path, options: &StoreOptions) -> Result<Stores, StoreErro
     )?;
     let log_reads = log_store.cache_reads();
     let segments = log_store.segments();
-    let seed = dedup_index::ensure_seed(&db)?;
-    dedup_index::migrate_keys(&db, seed)?;
-    let index = dedup_index::DedupIndex::load(&db, &db.rocks.snapshot(), seed)?;
-    let index = dedup_index::SharedDedupIndex::new(index);
+    let seed = sm::dedup_index::ensure_seed(&db)?;
+    sm::dedup_index::migrate_keys(&db, seed)?;
+    let index = sm::dedup_index::DedupIndex::load(&db, &db.rocks.snapshot(), seed)?;
+    let index = sm::dedup_index::SharedDedupIndex::new(index);
     Ok(Stores {
         log_store,
         state_machine: StateMachineStore::load(db.clone(), index.clone())?,

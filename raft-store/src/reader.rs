@@ -10,13 +10,13 @@ use rocksdb::Snapshot;
 
 use crate::codec;
 use crate::db::{Db, CF_BY_SOURCE, CF_BY_TOPIC, CF_EVENTS};
-use crate::dedup_index::SharedDedupIndex;
 use crate::error::StoreError;
-use crate::index_runs;
 use crate::keys;
-use crate::log_cache::LogCacheReads;
-use crate::segment_log::SegmentLog;
-use crate::sm_state::{self, SmState};
+use crate::log::cache::LogCacheReads;
+use crate::log::segments::SegmentLog;
+use crate::sm::bookkeeping::{self, SmState};
+use crate::sm::dedup_index::SharedDedupIndex;
+use crate::sm::index_runs;
 use crate::types::{Digest, EventKey, EventPage, LamportStamp, NodeId, StoreStats, StoredEvent};
 
 /// Cheap-to-clone read handle on the store (plus the memtable flush); `Send + Sync`. Call it
@@ -166,13 +166,13 @@ impl StoreReader {
 
     /// The digest together with the log id it is the state of.
     pub fn digest(&self) -> Result<(Option<LogId<NodeId>>, Digest), StoreError> {
-        let meta = sm_state::read_meta(&self.db, &self.db.reader_view()?)?;
+        let meta = bookkeeping::read_meta(&self.db, &self.db.reader_view()?)?;
         Ok((meta.last_applied, meta.digest))
     }
 
     /// Last log id applied to the state machine.
     pub fn last_applied(&self) -> Result<Option<LogId<NodeId>>, StoreError> {
-        Ok(sm_state::read_meta(&self.db, &self.db.reader_view()?)?.last_applied)
+        Ok(bookkeeping::read_meta(&self.db, &self.db.reader_view()?)?.last_applied)
     }
 
     /// One page of a secondary index. `next` is `Some` exactly when more events follow
@@ -186,7 +186,7 @@ impl StoreReader {
         limit: usize,
     ) -> Result<EventPage, StoreError> {
         let view = self.db.reader_view()?;
-        let as_of = sm_state::read_meta(&self.db, &view)?.last_applied;
+        let as_of = bookkeeping::read_meta(&self.db, &view)?.last_applied;
         let from = match after {
             None => LamportStamp(0),
             Some(LamportStamp(u64::MAX)) => {

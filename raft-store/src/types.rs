@@ -21,7 +21,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = Node,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = crate::snapshot_file::SnapshotFile,
+        SnapshotData = crate::sm::snapshot::file::SnapshotFile,
 );
 
 /// A Lamport clock value: a producer's own clock, or the cluster's stamp on a stored event.

@@ -30,8 +30,8 @@ use crate::db::{self, Db, CF_LOG, CF_RAFT_META};
 use crate::error::StoreError;
 use crate::failpoints;
 use crate::keys;
-use crate::log_cache::{self, LogCache, LogCacheReads};
-use crate::segment_log::SegmentLog;
+use crate::log::cache::{self, LogCache, LogCacheReads};
+use crate::log::segments::SegmentLog;
 use crate::types::{NodeId, TypeConfig};
 
 type Entry = openraft::Entry<TypeConfig>;
@@ -90,7 +90,7 @@ impl LogStore {
         }
         let log = Arc::new(log);
         let flusher = Arc::new(Flusher::start(log.clone())?);
-        let cache = Arc::new(LogCache::new(log_cache::DEFAULT_BUDGET_BYTES));
+        let cache = Arc::new(LogCache::new(cache::DEFAULT_BUDGET_BYTES));
         Ok(LogStore {
             db,
             log,
@@ -423,7 +423,7 @@ impl LogStore {
             return Ok(());
         }
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || crate::state_machine::flush_applied(&db)).await??;
+        tokio::task::spawn_blocking(move || crate::sm::store::flush_applied(&db)).await??;
         let now = self.db.durable();
         if now.applied >= index || !now.install_pending {
             // Covered, or nothing will ever cover more: what is applied is on disk.
@@ -564,7 +564,7 @@ mod tests {
     use crate::codec;
     use crate::db::{Db, CF_LOG, CF_RAFT_META};
     use crate::keys;
-    use crate::segment_log::SegmentLog;
+    use crate::log::segments::SegmentLog;
 
     fn blank(index: u64) -> Entry {
         Entry {

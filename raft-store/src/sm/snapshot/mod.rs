@@ -26,6 +26,9 @@
 //! 4. one synced batch writes the bookkeeping and makes the snapshot current, which also
 //!    clears the installing record.
 
+pub(crate) mod file;
+pub(crate) mod format;
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,14 +45,14 @@ use crate::codec;
 use crate::db::{
     self, Db, CF_BY_SOURCE, CF_BY_TOPIC, CF_EVENTS, CF_KEY_HASHES, CF_SNAPSHOT, STATE_MACHINE_CFS,
 };
-use crate::dedup_index::{self, DedupIndex, SharedDedupIndex};
 use crate::error::StoreError;
 use crate::failpoints;
-use crate::index_runs::IndexRuns;
 use crate::keys;
-use crate::sm_state::SmState;
-use crate::snapshot_file::{SnapshotFile, PART_EXT};
-use crate::snapshot_format::{self, FormatReader, FormatWriter, Sealed, SnapshotHeader};
+use crate::sm::bookkeeping::SmState;
+use crate::sm::dedup_index::{self, DedupIndex, SharedDedupIndex};
+use crate::sm::index_runs::IndexRuns;
+use crate::sm::snapshot::file::{SnapshotFile, PART_EXT};
+use crate::sm::snapshot::format::{FormatReader, FormatWriter, Sealed, SnapshotHeader};
 use crate::types::{Node, NodeId, StoredEvent, TypeConfig};
 
 /// openraft's snapshot meta for this type config.
@@ -358,7 +361,7 @@ pub(crate) fn install(
         .open(received)
         .and_then(|file| file.sync_all().map(|()| file))
         .map_err(StoreError::from)
-        .and_then(snapshot_format::check)
+        .and_then(format::check)
         .and_then(|(state, sealed)| {
             if state.meta.last_applied == meta.last_log_id {
                 Ok((state, sealed))
@@ -661,8 +664,7 @@ mod tests {
             )
             .unwrap();
             let sealed = {
-                let (state, sealed) =
-                    snapshot_format::check(File::open(new.path()).unwrap()).unwrap();
+                let (state, sealed) = format::check(File::open(new.path()).unwrap()).unwrap();
                 assert_eq!(state.meta.last_applied, snap.meta.last_log_id);
                 sealed
             };

@@ -15,7 +15,7 @@ use xxhash_rust::xxh3::Xxh3;
 
 use crate::codec;
 use crate::error::StoreError;
-use crate::sm_state::{SmMeta, SmState};
+use crate::sm::bookkeeping::{SmMeta, SmState};
 use crate::types::{Digest, ProducerStats, StoredEvent};
 
 const MAGIC: &[u8; 8] = b"AGSNAP01";

@@ -41,7 +41,7 @@ use openraft::LogId;
 
 use crate::codec;
 use crate::error::StoreError;
-use crate::prealloc::{self, AppendRate, Spares};
+use crate::log::spares::{self, AppendRate, Spares};
 use crate::types::{entry_approx_bytes, NodeId, TypeConfig};
 
 type Entry = openraft::Entry<TypeConfig>;
@@ -348,7 +348,7 @@ impl SegmentLog {
                 continue;
             }
             let file_len = file.metadata()?.len();
-            if len < file_len && !prealloc::zero_from(&file, len)? {
+            if len < file_len && !spares::zero_from(&file, len)? {
                 // Only a crash mid-write leaves this, and only at the end of the log.
                 tracing::warn!(segment = %path.display(), kept = len, cut = file_len - len, "Raft log ends in a torn or corrupt record; cutting it off");
                 file.set_len(len)?;

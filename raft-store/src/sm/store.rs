@@ -28,13 +28,13 @@ use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use crate::codec;
 use crate::db::{self, Db, CF_BY_SOURCE, CF_BY_TOPIC, CF_EVENTS, CF_KEY_HASHES};
-use crate::dedup_index::{self, DedupIndex, KeyHash, SharedDedupIndex};
 use crate::error::StoreError;
-use crate::index_runs::IndexRuns;
 use crate::keys;
-use crate::sm_state::SmState;
-use crate::snapshot::{self, SnapshotBuilder};
-use crate::snapshot_file::SnapshotFile;
+use crate::sm::bookkeeping::SmState;
+use crate::sm::dedup_index::{self, DedupIndex, KeyHash, SharedDedupIndex};
+use crate::sm::index_runs::IndexRuns;
+use crate::sm::snapshot::file::SnapshotFile;
+use crate::sm::snapshot::{self, SnapshotBuilder};
 use crate::types::{
     ApplyStatus, BatchOutcome, Event, EventOutcome, LamportStamp, Node, NodeId, StoredEvent,
     StoredEventRef, TypeConfig, MAX_PRODUCER_LAMPORT,
@@ -280,7 +280,7 @@ async fn received_file(db: &Db, mut snapshot: Box<SnapshotFile>) -> Result<PathB
 /// the last applied id read before the flush (apply may move on meanwhile). For a purge that
 /// no snapshot covers yet (`LogStore::purge`).
 pub(crate) fn flush_applied(db: &Db) -> Result<(), StoreError> {
-    let applied = crate::sm_state::read_meta(db, &db.rocks.snapshot())?.last_applied;
+    let applied = crate::sm::bookkeeping::read_meta(db, &db.rocks.snapshot())?.last_applied;
     db.flush_all()?;
     db.note_durable_applied(applied.map_or(0, |id| id.index));
     Ok(())
