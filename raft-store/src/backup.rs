@@ -27,11 +27,11 @@ use openraft::{LogId, Membership, SnapshotMeta, StoredMembership, Vote};
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
-use crate::db::Db;
 use crate::error::StoreError;
 use crate::sm::snapshot;
 use crate::sm::snapshot::file::SnapshotFile;
 use crate::sm::snapshot::format::{FormatReader, FormatWriter, Sealed};
+use crate::sm::StateMachineDb;
 use crate::types::{Node, NodeId};
 use crate::StoreOptions;
 
@@ -72,7 +72,10 @@ pub struct BackupSource {
 }
 
 /// The current snapshot of `db` as a backup, or `None` when no snapshot exists yet.
-pub(crate) fn open(db: &Db, taken_from: NodeId) -> Result<Option<BackupSource>, StoreError> {
+pub(crate) fn open(
+    db: &StateMachineDb,
+    taken_from: NodeId,
+) -> Result<Option<BackupSource>, StoreError> {
     let Some((meta, sealed, file)) = snapshot::open_current(db)? else {
         return Ok(None);
     };
@@ -251,7 +254,7 @@ fn plan(
 
 /// Copies the backup's snapshot data into a received-snapshot file of `db` with the planned
 /// membership, checking on the way that the data is what the header promises.
-fn rewrite(db: &Db, backup: &Path, plan: &Plan) -> Result<PathBuf, StoreError> {
+fn rewrite(db: &StateMachineDb, backup: &Path, plan: &Plan) -> Result<PathBuf, StoreError> {
     let (header, meta) = (&plan.header, &plan.meta);
     let mut file = File::open(backup)?;
     file.seek(SeekFrom::Start(plan.data_start))?;

@@ -7,6 +7,7 @@
 
 mod backup;
 mod codec;
+mod coverage;
 mod db;
 mod error;
 pub mod failpoints;
@@ -69,25 +70,26 @@ pub fn open(dir: &Path) -> Result<Stores, StoreError> {
 /// machine and current snapshot.
 pub fn open_with(dir: &Path, options: &StoreOptions) -> Result<Stores, StoreError> {
     let db = Arc::new(db::Db::open(dir)?);
+    let machine_db = Arc::new(sm::StateMachineDb::open(db.clone(), dir)?);
     // Before anything reads the state machine: a crash may have left it half rewritten.
-    sm::snapshot::resume_install(&db)?;
-    sm::snapshot::remove_orphans(&db)?;
+    sm::snapshot::resume_install(&machine_db)?;
+    sm::snapshot::remove_orphans(&machine_db)?;
     let log_store = LogStore::open(
         db.clone(),
+        machine_db.clone(),
         dir,
         options.log_segment_bytes.max(1),
         options.log_preallocate,
     )?;
-    let log_reads = log_store.cache_reads();
-    let segments = log_store.segments();
+    let log_view = log_store.view();
     let seed = sm::dedup_index::ensure_seed(&db)?;
     sm::dedup_index::migrate_keys(&db, seed)?;
     let index = sm::dedup_index::DedupIndex::load(&db, &db.rocks.snapshot(), seed)?;
     let index = sm::dedup_index::SharedDedupIndex::new(index);
     Ok(Stores {
         log_store,
-        state_machine: StateMachineStore::load(db.clone(), index.clone())?,
-        reader: StoreReader::new(db, log_reads, segments, index),
+        state_machine: StateMachineStore::load(machine_db.clone(), index.clone())?,
+        reader: StoreReader::new(machine_db, log_view, index),
     })
 }
 

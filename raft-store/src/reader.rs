@@ -12,36 +12,29 @@ use crate::codec;
 use crate::db::{Db, CF_BY_SOURCE, CF_BY_TOPIC, CF_EVENTS};
 use crate::error::StoreError;
 use crate::keys;
-use crate::log::cache::LogCacheReads;
-use crate::log::segments::SegmentLog;
+use crate::log::{LogCacheReads, LogView};
 use crate::sm::bookkeeping::{self, SmState};
 use crate::sm::dedup_index::SharedDedupIndex;
 use crate::sm::index_runs;
+use crate::sm::StateMachineDb;
 use crate::types::{Digest, EventKey, EventPage, LamportStamp, NodeId, StoreStats, StoredEvent};
 
 /// Cheap-to-clone read handle on the store (plus the memtable flush); `Send + Sync`. Call it
 /// from blocking threads.
 #[derive(Clone)]
 pub struct StoreReader {
-    pub(crate) db: Arc<Db>,
-    log_reads: Arc<LogCacheReads>,
-    log: Arc<SegmentLog>,
+    pub(crate) db: Arc<StateMachineDb>,
+    log: LogView,
     index: SharedDedupIndex,
 }
 
 impl StoreReader {
     pub(crate) fn new(
-        db: Arc<Db>,
-        log_reads: Arc<LogCacheReads>,
-        log: Arc<SegmentLog>,
+        db: Arc<StateMachineDb>,
+        log: LogView,
         index: SharedDedupIndex,
     ) -> StoreReader {
-        StoreReader {
-            db,
-            log_reads,
-            log,
-            index,
-        }
+        StoreReader { db, log, index }
     }
 
     /// Whether a snapshot install is rewriting the state machine right now.
@@ -74,19 +67,17 @@ impl StoreReader {
 
     /// How the Raft log's reads (replication, apply) were served: memory or segment files.
     pub fn log_cache_reads(&self) -> &LogCacheReads {
-        &self.log_reads
+        self.log.cache_reads()
     }
 
     /// Snapshot builds since the store was opened, and the current snapshot's size.
     pub fn snapshot_stats(&self) -> crate::SnapshotStats {
-        self.db.snapshot_counters.stats()
+        self.db.snapshots.counters.stats()
     }
 
     /// Bytes of Raft log entries written since the store was opened (a monotonic counter).
     pub fn log_bytes_appended(&self) -> u64 {
-        self.db
-            .log_bytes_appended
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.log.bytes_appended()
     }
 
     /// Bytes held in memtables (all column families, flushed or not yet), as RocksDB reports.

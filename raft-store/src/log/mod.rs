@@ -11,3 +11,4 @@ pub(crate) mod store;
 pub use cache::LogCacheReads;
 pub(crate) use segments::DEFAULT_SEGMENT_BYTES;
 pub use store::LogStore;
+pub(crate) use store::LogView;

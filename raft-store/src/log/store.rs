@@ -17,6 +17,7 @@
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -26,6 +27,7 @@ use openraft::{ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader, Stor
 use rocksdb::WriteBatch;
 
 use crate::codec;
+use crate::coverage::StateMachineCoverage;
 use crate::db::{self, Db, CF_LOG, CF_RAFT_META};
 use crate::error::StoreError;
 use crate::failpoints;
@@ -44,10 +46,14 @@ const LOG_SUBDIR: &str = "raft-log";
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Db>,
+    /// What the state machine on disk covers: a purge never runs ahead of it.
+    state_machine: Arc<dyn StateMachineCoverage>,
     log: Arc<SegmentLog>,
     flusher: Arc<Flusher>,
     cache: Arc<LogCache>,
     reads: Arc<LogCacheReads>,
+    /// Bytes of log entries appended since the store was opened.
+    bytes_appended: Arc<AtomicU64>,
     /// A purge that waits, in the background, for the snapshot install covering it (see
     /// [`LogStore::purge`]); every later operation on the log settles it first.
     deferred: Arc<std::sync::Mutex<Option<DeferredPurge>>>,
@@ -59,9 +65,11 @@ type DeferredPurge = tokio::task::JoinHandle<Result<(), StoreError>>;
 impl LogStore {
     /// Opens the log under `dir` (the node's data directory) beside `db`, recovering its
     /// intact prefix, and starts the flusher thread. A new segment starts past
-    /// `segment_bytes`, in a zero-filled spare with `preallocate`.
+    /// `segment_bytes`, in a zero-filled spare with `preallocate`. Purges wait for
+    /// `state_machine` to cover them.
     pub(crate) fn open(
         db: Arc<Db>,
+        state_machine: Arc<dyn StateMachineCoverage>,
         dir: &Path,
         segment_bytes: u64,
         preallocate: bool,
@@ -93,22 +101,23 @@ impl LogStore {
         let cache = Arc::new(LogCache::new(cache::DEFAULT_BUDGET_BYTES));
         Ok(LogStore {
             db,
+            state_machine,
             log,
             flusher,
             cache,
             reads: Arc::default(),
+            bytes_appended: Arc::default(),
             deferred: Arc::default(),
         })
     }
 
-    /// The segment files (shared by every clone).
-    pub(crate) fn segments(&self) -> Arc<SegmentLog> {
-        self.log.clone()
-    }
-
-    /// How this log's reads were served (shared by every clone).
-    pub(crate) fn cache_reads(&self) -> Arc<LogCacheReads> {
-        self.reads.clone()
+    /// What the server's reader may see of this log (shared by every clone).
+    pub(crate) fn view(&self) -> LogView {
+        LogView {
+            segments: self.log.clone(),
+            reads: self.reads.clone(),
+            bytes_appended: self.bytes_appended.clone(),
+        }
     }
 
     /// Runs a synced write off the async runtime: an fsync can take milliseconds.
@@ -116,6 +125,36 @@ impl LogStore {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || db.rocks.write_opt(batch, &db::synced())).await??;
         Ok(())
+    }
+}
+
+/// What the server's reader may see of the log: sizes and counters, never entries.
+#[derive(Clone)]
+pub(crate) struct LogView {
+    segments: Arc<SegmentLog>,
+    reads: Arc<LogCacheReads>,
+    bytes_appended: Arc<AtomicU64>,
+}
+
+impl LogView {
+    /// Bytes of records in the segment files, purged ones not yet deleted included.
+    pub(crate) fn disk_bytes(&self) -> u64 {
+        self.segments.disk_bytes()
+    }
+
+    /// See [`SegmentLog::purge_index_keeping`].
+    pub(crate) fn purge_index_keeping(&self, keep_bytes: u64) -> Option<u64> {
+        self.segments.purge_index_keeping(keep_bytes)
+    }
+
+    /// How the log's reads were served.
+    pub(crate) fn cache_reads(&self) -> &LogCacheReads {
+        &self.reads
+    }
+
+    /// Bytes of log entries appended since the store was opened (a monotonic counter).
+    pub(crate) fn bytes_appended(&self) -> u64 {
+        self.bytes_appended.load(Ordering::Relaxed)
     }
 }
 
@@ -298,9 +337,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .log
             .append(&entries)
             .map_err(|e| e.into_storage(ErrorSubject::Logs, ErrorVerb::Write))?;
-        self.db
-            .log_bytes_appended
-            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        self.bytes_appended.fetch_add(bytes, Ordering::Relaxed);
         self.cache.appended(entries);
         self.flusher.submit(callback);
         Ok(())
@@ -357,7 +394,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Purged entries leave the cache at once: openraft will not ask for them again, and a
         // miss is always safe (they stay in the segments until the purge is done).
         self.cache.purged(log_id.index);
-        let durable = self.db.durable();
+        let durable = self.state_machine.durable();
         if durable.applied < log_id.index && durable.install_pending {
             let store = self.clone();
             let purge = tokio::spawn(async move { store.purge_when_covered(log_id).await });
@@ -419,12 +456,12 @@ impl LogStore {
     /// see [`LogStore::purge`]). A purge runs inside openraft's core loop, so the common case
     /// must not flush or wait.
     async fn wait_state_machine_covers(&self, index: u64) -> Result<(), StoreError> {
-        if self.db.durably_applied(index) {
+        if self.state_machine.durably_applied(index) {
             return Ok(());
         }
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || crate::sm::store::flush_applied(&db)).await??;
-        let now = self.db.durable();
+        let state_machine = self.state_machine.clone();
+        tokio::task::spawn_blocking(move || state_machine.flush_applied()).await??;
+        let now = self.state_machine.durable();
         if now.applied >= index || !now.install_pending {
             // Covered, or nothing will ever cover more: what is applied is on disk.
             return Ok(());
@@ -434,7 +471,7 @@ impl LogStore {
             "log purge waits for the snapshot install that covers it"
         );
         let started = std::time::Instant::now();
-        let mut durable = self.db.watch_durable();
+        let mut durable = self.state_machine.watch_durable();
         loop {
             let waited = tokio::time::timeout(
                 INSTALL_WAIT_LOG_EVERY,
@@ -443,7 +480,7 @@ impl LogStore {
             .await;
             let d = match waited {
                 Ok(Ok(d)) => *d,
-                // The sender lives in `Db`, which this store holds: never closed while here.
+                // The sender lives in the state machine this store holds: never closed while here.
                 Ok(Err(_)) => return Err(StoreError::PurgeWithoutInstall(index)),
                 Err(_) => {
                     tracing::warn!(
@@ -562,7 +599,9 @@ mod tests {
 
     use super::{index_bounds, Entry, LogStore, LOG_SUBDIR};
     use crate::codec;
+    use crate::coverage::{Durable, StateMachineCoverage};
     use crate::db::{Db, CF_LOG, CF_RAFT_META};
+    use crate::error::StoreError;
     use crate::keys;
     use crate::log::segments::SegmentLog;
 
@@ -601,6 +640,30 @@ mod tests {
             .unwrap()
     }
 
+    /// A state machine that has applied nothing: these tests purge nothing.
+    struct NothingApplied(tokio::sync::watch::Sender<Durable>);
+
+    impl StateMachineCoverage for NothingApplied {
+        fn durable(&self) -> Durable {
+            *self.0.borrow()
+        }
+
+        fn watch_durable(&self) -> tokio::sync::watch::Receiver<Durable> {
+            self.0.subscribe()
+        }
+
+        fn flush_applied(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    fn open(db: Arc<Db>, dir: &std::path::Path) -> LogStore {
+        let state_machine = Arc::new(NothingApplied(
+            tokio::sync::watch::channel(Durable::default()).0,
+        ));
+        LogStore::open(db, state_machine, dir, 1 << 20, true).unwrap()
+    }
+
     fn read_all(log: &mut LogStore) -> Vec<u64> {
         rt().block_on(log.try_get_log_entries(0..))
             .unwrap()
@@ -614,7 +677,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Arc::new(Db::open(dir.path()).unwrap());
         write_old_layout(&db);
-        let mut log = LogStore::open(db.clone(), dir.path(), 1 << 20, true).unwrap();
+        let mut log = open(db.clone(), dir.path());
         assert_eq!(read_all(&mut log), (3..=20).collect::<Vec<_>>());
         assert!(column_family_is_empty(&db));
         let state = rt().block_on(log.get_log_state()).unwrap();
@@ -637,12 +700,12 @@ mod tests {
                 .unwrap();
             partial.sync().unwrap();
         }
-        let mut log = LogStore::open(db.clone(), dir.path(), 1 << 20, true).unwrap();
+        let mut log = open(db.clone(), dir.path());
         assert_eq!(read_all(&mut log), (3..=20).collect::<Vec<_>>());
         assert!(column_family_is_empty(&db));
         drop(log);
         // Opening again finds nothing left to move and keeps the segments.
-        let mut log = LogStore::open(db, dir.path(), 1 << 20, true).unwrap();
+        let mut log = open(db, dir.path());
         assert_eq!(read_all(&mut log), (3..=20).collect::<Vec<_>>());
     }
 

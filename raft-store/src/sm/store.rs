@@ -35,6 +35,7 @@ use crate::sm::dedup_index::{self, DedupIndex, KeyHash, SharedDedupIndex};
 use crate::sm::index_runs::IndexRuns;
 use crate::sm::snapshot::file::SnapshotFile;
 use crate::sm::snapshot::{self, SnapshotBuilder};
+use crate::sm::StateMachineDb;
 use crate::types::{
     ApplyStatus, BatchOutcome, Event, EventOutcome, LamportStamp, Node, NodeId, StoredEvent,
     StoredEventRef, TypeConfig, MAX_PRODUCER_LAMPORT,
@@ -56,7 +57,7 @@ fn entry_events(e: &Entry) -> usize {
 /// openraft's state machine on the node's RocksDB. Bookkeeping is cached in memory
 /// (loaded on open) and written through in every apply's batch.
 pub struct StateMachineStore {
-    db: Arc<Db>,
+    db: Arc<StateMachineDb>,
     /// `None` only while an apply runs on the blocking pool, or after one was cancelled;
     /// then it is reloaded from RocksDB, which always holds the truth.
     state: Option<SmState>,
@@ -69,7 +70,7 @@ impl StateMachineStore {
     /// Opens the state machine on `db`, loading its bookkeeping; `index` is its dedup index,
     /// as loaded from the same store.
     pub(crate) fn load(
-        db: Arc<Db>,
+        db: Arc<StateMachineDb>,
         index: SharedDedupIndex,
     ) -> Result<StateMachineStore, StoreError> {
         let state = SmState::load(&db, &db.rocks.snapshot())?;
@@ -84,7 +85,7 @@ impl StateMachineStore {
     }
 
     /// The database and the dedup index, for a restore that installs outside openraft.
-    pub(crate) fn parts(&self) -> (Arc<Db>, SharedDedupIndex) {
+    pub(crate) fn parts(&self) -> (Arc<StateMachineDb>, SharedDedupIndex) {
         (self.db.clone(), self.index.clone())
     }
 
@@ -261,7 +262,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 /// The path of a received snapshot's file, complete and written through. A snapshot that was
 /// not received into a file of this store (openraft's test suite hands over another store's
 /// current snapshot) is copied into one first.
-async fn received_file(db: &Db, mut snapshot: Box<SnapshotFile>) -> Result<PathBuf, StoreError> {
+async fn received_file(
+    db: &StateMachineDb,
+    mut snapshot: Box<SnapshotFile>,
+) -> Result<PathBuf, StoreError> {
     if let Some(path) = snapshot.incoming_path() {
         let path = path.to_path_buf();
         snapshot.flush().await?;
@@ -274,16 +278,6 @@ async fn received_file(db: &Db, mut snapshot: Box<SnapshotFile>) -> Result<PathB
     tokio::io::copy(&mut *snapshot, &mut copy).await?;
     copy.flush().await?;
     Ok(path)
-}
-
-/// Flushes every memtable and records what the state machine on disk then covers: at least
-/// the last applied id read before the flush (apply may move on meanwhile). For a purge that
-/// no snapshot covers yet (`LogStore::purge`).
-pub(crate) fn flush_applied(db: &Db) -> Result<(), StoreError> {
-    let applied = crate::sm::bookkeeping::read_meta(db, &db.rocks.snapshot())?.last_applied;
-    db.flush_all()?;
-    db.note_durable_applied(applied.map_or(0, |id| id.index));
-    Ok(())
 }
 
 /// Applies `entries` to `state` and writes everything they change in one `WriteBatch`;

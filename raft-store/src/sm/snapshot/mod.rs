@@ -32,7 +32,7 @@ pub(crate) mod format;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openraft::{
@@ -43,7 +43,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::db::{
-    self, Db, CF_BY_SOURCE, CF_BY_TOPIC, CF_EVENTS, CF_KEY_HASHES, CF_SNAPSHOT, STATE_MACHINE_CFS,
+    self, CF_BY_SOURCE, CF_BY_TOPIC, CF_EVENTS, CF_KEY_HASHES, CF_SNAPSHOT, STATE_MACHINE_CFS,
 };
 use crate::error::StoreError;
 use crate::failpoints;
@@ -53,6 +53,7 @@ use crate::sm::dedup_index::{self, DedupIndex, SharedDedupIndex};
 use crate::sm::index_runs::IndexRuns;
 use crate::sm::snapshot::file::{SnapshotFile, PART_EXT};
 use crate::sm::snapshot::format::{FormatReader, FormatWriter, Sealed, SnapshotHeader};
+use crate::sm::StateMachineDb;
 use crate::types::{Node, NodeId, StoredEvent, TypeConfig};
 
 /// openraft's snapshot meta for this type config.
@@ -92,11 +93,11 @@ impl StoredSnapshot {
 
 /// Builds snapshots of the state machine; cheap to create, works off the async runtime.
 pub struct SnapshotBuilder {
-    db: Arc<Db>,
+    db: Arc<StateMachineDb>,
 }
 
 impl SnapshotBuilder {
-    pub(crate) fn new(db: Arc<Db>) -> SnapshotBuilder {
+    pub(crate) fn new(db: Arc<StateMachineDb>) -> SnapshotBuilder {
         SnapshotBuilder { db }
     }
 }
@@ -130,7 +131,7 @@ pub struct SnapshotStats {
     pub bytes: u64,
 }
 
-/// The live counters behind [`SnapshotStats`], kept in [`Db`].
+/// The live counters behind [`SnapshotStats`], kept in [`SnapshotDir`].
 #[derive(Debug, Default)]
 pub(crate) struct SnapshotCounters {
     builds: AtomicU64,
@@ -158,16 +159,53 @@ impl SnapshotCounters {
     }
 }
 
+/// Subdirectory of the data directory holding snapshot data files.
+const SNAPSHOT_SUBDIR: &str = "snapshots";
+
+/// The folder of snapshot data files, the lock that orders writers of the `snapshot` column
+/// family, and the snapshot counters.
+pub(crate) struct SnapshotDir {
+    /// Where snapshot data files live.
+    pub(crate) path: PathBuf,
+    /// Held while reading or replacing the current snapshot, so a slow build that finishes
+    /// after an install cannot overwrite the newer snapshot, and a read never finds its data
+    /// file deleted under it.
+    lock: Mutex<()>,
+    /// Snapshot builds since open, their total duration, and the current snapshot's size.
+    pub(crate) counters: SnapshotCounters,
+}
+
+impl SnapshotDir {
+    /// The snapshot folder under `dir` (the node's data directory), created if needed.
+    pub(crate) fn open(dir: &Path) -> Result<SnapshotDir, StoreError> {
+        let path = dir.join(SNAPSHOT_SUBDIR);
+        std::fs::create_dir_all(&path)?;
+        Ok(SnapshotDir {
+            path,
+            lock: Mutex::new(()),
+            counters: SnapshotCounters::default(),
+        })
+    }
+
+    /// Holds the lock (a panic while it was held poisons nothing it guards: the records it
+    /// orders are in RocksDB).
+    pub(crate) fn guard(&self) -> MutexGuard<'_, ()> {
+        self.lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
 /// A data file not yet named by a record: deleted when dropped unless kept.
 struct NewFile<'a> {
-    db: &'a Db,
+    db: &'a StateMachineDb,
     name: String,
     kept: bool,
 }
 
 impl NewFile<'_> {
     fn path(&self) -> PathBuf {
-        self.db.snapshot_dir.join(&self.name)
+        self.db.snapshots.path.join(&self.name)
     }
 
     fn keep(mut self) -> String {
@@ -185,7 +223,7 @@ impl Drop for NewFile<'_> {
 }
 
 /// Builds a snapshot of the current state into a new file and makes it the current snapshot.
-pub(crate) fn build(db: &Db) -> Result<(Meta, SnapshotFile), StoreError> {
+pub(crate) fn build(db: &StateMachineDb) -> Result<(Meta, SnapshotFile), StoreError> {
     let started = std::time::Instant::now();
     // An install under way has cleared the state machine it is rewriting: wait for its end.
     let view = loop {
@@ -231,7 +269,7 @@ pub(crate) fn build(db: &Db) -> Result<(Meta, SnapshotFile), StoreError> {
     // file at once, and an open file stays readable.
     let send = SnapshotFile::to_send(File::open(new.path())?, sealed.len, sealed.checksum);
 
-    let _guard = db.snapshot_guard();
+    let _guard = db.snapshots.guard();
     // A build that raced with an install must not replace the newer installed snapshot.
     let current = read_stored(db, keys::SNAPSHOT_CURRENT)?;
     let newer_exists = current
@@ -249,10 +287,10 @@ pub(crate) fn build(db: &Db) -> Result<(Meta, SnapshotFile), StoreError> {
         db.rocks.write_opt(batch, &db::synced())?;
         new.keep();
         remove_replaced(db, current.as_ref(), &stored);
-        db.snapshot_counters.set_bytes(sealed.len);
+        db.snapshots.counters.set_bytes(sealed.len);
     }
     let took = started.elapsed();
-    db.snapshot_counters.record_build(took);
+    db.snapshots.counters.record_build(took);
     tracing::info!(
         last_log_index = last.map_or(0, |id| id.index),
         bytes = sealed.len,
@@ -265,7 +303,9 @@ pub(crate) fn build(db: &Db) -> Result<(Meta, SnapshotFile), StoreError> {
 
 /// The current snapshot (last built or installed), if any, opened for sending. Its checksum
 /// is verified as it is read (snapshot_file.rs); here only its length is.
-pub(crate) fn load_current(db: &Db) -> Result<Option<(Meta, SnapshotFile)>, StoreError> {
+pub(crate) fn load_current(
+    db: &StateMachineDb,
+) -> Result<Option<(Meta, SnapshotFile)>, StoreError> {
     Ok(open_current(db)?.map(|(meta, sealed, file)| {
         (
             meta,
@@ -277,9 +317,11 @@ pub(crate) fn load_current(db: &Db) -> Result<Option<(Meta, SnapshotFile)>, Stor
 /// The current snapshot's meta, the length and checksum its record promises, and its data
 /// file opened for reading (only the length is checked here). An open file stays readable
 /// after a newer snapshot replaces it.
-pub(crate) fn open_current(db: &Db) -> Result<Option<(Meta, Sealed, File)>, StoreError> {
+pub(crate) fn open_current(
+    db: &StateMachineDb,
+) -> Result<Option<(Meta, Sealed, File)>, StoreError> {
     // The lock keeps a concurrent replace from deleting the file between the two reads.
-    let _guard = db.snapshot_guard();
+    let _guard = db.snapshots.guard();
     let Some(stored) = read_stored(db, keys::SNAPSHOT_CURRENT)? else {
         return Ok(None);
     };
@@ -287,7 +329,7 @@ pub(crate) fn open_current(db: &Db) -> Result<Option<(Meta, Sealed, File)>, Stor
         StoreError::corrupt("snapshot", format!("data file {}: {detail}", stored.file))
     };
     let file =
-        File::open(db.snapshot_dir.join(&stored.file)).map_err(|e| damaged(e.to_string()))?;
+        File::open(db.snapshots.path.join(&stored.file)).map_err(|e| damaged(e.to_string()))?;
     let len = file.metadata()?.len();
     if len != stored.len {
         return Err(damaged(format!(
@@ -301,17 +343,18 @@ pub(crate) fn open_current(db: &Db) -> Result<Option<(Meta, Sealed, File)>, Stor
 
 /// Deletes snapshot files that no record names: left by a crash between writing a file and
 /// recording it, between recording a new file and deleting the old one, or in a receive.
-pub(crate) fn remove_orphans(db: &Db) -> Result<(), StoreError> {
+pub(crate) fn remove_orphans(db: &StateMachineDb) -> Result<(), StoreError> {
     let current = read_stored(db, keys::SNAPSHOT_CURRENT)?;
     let installing = read_stored(db, keys::SNAPSHOT_INSTALLING)?;
-    db.snapshot_counters
+    db.snapshots
+        .counters
         .set_bytes(current.as_ref().map_or(0, |s| s.len));
     let named: Vec<String> = current
         .into_iter()
         .chain(installing)
         .map(|s| s.file)
         .collect();
-    for entry in std::fs::read_dir(&db.snapshot_dir)? {
+    for entry in std::fs::read_dir(&db.snapshots.path)? {
         let path = entry?.path();
         let name = path.file_name().and_then(|n| n.to_str());
         if name.is_some_and(|n| !named.iter().any(|k| k == n)) {
@@ -325,8 +368,8 @@ pub(crate) fn remove_orphans(db: &Db) -> Result<(), StoreError> {
 /// A new file to receive a snapshot into. openraft receives one snapshot at a time and asks
 /// for a file only when a new one starts, so any `.part` file still here is from a receive
 /// that was abandoned: deleted, so abandoned receives cannot fill the disk.
-pub(crate) fn begin_receive(db: &Db) -> Result<SnapshotFile, StoreError> {
-    for entry in std::fs::read_dir(&db.snapshot_dir)? {
+pub(crate) fn begin_receive(db: &StateMachineDb) -> Result<SnapshotFile, StoreError> {
+    for entry in std::fs::read_dir(&db.snapshots.path)? {
         let path = entry?.path();
         if path.extension().and_then(|e| e.to_str()) == Some(PART_EXT) {
             tracing::info!(file = %path.display(), "removing an abandoned snapshot receive");
@@ -337,10 +380,11 @@ pub(crate) fn begin_receive(db: &Db) -> Result<SnapshotFile, StoreError> {
 }
 
 /// A fresh path for a received file.
-pub(crate) fn part_path(db: &Db) -> PathBuf {
+pub(crate) fn part_path(db: &StateMachineDb) -> PathBuf {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-    db.snapshot_dir
+    db.snapshots
+        .path
         .join(format!("incoming-{:x}-{seq}.{PART_EXT}", unix_nanos()))
 }
 
@@ -348,7 +392,7 @@ pub(crate) fn part_path(db: &Db) -> PathBuf {
 /// directory, complete) and makes it the current snapshot; see the module header for the
 /// steps and what a crash at each leaves. `index` gets the snapshot's dedup index.
 pub(crate) fn install(
-    db: &Db,
+    db: &StateMachineDb,
     meta: &Meta,
     received: &Path,
     index: &SharedDedupIndex,
@@ -424,7 +468,7 @@ pub(crate) fn install(
 /// Finishes an install that a crash interrupted after its commit point (the module header's
 /// step 2), from the file its record names. Called at open, before anything reads the state
 /// machine; `seed` is the store's dedup hash seed.
-pub(crate) fn resume_install(db: &Db) -> Result<(), StoreError> {
+pub(crate) fn resume_install(db: &StateMachineDb) -> Result<(), StoreError> {
     let Some(stored) = read_stored(db, keys::SNAPSHOT_INSTALLING)? else {
         return Ok(());
     };
@@ -441,11 +485,11 @@ pub(crate) fn resume_install(db: &Db) -> Result<(), StoreError> {
 /// module header). With `index`, the in-memory dedup index is replaced too; at open it is
 /// loaded from disk afterwards instead.
 fn replay(
-    db: &Db,
+    db: &StateMachineDb,
     stored: &StoredSnapshot,
     index: Option<&SharedDedupIndex>,
 ) -> Result<SmState, StoreError> {
-    let file = File::open(db.snapshot_dir.join(&stored.file))?;
+    let file = File::open(db.snapshots.path.join(&stored.file))?;
     let (mut reader, header) = FormatReader::new(file)?;
     let seed = dedup_index::ensure_seed(db)?;
     // Reads are refused by now, and two full indexes would double the node's largest
@@ -518,7 +562,7 @@ fn replay(
 
     let mut last = WriteBatch::default();
     state.put_meta(db, &mut last)?;
-    let _guard = db.snapshot_guard();
+    let _guard = db.snapshots.guard();
     let previous = read_stored(db, keys::SNAPSHOT_CURRENT)?;
     put_current(db, &mut last, stored)?;
     match (index, fresh) {
@@ -532,13 +576,17 @@ fn replay(
     }
     failpoints::crash_point(failpoints::INSTALL_AFTER_SWITCH);
     remove_replaced(db, previous.as_ref(), stored);
-    db.snapshot_counters.set_bytes(stored.len);
+    db.snapshots.counters.set_bytes(stored.len);
     Ok(state)
 }
 
 /// Queues `stored` as the current snapshot into `batch`, clearing every other record of the
 /// column family (an installing one, and those of the older format, which kept the data here).
-fn put_current(db: &Db, batch: &mut WriteBatch, stored: &StoredSnapshot) -> Result<(), StoreError> {
+fn put_current(
+    db: &StateMachineDb,
+    batch: &mut WriteBatch,
+    stored: &StoredSnapshot,
+) -> Result<(), StoreError> {
     let cf = db.cf(CF_SNAPSHOT)?;
     batch.delete_range_cf(cf, [].as_slice(), keys::KEY_SPACE_END.as_slice());
     batch.put_cf(
@@ -550,14 +598,18 @@ fn put_current(db: &Db, batch: &mut WriteBatch, stored: &StoredSnapshot) -> Resu
 }
 
 /// Deletes the data file of the snapshot that `current` replaced.
-fn remove_replaced(db: &Db, previous: Option<&StoredSnapshot>, current: &StoredSnapshot) {
+fn remove_replaced(
+    db: &StateMachineDb,
+    previous: Option<&StoredSnapshot>,
+    current: &StoredSnapshot,
+) {
     if let Some(previous) = previous.filter(|p| p.file != current.file) {
         remove_file_logged(db, &previous.file);
     }
 }
 
 /// A new, unique data file name for a snapshot with `meta`.
-fn new_file<'a>(db: &'a Db, meta: &Meta) -> NewFile<'a> {
+fn new_file<'a>(db: &'a StateMachineDb, meta: &Meta) -> NewFile<'a> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let name = format!(
         "{:020}-{:x}-{}.{FILE_EXT}",
@@ -577,15 +629,15 @@ fn create(path: &Path) -> Result<File, StoreError> {
 }
 
 /// Makes the snapshot directory's entries (a new or renamed file) durable.
-fn sync_dir(db: &Db) -> Result<(), StoreError> {
-    File::open(&db.snapshot_dir)?.sync_all()?;
+fn sync_dir(db: &StateMachineDb) -> Result<(), StoreError> {
+    File::open(&db.snapshots.path)?.sync_all()?;
     Ok(())
 }
 
 /// Deletes a snapshot file whose loss is harmless; a failure only leaves an orphan behind,
 /// which the next open removes.
-fn remove_file_logged(db: &Db, name: &str) {
-    if let Err(e) = std::fs::remove_file(db.snapshot_dir.join(name)) {
+fn remove_file_logged(db: &StateMachineDb, name: &str) {
+    if let Err(e) = std::fs::remove_file(db.snapshots.path.join(name)) {
         if e.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(file = name, error = %e, "could not delete a snapshot file");
         }
@@ -599,7 +651,7 @@ fn unix_nanos() -> u128 {
         .map_or(0, |d| d.as_nanos())
 }
 
-fn read_stored(db: &Db, key: &[u8]) -> Result<Option<StoredSnapshot>, StoreError> {
+fn read_stored(db: &StateMachineDb, key: &[u8]) -> Result<Option<StoredSnapshot>, StoreError> {
     match db.rocks.get_pinned_cf(db.cf(CF_SNAPSHOT)?, key)? {
         Some(bytes) => Ok(Some(codec::decode("snapshot record", &bytes)?)),
         None => Ok(None),
