@@ -29,7 +29,7 @@ pub(crate) const CF_KEY_HASHES: &str = "key_hashes";
 pub(crate) const CF_BY_TOPIC: &str = "by_topic";
 /// Producer index: `len-prefixed source | first lamport BE -> run of stamps`.
 pub(crate) const CF_BY_SOURCE: &str = "by_source";
-/// State-machine bookkeeping: one `SmMeta` record.
+/// State-machine bookkeeping: one `StateMachineMeta` record.
 pub(crate) const CF_SM_META: &str = "sm_meta";
 /// Stored events per topic: `topic -> u64 BE`.
 pub(crate) const CF_TOPICS: &str = "topics";

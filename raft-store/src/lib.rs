@@ -82,9 +82,9 @@ pub fn open_with(dir: &Path, options: &StoreOptions) -> Result<Stores, StoreErro
         options.log_preallocate,
     )?;
     let log_view = log_store.view();
-    let seed = sm::dedup_index::ensure_seed(&db)?;
-    sm::dedup_index::migrate_keys(&db, seed)?;
-    let index = sm::dedup_index::DedupIndex::load(&db, &db.rocks.snapshot(), seed)?;
+    let hash_seed = sm::dedup_index::ensure_hash_seed(&db)?;
+    sm::dedup_index::migrate_keys(&db, hash_seed)?;
+    let index = sm::dedup_index::DedupIndex::load(&db, &db.rocks.snapshot(), hash_seed)?;
     let index = sm::dedup_index::SharedDedupIndex::new(index);
     Ok(Stores {
         log_store,

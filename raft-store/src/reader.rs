@@ -13,7 +13,7 @@ use crate::db::{Db, CF_BY_SOURCE, CF_BY_TOPIC, CF_EVENTS};
 use crate::error::StoreError;
 use crate::keys;
 use crate::log::{LogCacheReads, LogView};
-use crate::sm::bookkeeping::{self, SmState};
+use crate::sm::bookkeeping::{self, Bookkeeping};
 use crate::sm::dedup_index::SharedDedupIndex;
 use crate::sm::index_runs;
 use crate::sm::StateMachineDb;
@@ -144,7 +144,7 @@ impl StoreReader {
     /// moment.
     pub fn stats(&self) -> Result<StoreStats, StoreError> {
         let view = self.db.reader_view()?;
-        let state = SmState::load(&self.db, &view)?;
+        let state = Bookkeeping::load(&self.db, &view)?;
         Ok(StoreStats {
             counters: state.meta.counters,
             topic_counts: state.sorted_topics(),

@@ -30,7 +30,7 @@ use crate::codec;
 use crate::db::{self, Db, CF_BY_SOURCE, CF_BY_TOPIC, CF_EVENTS, CF_KEY_HASHES};
 use crate::error::StoreError;
 use crate::keys;
-use crate::sm::bookkeeping::SmState;
+use crate::sm::bookkeeping::Bookkeeping;
 use crate::sm::dedup_index::{self, DedupIndex, KeyHash, SharedDedupIndex};
 use crate::sm::index_runs::IndexRuns;
 use crate::sm::snapshot::file::SnapshotFile;
@@ -60,7 +60,7 @@ pub struct StateMachineStore {
     db: Arc<StateMachineDb>,
     /// `None` only while an apply runs on the blocking pool, or after one was cancelled;
     /// then it is reloaded from RocksDB, which always holds the truth.
-    state: Option<SmState>,
+    state: Option<Bookkeeping>,
     /// The dedup index, shared with the readers; changed only here, after a write.
     index: SharedDedupIndex,
     batch_bytes: Arc<AtomicU64>,
@@ -73,7 +73,7 @@ impl StateMachineStore {
         db: Arc<StateMachineDb>,
         index: SharedDedupIndex,
     ) -> Result<StateMachineStore, StoreError> {
-        let state = SmState::load(&db, &db.rocks.snapshot())?;
+        let state = Bookkeeping::load(&db, &db.rocks.snapshot())?;
         // Freshly opened, the state machine is exactly what is on disk.
         db.note_durable_applied(state.meta.last_applied.map_or(0, |id| id.index));
         Ok(StateMachineStore {
@@ -94,9 +94,9 @@ impl StateMachineStore {
         self.batch_bytes.load(Ordering::Relaxed)
     }
 
-    fn state(&mut self) -> Result<&mut SmState, StoreError> {
+    fn state(&mut self) -> Result<&mut Bookkeeping, StoreError> {
         if self.state.is_none() {
-            self.state = Some(SmState::load(&self.db, &self.db.rocks.snapshot())?);
+            self.state = Some(Bookkeeping::load(&self.db, &self.db.rocks.snapshot())?);
         }
         self.state
             .as_mut()
@@ -133,7 +133,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // is reloaded from RocksDB rather than left half-updated.
         let mut state = match self.state.take() {
             Some(state) => state,
-            None => SmState::load(&self.db, &self.db.rocks.snapshot()).map_err(to_storage)?,
+            None => Bookkeeping::load(&self.db, &self.db.rocks.snapshot()).map_err(to_storage)?,
         };
         let events: usize = entries.iter().map(entry_events).sum();
         let joined = if events <= INLINE_APPLY_EVENTS {
@@ -285,7 +285,7 @@ async fn received_file(
 /// meaningful if this returns `Ok`.
 fn apply_entries(
     db: &Db,
-    state: &mut SmState,
+    state: &mut Bookkeeping,
     index: &SharedDedupIndex,
     entries: Vec<Entry>,
     batch_bytes: &AtomicU64,
@@ -441,7 +441,7 @@ fn stored_copies(
     Ok(found)
 }
 
-fn bump_topic(state: &mut SmState, topic: &str) {
+fn bump_topic(state: &mut Bookkeeping, topic: &str) {
     match state.topics.get_mut(topic) {
         Some(count) => *count += 1,
         None => {
@@ -450,7 +450,7 @@ fn bump_topic(state: &mut SmState, topic: &str) {
     }
 }
 
-fn record_producer(state: &mut SmState, source: &str, seq: Option<u64>, stamp: LamportStamp) {
+fn record_producer(state: &mut Bookkeeping, source: &str, seq: Option<u64>, stamp: LamportStamp) {
     match state.producers.get_mut(source) {
         Some(stats) => stats.record(seq, stamp),
         None => {
@@ -545,11 +545,11 @@ mod tests {
             // What an older release left: `keys` records, no `key_hashes`, no seed.
             let db = Db::open(dir.path()).unwrap();
             let mut batch = WriteBatch::default();
-            batch.delete_cf(db.cf(db::CF_RAFT_META).unwrap(), keys::DEDUP_SEED);
+            batch.delete_cf(db.cf(db::CF_RAFT_META).unwrap(), keys::DEDUP_HASH_SEED);
             let hashes_cf = db.cf(CF_KEY_HASHES).unwrap();
             batch.delete_range_cf(hashes_cf, [].as_slice(), keys::KEY_SPACE_END.as_slice());
             for (id, stamp) in ["e-1", "e-2"].iter().zip(&stamps) {
-                let key = keys::event_key("t", id);
+                let key = dedup_index::legacy_dedup_key("t", id);
                 batch.put_cf(db.cf(db::CF_KEYS).unwrap(), key, stamp.0.to_be_bytes());
             }
             db.rocks.write_opt(batch, &db::synced()).unwrap();

@@ -15,7 +15,7 @@ use xxhash_rust::xxh3::Xxh3;
 
 use crate::codec;
 use crate::error::StoreError;
-use crate::sm::bookkeeping::{SmMeta, SmState};
+use crate::sm::bookkeeping::{Bookkeeping, StateMachineMeta};
 use crate::types::{Digest, ProducerStats, StoredEvent};
 
 const MAGIC: &[u8; 8] = b"AGSNAP01";
@@ -32,14 +32,14 @@ const MAX_EVENT_FRAME: u32 = 64 << 20;
 /// Everything in a snapshot except the events.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct SnapshotHeader {
-    pub(crate) meta: SmMeta,
+    pub(crate) meta: StateMachineMeta,
     pub(crate) topics: Vec<(String, u64)>,
     pub(crate) producers: Vec<(String, ProducerStats)>,
 }
 
 impl SnapshotHeader {
     /// The header describing `state`.
-    pub(crate) fn of(state: &SmState) -> SnapshotHeader {
+    pub(crate) fn of(state: &Bookkeeping) -> SnapshotHeader {
         SnapshotHeader {
             meta: state.meta.clone(),
             topics: state.sorted_topics().into_iter().collect(),
@@ -48,8 +48,8 @@ impl SnapshotHeader {
     }
 
     /// The state-machine bookkeeping this header carries.
-    pub(crate) fn into_state(self) -> SmState {
-        SmState {
+    pub(crate) fn into_state(self) -> Bookkeeping {
+        Bookkeeping {
             meta: self.meta,
             topics: self.topics.into_iter().collect(),
             producers: self.producers.into_iter().collect(),
@@ -223,7 +223,7 @@ fn truncated() -> StoreError {
 /// Reads a whole stream, checking that it is one a build could have written: events decode,
 /// come in strictly ascending stamps and add up to the header's digest (which counts them).
 /// Returns the bookkeeping it carries and what was read. Holds one event at a time.
-pub(crate) fn check(file: File) -> Result<(SmState, Sealed), StoreError> {
+pub(crate) fn check(file: File) -> Result<(Bookkeeping, Sealed), StoreError> {
     let (mut reader, header) = FormatReader::new(file)?;
     let mut digest = Digest::default();
     let mut last_stamp = None;
@@ -251,7 +251,7 @@ mod tests {
     use super::*;
 
     fn header() -> SnapshotHeader {
-        SnapshotHeader::of(&SmState::default())
+        SnapshotHeader::of(&Bookkeeping::default())
     }
 
     #[test]

@@ -48,7 +48,7 @@ use crate::db::{
 use crate::error::StoreError;
 use crate::failpoints;
 use crate::keys;
-use crate::sm::bookkeeping::SmState;
+use crate::sm::bookkeeping::Bookkeeping;
 use crate::sm::dedup_index::{self, DedupIndex, SharedDedupIndex};
 use crate::sm::index_runs::IndexRuns;
 use crate::sm::snapshot::file::{SnapshotFile, PART_EXT};
@@ -239,7 +239,7 @@ pub(crate) fn build(db: &StateMachineDb) -> Result<(Meta, SnapshotFile), StoreEr
     // view can see (the WAL sync covers the unsynced Raft bookkeeping).
     db.flush_all()?;
     db.rocks.flush_wal(true)?;
-    let state = SmState::load(db, &view)?;
+    let state = Bookkeeping::load(db, &view)?;
     db.note_durable_applied(state.meta.last_applied.map_or(0, |id| id.index));
 
     let nanos = unix_nanos();
@@ -396,7 +396,7 @@ pub(crate) fn install(
     meta: &Meta,
     received: &Path,
     index: &SharedDedupIndex,
-) -> Result<SmState, StoreError> {
+) -> Result<Bookkeeping, StoreError> {
     failpoints::crash_point(failpoints::INSTALL_BEFORE_DECODE);
     let started = std::time::Instant::now();
     let checked = File::options()
@@ -467,7 +467,7 @@ pub(crate) fn install(
 
 /// Finishes an install that a crash interrupted after its commit point (the module header's
 /// step 2), from the file its record names. Called at open, before anything reads the state
-/// machine; `seed` is the store's dedup hash seed.
+/// machine.
 pub(crate) fn resume_install(db: &StateMachineDb) -> Result<(), StoreError> {
     let Some(stored) = read_stored(db, keys::SNAPSHOT_INSTALLING)? else {
         return Ok(());
@@ -488,15 +488,15 @@ fn replay(
     db: &StateMachineDb,
     stored: &StoredSnapshot,
     index: Option<&SharedDedupIndex>,
-) -> Result<SmState, StoreError> {
+) -> Result<Bookkeeping, StoreError> {
     let file = File::open(db.snapshots.path.join(&stored.file))?;
     let (mut reader, header) = FormatReader::new(file)?;
-    let seed = dedup_index::ensure_seed(db)?;
+    let hash_seed = dedup_index::ensure_hash_seed(db)?;
     // Reads are refused by now, and two full indexes would double the node's largest
     // structure: the old one goes first.
     let mut fresh = index.map(|shared| {
-        *shared.write() = DedupIndex::new(seed);
-        DedupIndex::new(seed)
+        *shared.write() = DedupIndex::new(hash_seed);
+        DedupIndex::new(hash_seed)
     });
     let write_opts = db::state_machine_write();
     let mut batch = WriteBatch::default();
@@ -511,7 +511,7 @@ fn replay(
         let stored_event: StoredEvent = codec::decode("snapshot event", bytes)?;
         let (event, stamp) = (&stored_event.event, stored_event.lamport);
         batch.put_cf(events_cf, keys::lamport_key(stamp), bytes);
-        let hash = keys::event_hash(seed, &event.topic, &event.event_id);
+        let hash = dedup_index::dedup_hash(hash_seed, &event.topic, &event.event_id);
         dedup_index::put_record(&mut batch, hashes_cf, hash, stamp);
         if let Some(fresh) = fresh.as_mut() {
             fresh.insert(hash, stamp);
