@@ -4,6 +4,7 @@
 //! committed and last purged log ids live in RocksDB's `raft_meta` column family.
 
 pub(crate) mod cache;
+mod flusher;
 pub(crate) mod segments;
 pub(crate) mod spares;
 pub(crate) mod store;

@@ -1,5 +1,6 @@
-//! The Raft log: entries in segment files (`segment_log.rs`), the vote, committed and last
-//! purged log ids in RocksDB, and the group-commit flusher that reports appends durable.
+//! openraft's log storage: entries in segment files (`segments/`), the vote, committed and
+//! last purged log ids in RocksDB's `raft_meta`, and purges that wait for the state machine.
+//! Appends are reported durable by the flusher (`flusher.rs`).
 //!
 //! Durability order matters: openraft counts an entry towards a quorum (and so may commit
 //! it and answer a client) as soon as the `LogFlushed` callback fires. If the callback fired
@@ -8,7 +9,7 @@
 //! on the log. So `append` writes the entries unsynced (readable at once, which replication
 //! needs), and the flusher syncs them and only then fires the callbacks.
 //!
-//! Reads of recent entries are served from the in-memory tail (`log_cache.rs`) when it
+//! Reads of recent entries are served from the in-memory tail (`cache.rs`) when it
 //! holds the whole range; every write here is mirrored into it.
 //!
 //! Stores written before the segment files kept the entries in RocksDB's `log` column family;
@@ -18,9 +19,7 @@ use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader, StorageError, Vote};
@@ -33,6 +32,7 @@ use crate::error::StoreError;
 use crate::failpoints;
 use crate::keys;
 use crate::log::cache::{self, LogCache, LogCacheReads};
+use crate::log::flusher::Flusher;
 use crate::log::segments::SegmentLog;
 use crate::types::{NodeId, TypeConfig};
 
@@ -503,91 +503,6 @@ impl LogStore {
 
 /// How often a purge waiting for an install says so.
 const INSTALL_WAIT_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// A log sync slower than this is logged: it delays every acknowledgement waiting on it.
-const SLOW_SYNC: std::time::Duration = std::time::Duration::from_millis(20);
-
-/// Group commit: one thread that syncs the log once for every callback queued since its
-/// last sync, then fires those callbacks in order. Joined when the last `LogStore` clone
-/// is dropped, so the files are closed when `Stores` is.
-struct Flusher {
-    tx: Option<mpsc::Sender<LogFlushed<TypeConfig>>>,
-    thread: Option<JoinHandle<()>>,
-    log: Arc<SegmentLog>,
-}
-
-impl Flusher {
-    fn start(log: Arc<SegmentLog>) -> Result<Flusher, StoreError> {
-        let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
-        let synced = log.clone();
-        let thread = std::thread::Builder::new()
-            .name("raft-log-flusher".into())
-            .spawn(move || {
-                while let Ok(first) = rx.recv() {
-                    let mut pending = vec![first];
-                    pending.extend(rx.try_iter());
-                    // Every callback in `pending` was queued after its entries were written,
-                    // so this one sync covers all of them.
-                    let started = std::time::Instant::now();
-                    let result = synced.sync_timed();
-                    let took = started.elapsed();
-                    if took >= SLOW_SYNC {
-                        // The parts tell a slow disk (data, dir) from a blocked append (lock).
-                        let times = result.as_ref().ok();
-                        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
-                        tracing::warn!(
-                            took_ms = took.as_millis() as u64,
-                            appends = pending.len(),
-                            lock_wait_ms = times.map(|t| ms(t.lock_wait)),
-                            data_sync_ms = times.map(|t| ms(t.data)),
-                            dir_sync_ms = times.and_then(|t| t.dir.map(ms)),
-                            files = times.map(|t| t.files),
-                            "slow Raft log sync: every write waiting on it was delayed as long"
-                        );
-                    }
-                    for callback in pending {
-                        callback.log_io_completed(match &result {
-                            Ok(_) => Ok(()),
-                            Err(e) => Err(std::io::Error::other(e.to_string())),
-                        });
-                    }
-                }
-            })?;
-        Ok(Flusher {
-            tx: Some(tx),
-            thread: Some(thread),
-            log,
-        })
-    }
-
-    /// Queues `callback`; if the thread is gone, syncs inline instead.
-    fn submit(&self, callback: LogFlushed<TypeConfig>) {
-        let unsent = match &self.tx {
-            Some(tx) => match tx.send(callback) {
-                Ok(()) => return,
-                Err(mpsc::SendError(callback)) => callback,
-            },
-            None => callback,
-        };
-        let result = self
-            .log
-            .sync()
-            .map_err(|e| std::io::Error::other(e.to_string()));
-        unsent.log_io_completed(result);
-    }
-}
-
-impl Drop for Flusher {
-    fn drop(&mut self) {
-        // Closing the channel ends the thread's loop once the queue is drained.
-        drop(self.tx.take());
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                tracing::error!("raft log flusher thread panicked");
-            }
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {
