@@ -3,6 +3,7 @@
 //! indexes' runs ([`index_runs`]) and snapshots ([`snapshot`]: build, keep, install), all on
 //! the node's RocksDB ([`StateMachineDb`]: the database plus the state kept beside it).
 
+mod apply;
 pub(crate) mod bookkeeping;
 pub(crate) mod dedup_index;
 pub(crate) mod index_runs;
