@@ -1,7 +1,12 @@
-//! Read-only queries for the server, straight from RocksDB: events by topic or producer in
-//! Lamport order, one event by key, stats, digest and last applied log id. Every method is
-//! a blocking call that reads one RocksDB snapshot, so its answer is consistent. While a
-//! snapshot install rewrites the state machine, every query answers `StoreError::Installing`.
+//! The server's handle on the store: queries of the state machine, straight from RocksDB
+//! (events by topic or producer in Lamport order, one event by key, stats, digest and last
+//! applied log id), sizes and counters of the log, backups, and one maintenance call
+//! ([`StoreReader::flush_memtables`], which changes where data lives, not what the store
+//! holds). Every query is a blocking call that reads one RocksDB snapshot, so its answer is
+//! consistent. While a snapshot install rewrites the state machine, every query answers
+//! `StoreError::Installing`.
+//!
+//! It sits above both halves (`log/`, `sm/`), which never import it.
 
 use std::sync::Arc;
 
@@ -19,8 +24,9 @@ use crate::sm::index_runs;
 use crate::sm::StateMachineDb;
 use crate::types::{Digest, EventKey, EventPage, LamportStamp, NodeId, StoreStats, StoredEvent};
 
-/// Cheap-to-clone read handle on the store (plus the memtable flush); `Send + Sync`. Call it
-/// from blocking threads.
+/// Cheap-to-clone handle for the server: queries, log and snapshot counters, backups, and the
+/// memtable flush (the one call that is not a read); `Send + Sync`. Call it from blocking
+/// threads.
 #[derive(Clone)]
 pub struct StoreReader {
     pub(crate) db: Arc<StateMachineDb>,

@@ -43,6 +43,17 @@ const LOG_SUBDIR: &str = "raft-log";
 
 /// openraft's log storage (and log reader). Clones share the segment files, the database and
 /// the flusher.
+///
+/// # To ensure correctness
+/// - `append` returns with the entries written and readable (replication reads them at once);
+///   its callback fires only after they are synced (`flusher.rs`), never before.
+/// - `save_vote` is synced before it returns; `save_committed` is not (a hint for restart).
+/// - `truncate` is synced before it returns: truncated entries never come back after a crash.
+/// - `purge` makes the purged id durable before deleting anything, and never deletes entries
+///   the state machine on disk still needs to be re-applied (`coverage.rs`).
+/// - Every write is mirrored into the tail cache; a read it cannot serve whole goes to disk.
+///
+/// Why each of these: docs/architecture.md, "What is synced when" and "Crash consistency".
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Db>,

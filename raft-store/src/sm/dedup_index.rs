@@ -69,6 +69,14 @@ pub(crate) fn legacy_dedup_key(topic: &str, event_id: &str) -> Vec<u8> {
 const SHARDS: usize = 256;
 
 /// Stamps of stored events by the hash of their key.
+///
+/// # To ensure correctness
+/// - A hash only names candidates: a caller reads the event at each candidate's stamp and
+///   compares the stored key before calling anything a duplicate.
+/// - Every stored event has an entry, so a key whose hash has none is certainly absent; an
+///   entry is inserted only after its event's batch is written.
+/// - The hash seed is the store's for good ([`ensure_hash_seed`]): the records on disk were
+///   filed under it.
 pub(crate) struct DedupIndex {
     /// The store's hash seed (see the module header).
     hash_seed: u64,

@@ -49,6 +49,23 @@ fn entry_events(e: &Entry) -> usize {
 
 /// openraft's state machine on the node's RocksDB. Bookkeeping is cached in memory
 /// (loaded on open) and written through in every apply's batch.
+///
+/// # To ensure correctness
+/// - `apply` is atomic per call: everything one call changes is one `WriteBatch`. A failed or
+///   cancelled call leaves the cached bookkeeping to be reloaded from RocksDB.
+/// - `apply` is deterministic, so replaying entries after a crash (their writes skipped the
+///   WAL, and the state on disk is the state after some prefix of the log) gives the same
+///   stamps and outcomes.
+/// - INSERT-if-absent on `(topic, event_id)`: an event whose key is stored, or stored earlier
+///   in the same call, is a duplicate with the original's stamp; nothing is overwritten.
+/// - Stamps strictly increase in apply order: each stored event gets one above both the clock
+///   and its producer's (capped) clock.
+/// - The dedup index learns an event only after its batch is written.
+/// - `install_snapshot` checks the received file whole (format, stamp order, digest, count)
+///   before it replaces anything; a crash after its commit point is finished at open.
+///
+/// Why each of these: docs/architecture.md, "Applying a batch", "Crash consistency" and
+/// "Snapshots".
 pub struct StateMachineStore {
     db: Arc<StateMachineDb>,
     /// `None` only while an apply runs on the blocking pool, or after one was cancelled;

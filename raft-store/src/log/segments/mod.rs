@@ -8,17 +8,6 @@
 //!
 //! The record format is in `format.rs`, opening and recovery in `recovery.rs`, appends and
 //! the move to spare segments in `append.rs`; syncing, reading, truncating and purging here.
-//!
-//! # Invariants
-//! - Indexes are contiguous from the first segment to the last; appends go to the last one,
-//!   and a segment is never written again once a later one exists.
-//! - [`SegmentLog::sync`] makes every record written before it durable, syncing files in the
-//!   order they were written (and the directory after a segment was created).
-//! - [`SegmentLog::truncate`] is synced before it returns; a purge deletes files without a
-//!   sync, and a deleted segment that comes back holds only purged entries, which opening
-//!   deletes again.
-//! - Opening keeps exactly the longest intact prefix of records (`recovery.rs`), made durable
-//!   before anything new is appended: a stale record never reappears behind a new one.
 
 mod append;
 mod format;
@@ -77,6 +66,17 @@ pub(crate) struct SyncTimes {
 }
 
 /// The Raft log's records on disk, with the position of every record in memory.
+///
+/// # Invariants
+/// - Indexes are contiguous from the first segment to the last; appends go to the last one,
+///   and a segment is never written again once a later one exists.
+/// - [`SegmentLog::sync`] makes every record written before it durable, syncing files in the
+///   order they were written (and the directory after a segment was created).
+/// - [`SegmentLog::truncate`] is synced before it returns; a purge deletes files without a
+///   sync, and a deleted segment that comes back holds only purged entries, which opening
+///   deletes again.
+/// - Opening keeps exactly the longest intact prefix of records (`recovery.rs`), made durable
+///   before anything new is appended: a stale record never reappears behind a new one.
 pub(crate) struct SegmentLog {
     dir: PathBuf,
     segment_bytes: u64,
