@@ -28,10 +28,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::error::StoreError;
+use crate::sm::machine_db::StateMachineDb;
 use crate::sm::snapshot;
 use crate::sm::snapshot::file::SnapshotFile;
 use crate::sm::snapshot::format::{FormatReader, FormatWriter, Sealed};
-use crate::sm::StateMachineDb;
 use crate::types::{Node, NodeId};
 use crate::StoreOptions;
 

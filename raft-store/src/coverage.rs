@@ -1,6 +1,6 @@
 //! What the state machine on disk covers, as the Raft log's purges need to know it: the one
-//! interface between the two halves. `sm/` keeps it ([`crate::sm::StateMachineDb`]), `log/`
-//! asks it before a purge ([`crate::LogStore`]); neither half imports the other.
+//! interface between the two halves. `sm/` keeps it (`sm/machine_db.rs`), `log/` asks it
+//! before a purge (`log/store.rs`); neither half imports the other.
 
 use tokio::sync::watch;
 

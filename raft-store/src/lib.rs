@@ -70,7 +70,7 @@ pub fn open(dir: &Path) -> Result<Stores, StoreError> {
 /// machine and current snapshot.
 pub fn open_with(dir: &Path, options: &StoreOptions) -> Result<Stores, StoreError> {
     let db = Arc::new(db::Db::open(dir)?);
-    let machine_db = Arc::new(sm::StateMachineDb::open(db.clone(), dir)?);
+    let machine_db = Arc::new(sm::machine_db::StateMachineDb::open(db.clone(), dir)?);
     // Before anything reads the state machine: a crash may have left it half rewritten.
     sm::snapshot::resume_install(&machine_db)?;
     sm::snapshot::remove_orphans(&machine_db)?;

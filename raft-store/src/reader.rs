@@ -21,7 +21,7 @@ use crate::log::{LogCacheReads, LogView};
 use crate::sm::bookkeeping::{self, Bookkeeping};
 use crate::sm::dedup_index::SharedDedupIndex;
 use crate::sm::index_runs;
-use crate::sm::StateMachineDb;
+use crate::sm::machine_db::StateMachineDb;
 use crate::types::{Digest, EventKey, EventPage, LamportStamp, NodeId, StoreStats, StoredEvent};
 
 /// Cheap-to-clone handle for the server: queries, log and snapshot counters, backups, and the

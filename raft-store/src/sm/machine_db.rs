@@ -15,7 +15,7 @@ use crate::coverage::{Durable, StateMachineCoverage};
 use crate::db::Db;
 use crate::error::StoreError;
 use crate::sm::bookkeeping;
-use crate::sm::snapshot::SnapshotDir;
+use crate::sm::snapshot::dir::SnapshotDir;
 
 /// The database and the state machine's own shared state. Dereferences to [`Db`], through
 /// which the state machine reads and writes RocksDB.

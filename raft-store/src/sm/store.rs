@@ -29,9 +29,9 @@ use crate::error::StoreError;
 use crate::sm::apply::apply_entries;
 use crate::sm::bookkeeping::Bookkeeping;
 use crate::sm::dedup_index::SharedDedupIndex;
+use crate::sm::machine_db::StateMachineDb;
 use crate::sm::snapshot::file::SnapshotFile;
 use crate::sm::snapshot::{self, SnapshotBuilder};
-use crate::sm::StateMachineDb;
 use crate::types::{BatchOutcome, Node, NodeId, TypeConfig};
 
 type Entry = openraft::Entry<TypeConfig>;

@@ -26,13 +26,16 @@
 //! 4. one synced batch writes the bookkeeping and makes the snapshot current, which also
 //!    clears the installing record.
 
+pub(crate) mod dir;
 pub(crate) mod file;
 pub(crate) mod format;
+
+pub use dir::SnapshotStats;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use openraft::{
@@ -51,9 +54,9 @@ use crate::keys;
 use crate::sm::bookkeeping::Bookkeeping;
 use crate::sm::dedup_index::{self, DedupIndex, SharedDedupIndex};
 use crate::sm::index_runs::IndexRuns;
+use crate::sm::machine_db::StateMachineDb;
 use crate::sm::snapshot::file::{SnapshotFile, PART_EXT};
 use crate::sm::snapshot::format::{FormatReader, FormatWriter, Sealed, SnapshotHeader};
-use crate::sm::StateMachineDb;
 use crate::types::{Node, NodeId, StoredEvent, TypeConfig};
 
 /// openraft's snapshot meta for this type config.
@@ -117,82 +120,6 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             }),
             Err(e) => Err(e.into_storage(ErrorSubject::Snapshot(None), ErrorVerb::Write)),
         }
-    }
-}
-
-/// Snapshot activity since the store was opened, for metrics.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SnapshotStats {
-    /// Snapshots built.
-    pub builds: u64,
-    /// Time spent building them, in microseconds.
-    pub build_micros: u64,
-    /// Size of the current snapshot's data (last built, installed or found at open).
-    pub bytes: u64,
-}
-
-/// The live counters behind [`SnapshotStats`], kept in [`SnapshotDir`].
-#[derive(Debug, Default)]
-pub(crate) struct SnapshotCounters {
-    builds: AtomicU64,
-    build_micros: AtomicU64,
-    bytes: AtomicU64,
-}
-
-impl SnapshotCounters {
-    fn record_build(&self, took: Duration) {
-        self.builds.fetch_add(1, Ordering::Relaxed);
-        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        self.build_micros.fetch_add(micros, Ordering::Relaxed);
-    }
-
-    fn set_bytes(&self, bytes: u64) {
-        self.bytes.store(bytes, Ordering::Relaxed);
-    }
-
-    pub(crate) fn stats(&self) -> SnapshotStats {
-        SnapshotStats {
-            builds: self.builds.load(Ordering::Relaxed),
-            build_micros: self.build_micros.load(Ordering::Relaxed),
-            bytes: self.bytes.load(Ordering::Relaxed),
-        }
-    }
-}
-
-/// Subdirectory of the data directory holding snapshot data files.
-const SNAPSHOT_SUBDIR: &str = "snapshots";
-
-/// The folder of snapshot data files, the lock that orders writers of the `snapshot` column
-/// family, and the snapshot counters.
-pub(crate) struct SnapshotDir {
-    /// Where snapshot data files live.
-    pub(crate) path: PathBuf,
-    /// Held while reading or replacing the current snapshot, so a slow build that finishes
-    /// after an install cannot overwrite the newer snapshot, and a read never finds its data
-    /// file deleted under it.
-    lock: Mutex<()>,
-    /// Snapshot builds since open, their total duration, and the current snapshot's size.
-    pub(crate) counters: SnapshotCounters,
-}
-
-impl SnapshotDir {
-    /// The snapshot folder under `dir` (the node's data directory), created if needed.
-    pub(crate) fn open(dir: &Path) -> Result<SnapshotDir, StoreError> {
-        let path = dir.join(SNAPSHOT_SUBDIR);
-        std::fs::create_dir_all(&path)?;
-        Ok(SnapshotDir {
-            path,
-            lock: Mutex::new(()),
-            counters: SnapshotCounters::default(),
-        })
-    }
-
-    /// Holds the lock (a panic while it was held poisons nothing it guards: the records it
-    /// orders are in RocksDB).
-    pub(crate) fn guard(&self) -> MutexGuard<'_, ()> {
-        self.lock
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
