@@ -1,7 +1,7 @@
 //! Online backups and restores. A backup is the current snapshot's data behind a header that
 //! says what it holds, so it can be kept as a file, checked and restored with no node running:
 //!
-//! `MAGIC | len u32 BE | postcard(BackupHeader) | snapshot data (snapshot_format.rs)`
+//! `MAGIC | len u32 BE | postcard(BackupHeader) | snapshot data (sm/snapshot/format.rs)`
 //!
 //! Taking one costs what reading the snapshot file costs: no copy of the store, nothing held
 //! in memory, and the node goes on applying (the file is opened before a newer snapshot can
@@ -10,7 +10,7 @@
 //! whole.
 //!
 //! A restore writes a new store from a backup: the state machine as the snapshot holds it (the
-//! install path every follower uses, snapshot.rs), an empty Raft log starting after the
+//! install path every follower uses, sm/snapshot/mod.rs), an empty Raft log starting after the
 //! snapshot's last log id, and a vote at the snapshot's term. Given a member list, it rewrites
 //! the snapshot's membership first: that is how a backup becomes a new cluster (etcd's
 //! `snapshot restore --initial-cluster` does the same). Without one it keeps the membership the

@@ -13,19 +13,19 @@ use rocksdb::{
 use crate::error::StoreError;
 
 /// Raft log entries as older releases kept them: `u64 BE index -> postcard(Entry)`. Opening
-/// a store moves them into segment files (`log_store.rs`); nothing writes here any more.
+/// a store moves them into segment files (`log/store.rs`); nothing writes here any more.
 pub(crate) const CF_LOG: &str = "log";
 /// Raft bookkeeping: vote, committed log id, last purged log id.
 pub(crate) const CF_RAFT_META: &str = "raft_meta";
 /// Stored events: `lamport u64 BE -> postcard(StoredEvent)`.
 pub(crate) const CF_EVENTS: &str = "events";
 /// Older releases' dedup index (`hash | len-prefixed topic | event_id -> lamport u64 BE`):
-/// moved into [`CF_KEY_HASHES`] at open and empty after (`dedup_index::migrate_keys`).
+/// moved into [`CF_KEY_HASHES`] at open and empty after (`sm/dedup_index.rs`, `migrate_keys`).
 pub(crate) const CF_KEYS: &str = "keys";
 /// Dedup index on disk: `lamport u64 BE -> hash of the event's key u64 BE`, loaded into
-/// memory at open (`dedup_index.rs`).
+/// memory at open (`sm/dedup_index.rs`).
 pub(crate) const CF_KEY_HASHES: &str = "key_hashes";
-/// Topic index: `len-prefixed topic | first lamport BE -> run of stamps` (`index_runs.rs`).
+/// Topic index: `len-prefixed topic | first lamport BE -> run of stamps` (`sm/index_runs.rs`).
 pub(crate) const CF_BY_TOPIC: &str = "by_topic";
 /// Producer index: `len-prefixed source | first lamport BE -> run of stamps`.
 pub(crate) const CF_BY_SOURCE: &str = "by_source";
@@ -114,7 +114,7 @@ impl Db {
         // last flushed: the WAL grew without bound (hundreds of MiB after 600,000 events), and so
         // did the replay on restart. Past this size RocksDB flushes whatever pins the oldest WAL.
         opts.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
-        // State-machine writes skip the WAL (see state_machine.rs); flushing every column family
+        // State-machine writes skip the WAL (see `sm/store.rs`); flushing every column family
         // at one point of the write order is what keeps the state machine on disk a consistent
         // prefix of the applied log after a crash, never one column family ahead of another.
         opts.set_atomic_flush(true);
@@ -196,7 +196,7 @@ fn cf_options(name: &str) -> Options {
 
 /// Write options for state-machine writes: no WAL. They become durable with the next
 /// (atomic) memtable flush; until then the log entries they came from are re-applied after a
-/// crash (see state_machine.rs).
+/// crash (see `sm/store.rs`).
 pub(crate) fn state_machine_write() -> WriteOptions {
     let mut opts = WriteOptions::default();
     opts.disable_wal(true);

@@ -19,7 +19,7 @@ pub(crate) const LAST_PURGED: &[u8] = b"last_purged";
 pub(crate) const DEDUP_HASH_SEED: &[u8] = b"dedup_seed";
 /// Key of the current snapshot's record (meta and data file) in `snapshot`.
 pub(crate) const SNAPSHOT_CURRENT: &[u8] = b"current";
-/// Key of the record of a snapshot being installed in `snapshot` (see snapshot.rs): present
+/// Key of the record of a snapshot being installed in `snapshot` (see `sm/snapshot/mod.rs`): present
 /// from an install's commit point until it finishes.
 pub(crate) const SNAPSHOT_INSTALLING: &[u8] = b"installing";
 
@@ -54,7 +54,7 @@ pub(crate) fn index_prefix(name: &str) -> Vec<u8> {
 }
 
 /// Key of a run of events in a secondary index: `index_prefix(name) | first lamport u64 BE`
-/// (see `index_runs.rs`).
+/// (see `sm/index_runs.rs`).
 pub(crate) fn index_key(name: &str, lamport: LamportStamp) -> Vec<u8> {
     let mut key = index_prefix(name);
     key.extend_from_slice(&lamport.0.to_be_bytes());

@@ -46,7 +46,7 @@ pub struct StoreOptions {
     /// Size past which the Raft log starts a new segment file.
     pub log_segment_bytes: u64,
     /// Start new segments as zero-filled files prepared in the background, so that a sync
-    /// after an append flushes data only (see `prealloc.rs`). Off only helps on filesystems
+    /// after an append flushes data only (see `log/spares.rs`). Off only helps on filesystems
     /// that never overwrite in place (btrfs, ZFS), where the zeros are written for nothing.
     pub log_preallocate: bool,
 }

@@ -9,7 +9,7 @@
 //! skip list takes cheaply.
 //!
 //! A hash only names candidates: two keys may share one, so a caller confirms a candidate by
-//! reading the event at its stamp and comparing the key (`state_machine.rs`, `reader.rs`).
+//! reading the event at its stamp and comparing the key (`sm/apply.rs`, `reader.rs`).
 //! Every stored event has its entry, so a key whose hash has no entry is certainly absent;
 //! the common case (a new event) never reads an event back.
 //!

@@ -211,7 +211,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     /// Replaces the whole state with the snapshot's; a crash at any point leaves the old
-    /// state or (after a restart) the new one (snapshot.rs).
+    /// state or (after a restart) the new one (`snapshot/mod.rs`).
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, Node>,

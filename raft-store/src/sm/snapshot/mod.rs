@@ -1,7 +1,7 @@
 //! Snapshots: building one into a file from a consistent RocksDB view, keeping the current
 //! one, and installing a received one so that a crash at any point leaves a store that reopens
-//! consistent. The byte format is in snapshot_format.rs, the handle openraft moves in
-//! snapshot_file.rs.
+//! consistent. The byte format is in `format.rs`, the handle openraft moves in `file.rs`,
+//! the folder and its counters in `dir.rs`.
 //!
 //! Nothing here holds a snapshot in memory: a build streams the view into a file, a sender
 //! reads the file in chunks, an install reads the received file twice (once to check it, once
@@ -229,7 +229,7 @@ pub(crate) fn build(db: &StateMachineDb) -> Result<(Meta, SnapshotFile), StoreEr
 }
 
 /// The current snapshot (last built or installed), if any, opened for sending. Its checksum
-/// is verified as it is read (snapshot_file.rs); here only its length is.
+/// is verified as it is read (`file.rs`); here only its length is.
 pub(crate) fn load_current(
     db: &StateMachineDb,
 ) -> Result<Option<(Meta, SnapshotFile)>, StoreError> {
