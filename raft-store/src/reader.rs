@@ -13,6 +13,7 @@ use std::sync::Arc;
 use openraft::LogId;
 use rocksdb::Snapshot;
 
+use crate::backup::{self, BackupSource};
 use crate::codec;
 use crate::db::{Db, CF_BY_SOURCE, CF_BY_TOPIC, CF_EVENTS};
 use crate::error::StoreError;
@@ -22,6 +23,7 @@ use crate::sm::bookkeeping::{self, Bookkeeping};
 use crate::sm::dedup_index::SharedDedupIndex;
 use crate::sm::index_runs;
 use crate::sm::machine_db::StateMachineDb;
+use crate::sm::snapshot::dir::SnapshotStats;
 use crate::types::{Digest, EventKey, EventPage, LamportStamp, NodeId, StoreStats, StoredEvent};
 
 /// Cheap-to-clone handle for the server: queries, log and snapshot counters, backups, and the
@@ -48,10 +50,10 @@ impl StoreReader {
         self.db.installing()
     }
 
-    /// The current snapshot as a backup to stream (backup.rs), or `None` before the first
+    /// The current snapshot as a backup to stream (`backup/`), or `None` before the first
     /// snapshot; `taken_from` is this node's id, recorded in the backup's header.
-    pub fn backup(&self, taken_from: NodeId) -> Result<Option<crate::BackupSource>, StoreError> {
-        crate::backup::open(&self.db, taken_from)
+    pub fn backup(&self, taken_from: NodeId) -> Result<Option<BackupSource>, StoreError> {
+        backup::open(&self.db, taken_from)
     }
 
     /// Stored events in the in-memory dedup index, and the bytes its table has allocated.
@@ -77,7 +79,7 @@ impl StoreReader {
     }
 
     /// Snapshot builds since the store was opened, and the current snapshot's size.
-    pub fn snapshot_stats(&self) -> crate::SnapshotStats {
+    pub fn snapshot_stats(&self) -> SnapshotStats {
         self.db.snapshots.counters.stats()
     }
 

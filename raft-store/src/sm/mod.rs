@@ -11,6 +11,7 @@ pub(crate) mod machine_db;
 pub(crate) mod snapshot;
 pub(crate) mod store;
 
+pub use snapshot::build::SnapshotBuilder;
+pub use snapshot::dir::SnapshotStats;
 pub use snapshot::file::SnapshotFile;
-pub use snapshot::{SnapshotBuilder, SnapshotStats};
 pub use store::StateMachineStore;

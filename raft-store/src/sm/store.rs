@@ -30,8 +30,9 @@ use crate::sm::apply::apply_entries;
 use crate::sm::bookkeeping::Bookkeeping;
 use crate::sm::dedup_index::SharedDedupIndex;
 use crate::sm::machine_db::StateMachineDb;
+use crate::sm::snapshot::build::SnapshotBuilder;
 use crate::sm::snapshot::file::SnapshotFile;
-use crate::sm::snapshot::{self, SnapshotBuilder};
+use crate::sm::snapshot::{self, install};
 use crate::types::{BatchOutcome, Node, NodeId, TypeConfig};
 
 type Entry = openraft::Entry<TypeConfig>;
@@ -197,7 +198,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // last: from here on, a purge past the state machine on disk waits for the install.
         self.db.note_install_pending();
         let db = self.db.clone();
-        match tokio::task::spawn_blocking(move || snapshot::begin_receive(&db)).await {
+        match tokio::task::spawn_blocking(move || install::begin_receive(&db)).await {
             Ok(Ok(file)) => Ok(Box::new(file)),
             Ok(Err(e)) => {
                 self.db.note_install_failed();
@@ -222,7 +223,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let installed = async {
             let received = received_file(&db, snapshot).await?;
             tokio::task::spawn_blocking(move || {
-                snapshot::install(&db, &owned_meta, &received, &index)
+                install::install(&db, &owned_meta, &received, &index)
             })
             .await
             .map_err(StoreError::Task)
@@ -282,7 +283,7 @@ async fn received_file(
         drop(snapshot.into_std().await);
         return Ok(path);
     }
-    let path = snapshot::part_path(db);
+    let path = install::part_path(db);
     let mut copy = tokio::fs::File::create_new(&path).await?;
     snapshot.seek(std::io::SeekFrom::Start(0)).await?;
     tokio::io::copy(&mut *snapshot, &mut copy).await?;

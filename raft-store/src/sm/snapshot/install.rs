@@ -265,7 +265,6 @@ mod tests {
     use openraft::RaftSnapshotBuilder;
 
     use super::*;
-    use crate::db::CF_SNAPSHOT;
     use crate::test_entries::{entry, rt};
 
     /// What the state machine holds, as its readers see it.

@@ -16,16 +16,11 @@
 //! Building is in `build.rs`; receiving and installing, made atomic by rolling forward, in
 //! `install.rs`.
 
-mod build;
+pub(crate) mod build;
 pub(crate) mod dir;
 pub(crate) mod file;
 pub(crate) mod format;
-mod install;
-
-// What callers outside `snapshot/` use.
-pub use build::SnapshotBuilder;
-pub use dir::SnapshotStats;
-pub(crate) use install::{begin_receive, install, part_path, resume_install};
+pub(crate) mod install;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
