@@ -1,40 +1,35 @@
-//! The one RocksDB instance a node keeps (everything but the Raft log's entries): column
-//! families, their options, write options, and the postcard codec every value goes through.
+//! The one RocksDB instance a node keeps (everything but the Raft log's entries): opening it,
+//! its column families and their options, and the write options. Nothing else: values are
+//! encoded by `codec.rs`, keys laid out by `keys.rs`, and what each half keeps beside the
+//! database lives in that half (`log/`, `sm/`).
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
-
-use tokio::sync::watch;
+use std::path::Path;
 
 use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, FlushOptions, Options, Snapshot,
-    WriteOptions, DB,
+    ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, FlushOptions, Options, WriteOptions,
+    DB,
 };
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 
 use crate::error::StoreError;
-use crate::snapshot::SnapshotCounters;
 
 /// Raft log entries as older releases kept them: `u64 BE index -> postcard(Entry)`. Opening
-/// a store moves them into segment files (`log_store.rs`); nothing writes here any more.
+/// a store moves them into segment files (`log/store.rs`); nothing writes here any more.
 pub(crate) const CF_LOG: &str = "log";
 /// Raft bookkeeping: vote, committed log id, last purged log id.
 pub(crate) const CF_RAFT_META: &str = "raft_meta";
 /// Stored events: `lamport u64 BE -> postcard(StoredEvent)`.
 pub(crate) const CF_EVENTS: &str = "events";
 /// Older releases' dedup index (`hash | len-prefixed topic | event_id -> lamport u64 BE`):
-/// moved into [`CF_KEY_HASHES`] at open and empty after (`dedup_index::migrate_keys`).
+/// moved into [`CF_KEY_HASHES`] at open and empty after (`sm/dedup_index.rs`, `migrate_keys`).
 pub(crate) const CF_KEYS: &str = "keys";
 /// Dedup index on disk: `lamport u64 BE -> hash of the event's key u64 BE`, loaded into
-/// memory at open (`dedup_index.rs`).
+/// memory at open (`sm/dedup_index.rs`).
 pub(crate) const CF_KEY_HASHES: &str = "key_hashes";
-/// Topic index: `len-prefixed topic | first lamport BE -> run of stamps` (`index_runs.rs`).
+/// Topic index: `len-prefixed topic | first lamport BE -> run of stamps` (`sm/index_runs.rs`).
 pub(crate) const CF_BY_TOPIC: &str = "by_topic";
 /// Producer index: `len-prefixed source | first lamport BE -> run of stamps`.
 pub(crate) const CF_BY_SOURCE: &str = "by_source";
-/// State-machine bookkeeping: one `SmMeta` record.
+/// State-machine bookkeeping: one `StateMachineMeta` record.
 pub(crate) const CF_SM_META: &str = "sm_meta";
 /// Stored events per topic: `topic -> u64 BE`.
 pub(crate) const CF_TOPICS: &str = "topics";
@@ -85,41 +80,12 @@ const BOTTOMMOST_COMPACTION_DELAY_SECS: &str = "600";
 
 /// Subdirectory of the data directory that RocksDB owns.
 const DB_SUBDIR: &str = "rocksdb";
-/// Subdirectory of the data directory holding snapshot data files.
-const SNAPSHOT_SUBDIR: &str = "snapshots";
 
-/// What the state machine on disk covers, as far as this process knows, and whether an install
-/// is on its way to cover more.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Durable {
-    /// A log index the state machine on disk is known to have applied (a lower bound): a purge
-    /// up to it needs no flush first. Raised by opening, flushes, snapshot builds and installs.
-    pub(crate) applied: u64,
-    /// A snapshot is being received or installed: openraft asked for a buffer to receive one
-    /// into, and no install has finished since.
-    pub(crate) install_pending: bool,
-}
-
-/// The RocksDB handle plus the lock that orders writers of the `snapshot` column family.
+/// The RocksDB handle. What the halves keep beside it lives with them: the log's counters in
+/// `log/`, the snapshot folder, install flag and durable-applied watermark in `sm/`.
 pub(crate) struct Db {
     /// The database; every column family of [`ALL_CFS`] is open.
     pub(crate) rocks: DB,
-    /// Held while reading or replacing the current snapshot, so a slow build that finishes
-    /// after an install cannot overwrite the newer snapshot, and a read never finds its data
-    /// file deleted under it.
-    pub(crate) snapshot_lock: Mutex<()>,
-    /// Where snapshot data files live (see snapshot.rs).
-    pub(crate) snapshot_dir: PathBuf,
-    /// What the state machine on disk is known to cover, watched by purges that must not run
-    /// ahead of it (`LogStore::purge`).
-    durable: watch::Sender<Durable>,
-    /// A snapshot install is rewriting the state machine (past its commit point, see
-    /// snapshot.rs): what RocksDB holds is neither the old state nor the new one.
-    installing: AtomicBool,
-    /// Bytes of log entries written since the database was opened.
-    pub(crate) log_bytes_appended: AtomicU64,
-    /// Snapshot builds since open, their total duration, and the current snapshot's size.
-    pub(crate) snapshot_counters: SnapshotCounters,
 }
 
 impl Db {
@@ -148,7 +114,7 @@ impl Db {
         // last flushed: the WAL grew without bound (hundreds of MiB after 600,000 events), and so
         // did the replay on restart. Past this size RocksDB flushes whatever pins the oldest WAL.
         opts.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
-        // State-machine writes skip the WAL (see state_machine.rs); flushing every column family
+        // State-machine writes skip the WAL (see `sm/store.rs`); flushing every column family
         // at one point of the write order is what keeps the state machine on disk a consistent
         // prefix of the applied log after a crash, never one column family ahead of another.
         opts.set_atomic_flush(true);
@@ -172,90 +138,7 @@ impl Db {
                 )?;
             }
         }
-        let snapshot_dir = dir.join(SNAPSHOT_SUBDIR);
-        std::fs::create_dir_all(&snapshot_dir)?;
-        Ok(Db {
-            rocks,
-            snapshot_lock: Mutex::new(()),
-            snapshot_dir,
-            durable: watch::channel(Durable::default()).0,
-            installing: AtomicBool::new(false),
-            log_bytes_appended: AtomicU64::new(0),
-            snapshot_counters: SnapshotCounters::default(),
-        })
-    }
-
-    /// Records that the state machine on disk has applied at least up to `index`, waking the
-    /// purges that wait for it.
-    pub(crate) fn note_durable_applied(&self, index: u64) {
-        self.durable.send_if_modified(|d| {
-            let raised = index > d.applied;
-            d.applied = d.applied.max(index);
-            raised
-        });
-    }
-
-    /// Records that a snapshot is about to be received and installed.
-    pub(crate) fn note_install_pending(&self) {
-        self.durable.send_modify(|d| d.install_pending = true);
-    }
-
-    /// Records that an install finished: the state machine on disk now covers `index`.
-    pub(crate) fn note_installed(&self, index: u64) {
-        self.durable.send_modify(|d| {
-            d.applied = d.applied.max(index);
-            d.install_pending = false;
-        });
-    }
-
-    /// Records that an install failed (nothing of it was written), so that a purge waiting
-    /// for it gives up instead of waiting forever.
-    pub(crate) fn note_install_failed(&self) {
-        self.durable.send_modify(|d| d.install_pending = false);
-    }
-
-    /// What the state machine on disk is known to cover, now.
-    pub(crate) fn durable(&self) -> Durable {
-        *self.durable.borrow()
-    }
-
-    /// Whether the state machine on disk is known to cover log index `index`.
-    pub(crate) fn durably_applied(&self, index: u64) -> bool {
-        index <= self.durable.borrow().applied
-    }
-
-    /// Follows [`Durable`] as builds, installs and flushes move it.
-    pub(crate) fn watch_durable(&self) -> watch::Receiver<Durable> {
-        self.durable.subscribe()
-    }
-
-    /// Holds `snapshot_lock` (a panic while it was held poisons nothing it guards: the records
-    /// it orders are in RocksDB).
-    pub(crate) fn snapshot_guard(&self) -> MutexGuard<'_, ()> {
-        self.snapshot_lock
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Marks the state machine as being rewritten by an install, or no longer.
-    pub(crate) fn set_installing(&self, installing: bool) {
-        self.installing.store(installing, Ordering::SeqCst);
-    }
-
-    /// Whether an install is rewriting the state machine now.
-    pub(crate) fn installing(&self) -> bool {
-        self.installing.load(Ordering::SeqCst)
-    }
-
-    /// A consistent view of the state machine for a reader, or [`StoreError::Installing`]
-    /// while an install rewrites it. The view is taken before the flag is read: a view taken
-    /// while the flag was still clear predates the install's first write.
-    pub(crate) fn reader_view(&self) -> Result<Snapshot<'_>, StoreError> {
-        let view = self.rocks.snapshot();
-        if self.installing() {
-            return Err(StoreError::Installing);
-        }
-        Ok(view)
+        Ok(Db { rocks })
     }
 
     /// Flushes every column family's memtable, atomically, and waits: afterwards everything
@@ -313,7 +196,7 @@ fn cf_options(name: &str) -> Options {
 
 /// Write options for state-machine writes: no WAL. They become durable with the next
 /// (atomic) memtable flush; until then the log entries they came from are re-applied after a
-/// crash (see state_machine.rs).
+/// crash (see `sm/store.rs`).
 pub(crate) fn state_machine_write() -> WriteOptions {
     let mut opts = WriteOptions::default();
     opts.disable_wal(true);
@@ -332,30 +215,4 @@ pub(crate) fn unsynced() -> WriteOptions {
     let mut opts = WriteOptions::default();
     opts.set_sync(false);
     opts
-}
-
-/// Encodes a value with postcard.
-pub(crate) fn encode<T: Serialize + ?Sized>(
-    what: &'static str,
-    value: &T,
-) -> Result<Vec<u8>, StoreError> {
-    postcard::to_stdvec(value).map_err(|source| StoreError::Codec { what, source })
-}
-
-/// Encodes a value with postcard into `buf` (cleared first), reusing its allocation.
-pub(crate) fn encode_reusing<T: Serialize + ?Sized>(
-    what: &'static str,
-    value: &T,
-    mut buf: Vec<u8>,
-) -> Result<Vec<u8>, StoreError> {
-    buf.clear();
-    postcard::to_extend(value, buf).map_err(|source| StoreError::Codec { what, source })
-}
-
-/// Decodes a postcard value.
-pub(crate) fn decode<T: DeserializeOwned>(
-    what: &'static str,
-    bytes: &[u8],
-) -> Result<T, StoreError> {
-    postcard::from_bytes(bytes).map_err(|source| StoreError::Codec { what, source })
 }

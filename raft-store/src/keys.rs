@@ -2,24 +2,24 @@
 //! RocksDB's bytewise order is numeric order, which makes log ranges and Lamport-ordered
 //! scans plain iterator walks.
 
-use xxhash_rust::xxh3::Xxh3;
-
-use crate::dedup_index::KeyHash;
 use crate::types::LamportStamp;
 
-/// Key of the single record in `sm_meta` holding the state machine's bookkeeping.
-pub(crate) const SM_STATE: &[u8] = b"state";
+/// Key of the single record in `sm_meta` holding the state machine's bookkeeping
+/// (`StateMachineMeta`). The bytes say "state" for historical reasons: they are on disk in
+/// every existing store, so they stay as they are.
+pub(crate) const STATE_MACHINE_META: &[u8] = b"state";
 /// Key of the vote in `raft_meta`.
 pub(crate) const VOTE: &[u8] = b"vote";
 /// Key of the committed log id in `raft_meta`.
 pub(crate) const COMMITTED: &[u8] = b"committed";
 /// Key of the last purged log id in `raft_meta`.
 pub(crate) const LAST_PURGED: &[u8] = b"last_purged";
-/// Key of the dedup index's hash seed in `raft_meta` (see `dedup_index.rs`).
-pub(crate) const DEDUP_SEED: &[u8] = b"dedup_seed";
+/// Key of the dedup index's hash seed in `raft_meta` (see `sm/dedup_index.rs`). On disk in
+/// every existing store: the bytes stay as they are.
+pub(crate) const DEDUP_HASH_SEED: &[u8] = b"dedup_seed";
 /// Key of the current snapshot's record (meta and data file) in `snapshot`.
 pub(crate) const SNAPSHOT_CURRENT: &[u8] = b"current";
-/// Key of the record of a snapshot being installed in `snapshot` (see snapshot.rs): present
+/// Key of the record of a snapshot being installed in `snapshot` (see `sm/snapshot/mod.rs`): present
 /// from an install's commit point until it finishes.
 pub(crate) const SNAPSHOT_INSTALLING: &[u8] = b"installing";
 
@@ -45,31 +45,6 @@ pub(crate) fn decode_u64(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(array))
 }
 
-/// Hash of an event's key for the dedup index (`dedup_index.rs`): XXH3-64 with `seed` of
-/// `len(topic) u32 BE | topic | event_id`. The topic's length prefix makes the split
-/// unambiguous, so ("ab", "c") and ("a", "bc") hash different inputs. Older releases' dedup
-/// records led with this same hash under seed 0, which is what lets their stores move to
-/// `key_hashes` without reading the events.
-pub(crate) fn event_hash(seed: u64, topic: &str, event_id: &str) -> KeyHash {
-    let len = u32::try_from(topic.len()).unwrap_or(u32::MAX);
-    let mut hasher = Xxh3::with_seed(seed);
-    hasher.update(&len.to_be_bytes());
-    hasher.update(topic.as_bytes());
-    hasher.update(event_id.as_bytes());
-    KeyHash(hasher.digest())
-}
-
-/// Key of an event's dedup record in an older release's `keys` column family: `hash u64 BE |
-/// len(topic) u32 BE | topic | event_id`, `hash` being [`event_hash`] with seed 0. Only tests write them
-/// now, to check that such a store is moved to `key_hashes` (`dedup_index::migrate_keys`).
-#[cfg(test)]
-pub(crate) fn event_key(topic: &str, event_id: &str) -> Vec<u8> {
-    let mut key = event_hash(0, topic, event_id).0.to_be_bytes().to_vec();
-    push_len_prefixed(&mut key, topic);
-    key.extend_from_slice(event_id.as_bytes());
-    key
-}
-
 /// Prefix shared by every `by_topic`/`by_source` entry of one name: `len(name) u32 BE | name`.
 /// No other name's entries start with it, because the length is part of the prefix.
 pub(crate) fn index_prefix(name: &str) -> Vec<u8> {
@@ -79,7 +54,7 @@ pub(crate) fn index_prefix(name: &str) -> Vec<u8> {
 }
 
 /// Key of a run of events in a secondary index: `index_prefix(name) | first lamport u64 BE`
-/// (see `index_runs.rs`).
+/// (see `sm/index_runs.rs`).
 pub(crate) fn index_key(name: &str, lamport: LamportStamp) -> Vec<u8> {
     let mut key = index_prefix(name);
     key.extend_from_slice(&lamport.0.to_be_bytes());
@@ -92,7 +67,8 @@ pub(crate) fn index_stamp(prefix: &[u8], key: &[u8]) -> Option<LamportStamp> {
     decode_u64(rest).map(LamportStamp)
 }
 
-fn push_len_prefixed(buf: &mut Vec<u8>, s: &str) {
+/// Appends `len(s) u32 BE | s` to `buf`.
+pub(crate) fn push_len_prefixed(buf: &mut Vec<u8>, s: &str) {
     // Names are validated by the server (topics and sources are at most 255 characters),
     // so the length always fits; saturating keeps this total anyway.
     let len = u32::try_from(s.len()).unwrap_or(u32::MAX);
@@ -110,25 +86,6 @@ mod tests {
         keys.sort();
         let decoded: Vec<_> = keys.iter().map(|k| decode_u64(k)).collect();
         assert_eq!(decoded, [0, 1, 255, 256, 300, u64::MAX].map(Some).to_vec());
-    }
-
-    #[test]
-    fn event_hash_is_the_hash_older_dedup_records_led_with() {
-        let key = event_key("t", "e");
-        assert_eq!(&key[8..], b"\x00\x00\x00\x01te");
-        // The one-shot hash of the record's tail, as older releases computed it.
-        assert_eq!(
-            KeyHash(xxhash_rust::xxh3::xxh3_64(&key[8..])),
-            event_hash(0, "t", "e")
-        );
-        assert_eq!(decode_u64(&key[..8]), Some(event_hash(0, "t", "e").0));
-        assert_ne!(event_hash(1, "t", "e"), event_hash(0, "t", "e"));
-    }
-
-    #[test]
-    fn event_hashes_do_not_collide_across_the_split() {
-        assert_ne!(event_hash(7, "ab", "c"), event_hash(7, "a", "bc"));
-        assert_ne!(event_hash(7, "", "abc"), event_hash(7, "abc", ""));
     }
 
     #[test]
@@ -151,12 +108,14 @@ mod tests {
         let end = KEY_SPACE_END.as_slice();
         assert!(log_key(u64::MAX).as_slice() < end);
         assert!(lamport_key(LamportStamp(u64::MAX)).as_slice() < end);
-        let mut worst = event_key(&"\u{10FFFF}".repeat(64), "\u{10FFFF}");
-        worst[..8].copy_from_slice(&[0xFF; 8]); // the largest possible hash
+        // An older release's dedup key (`sm/dedup_index.rs`) with the largest possible hash.
+        let mut worst = vec![0xFF; 8];
+        push_len_prefixed(&mut worst, &"\u{10FFFF}".repeat(64));
+        worst.extend_from_slice("\u{10FFFF}".as_bytes());
         assert!(worst.as_slice() < end);
         assert!(index_key(&"z".repeat(255), LamportStamp(u64::MAX)).as_slice() < end);
         assert!("\u{10FFFF}".repeat(4).as_bytes() < end);
-        assert!(SM_STATE < end && SNAPSHOT_CURRENT < end && SNAPSHOT_INSTALLING < end);
+        assert!(STATE_MACHINE_META < end && SNAPSHOT_CURRENT < end && SNAPSHOT_INSTALLING < end);
     }
 
     #[test]

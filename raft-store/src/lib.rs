@@ -4,103 +4,36 @@
 //!
 //! [`open`] gives the three handles the node needs: the log store and the state machine
 //! (handed to openraft) and a [`StoreReader`] for queries.
+//!
+//! This file only names the modules and what the crate exports; nothing in the crate imports
+//! it. The rooms: `log/` (the Raft log), `sm/` (the state machine), the top that uses both
+//! (`open.rs`, `reader.rs`, `backup.rs`), and the bottom both use (`coverage.rs`, `db.rs`,
+//! `codec.rs`, `keys.rs`, `types.rs`, `error.rs`, `failpoints.rs`); docs/architecture.md,
+//! "Modules of raft-store", has the table.
 
 mod backup;
+mod codec;
+mod coverage;
 mod db;
-mod dedup_index;
 mod error;
 pub mod failpoints;
-mod index_runs;
 mod keys;
-mod log_cache;
-mod log_store;
-mod prealloc;
+mod log;
+mod open;
 mod reader;
-mod segment_log;
-mod sm_state;
-mod snapshot;
-mod snapshot_file;
-mod snapshot_format;
-mod state_machine;
+mod sm;
 #[cfg(test)]
 mod test_entries;
 pub mod types;
 
-use std::path::Path;
-use std::sync::Arc;
-
-pub use backup::{restore, BackupSource, RestoreOptions, Restored, BACKUP_MAGIC};
+pub use backup::restore::{restore, RestoreOptions, Restored};
+pub use backup::{BackupSource, BACKUP_MAGIC};
 pub use error::StoreError;
-pub use log_cache::LogCacheReads;
-pub use log_store::LogStore;
+pub use log::{LogCacheReads, LogStore};
+pub use open::{open, open_with, StoreOptions, Stores};
 pub use reader::StoreReader;
-pub use snapshot::{SnapshotBuilder, SnapshotStats};
-pub use snapshot_file::SnapshotFile;
-pub use state_machine::StateMachineStore;
+pub use sm::{SnapshotBuilder, SnapshotFile, SnapshotStats, StateMachineStore};
 pub use types::*;
-
-/// The handles on one node's store; all share one RocksDB instance, which closes when the
-/// last of them (and of their clones) is dropped.
-pub struct Stores {
-    /// The Raft log, for openraft.
-    pub log_store: LogStore,
-    /// The state machine, for openraft.
-    pub state_machine: StateMachineStore,
-    /// Read-only queries, for the server.
-    pub reader: StoreReader,
-}
-
-/// Settings of a store that an operator may change between restarts.
-#[derive(Clone, Debug)]
-pub struct StoreOptions {
-    /// Size past which the Raft log starts a new segment file.
-    pub log_segment_bytes: u64,
-    /// Start new segments as zero-filled files prepared in the background, so that a sync
-    /// after an append flushes data only (see `prealloc.rs`). Off only helps on filesystems
-    /// that never overwrite in place (btrfs, ZFS), where the zeros are written for nothing.
-    pub log_preallocate: bool,
-}
-
-impl Default for StoreOptions {
-    fn default() -> Self {
-        StoreOptions {
-            log_segment_bytes: segment_log::DEFAULT_SEGMENT_BYTES,
-            log_preallocate: true,
-        }
-    }
-}
-
-/// Opens the store in `dir` with default options (see [`open_with`]).
-pub fn open(dir: &Path) -> Result<Stores, StoreError> {
-    open_with(dir, &StoreOptions::default())
-}
-
-/// Opens the store in `dir` (created if needed; RocksDB lives in `dir/rocksdb`, the log's
-/// segments in `dir/raft-log`), restoring the vote, log, committed and purged ids, state
-/// machine and current snapshot.
-pub fn open_with(dir: &Path, options: &StoreOptions) -> Result<Stores, StoreError> {
-    let db = Arc::new(db::Db::open(dir)?);
-    // Before anything reads the state machine: a crash may have left it half rewritten.
-    snapshot::resume_install(&db)?;
-    snapshot::remove_orphans(&db)?;
-    let log_store = LogStore::open(
-        db.clone(),
-        dir,
-        options.log_segment_bytes.max(1),
-        options.log_preallocate,
-    )?;
-    let log_reads = log_store.cache_reads();
-    let segments = log_store.segments();
-    let seed = dedup_index::ensure_seed(&db)?;
-    dedup_index::migrate_keys(&db, seed)?;
-    let index = dedup_index::DedupIndex::load(&db, &db.rocks.snapshot(), seed)?;
-    let index = dedup_index::SharedDedupIndex::new(index);
-    Ok(Stores {
-        log_store,
-        state_machine: StateMachineStore::load(db.clone(), index.clone())?,
-        reader: StoreReader::new(db, log_reads, segments, index),
-    })
-}
 
 #[cfg(test)]
 mod tests {

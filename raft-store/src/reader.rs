@@ -1,46 +1,48 @@
-//! Read-only queries for the server, straight from RocksDB: events by topic or producer in
-//! Lamport order, one event by key, stats, digest and last applied log id. Every method is
-//! a blocking call that reads one RocksDB snapshot, so its answer is consistent. While a
-//! snapshot install rewrites the state machine, every query answers `StoreError::Installing`.
+//! The server's handle on the store: queries of the state machine, straight from RocksDB
+//! (events by topic or producer in Lamport order, one event by key, stats, digest and last
+//! applied log id), sizes and counters of the log, backups, and one maintenance call
+//! ([`StoreReader::flush_memtables`], which changes where data lives, not what the store
+//! holds). Every query is a blocking call that reads one RocksDB snapshot, so its answer is
+//! consistent. While a snapshot install rewrites the state machine, every query answers
+//! `StoreError::Installing`.
+//!
+//! It sits above both halves (`log/`, `sm/`), which never import it.
 
 use std::sync::Arc;
 
 use openraft::LogId;
 use rocksdb::Snapshot;
 
-use crate::db::{self, Db, CF_BY_SOURCE, CF_BY_TOPIC, CF_EVENTS};
-use crate::dedup_index::SharedDedupIndex;
+use crate::backup::{self, BackupSource};
+use crate::codec;
+use crate::db::{Db, CF_BY_SOURCE, CF_BY_TOPIC, CF_EVENTS};
 use crate::error::StoreError;
-use crate::index_runs;
 use crate::keys;
-use crate::log_cache::LogCacheReads;
-use crate::segment_log::SegmentLog;
-use crate::sm_state::{self, SmState};
+use crate::log::{LogCacheReads, LogView};
+use crate::sm::bookkeeping::{self, Bookkeeping};
+use crate::sm::dedup_index::SharedDedupIndex;
+use crate::sm::index_runs;
+use crate::sm::machine_db::StateMachineDb;
+use crate::sm::snapshot::dir::SnapshotStats;
 use crate::types::{Digest, EventKey, EventPage, LamportStamp, NodeId, StoreStats, StoredEvent};
 
-/// Cheap-to-clone read handle on the store (plus the memtable flush); `Send + Sync`. Call it
-/// from blocking threads.
+/// Cheap-to-clone handle for the server: queries, log and snapshot counters, backups, and the
+/// memtable flush (the one call that is not a read); `Send + Sync`. Call it from blocking
+/// threads.
 #[derive(Clone)]
 pub struct StoreReader {
-    pub(crate) db: Arc<Db>,
-    log_reads: Arc<LogCacheReads>,
-    log: Arc<SegmentLog>,
+    pub(crate) db: Arc<StateMachineDb>,
+    log: LogView,
     index: SharedDedupIndex,
 }
 
 impl StoreReader {
     pub(crate) fn new(
-        db: Arc<Db>,
-        log_reads: Arc<LogCacheReads>,
-        log: Arc<SegmentLog>,
+        db: Arc<StateMachineDb>,
+        log: LogView,
         index: SharedDedupIndex,
     ) -> StoreReader {
-        StoreReader {
-            db,
-            log_reads,
-            log,
-            index,
-        }
+        StoreReader { db, log, index }
     }
 
     /// Whether a snapshot install is rewriting the state machine right now.
@@ -48,10 +50,10 @@ impl StoreReader {
         self.db.installing()
     }
 
-    /// The current snapshot as a backup to stream (backup.rs), or `None` before the first
+    /// The current snapshot as a backup to stream (`backup/`), or `None` before the first
     /// snapshot; `taken_from` is this node's id, recorded in the backup's header.
-    pub fn backup(&self, taken_from: NodeId) -> Result<Option<crate::BackupSource>, StoreError> {
-        crate::backup::open(&self.db, taken_from)
+    pub fn backup(&self, taken_from: NodeId) -> Result<Option<BackupSource>, StoreError> {
+        backup::open(&self.db, taken_from)
     }
 
     /// Stored events in the in-memory dedup index, and the bytes its table has allocated.
@@ -73,19 +75,17 @@ impl StoreReader {
 
     /// How the Raft log's reads (replication, apply) were served: memory or segment files.
     pub fn log_cache_reads(&self) -> &LogCacheReads {
-        &self.log_reads
+        self.log.cache_reads()
     }
 
     /// Snapshot builds since the store was opened, and the current snapshot's size.
-    pub fn snapshot_stats(&self) -> crate::SnapshotStats {
-        self.db.snapshot_counters.stats()
+    pub fn snapshot_stats(&self) -> SnapshotStats {
+        self.db.snapshots.counters.stats()
     }
 
     /// Bytes of Raft log entries written since the store was opened (a monotonic counter).
     pub fn log_bytes_appended(&self) -> u64 {
-        self.db
-            .log_bytes_appended
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.log.bytes_appended()
     }
 
     /// Bytes held in memtables (all column families, flushed or not yet), as RocksDB reports.
@@ -140,7 +140,7 @@ impl StoreReader {
                 // Stored after the view was taken.
                 continue;
             };
-            let event: StoredEvent = db::decode("stored event", &bytes)?;
+            let event: StoredEvent = codec::decode("stored event", &bytes)?;
             if event.event.has_key(&key.topic, &key.event_id) {
                 return Ok(Some(event));
             }
@@ -152,7 +152,7 @@ impl StoreReader {
     /// moment.
     pub fn stats(&self) -> Result<StoreStats, StoreError> {
         let view = self.db.reader_view()?;
-        let state = SmState::load(&self.db, &view)?;
+        let state = Bookkeeping::load(&self.db, &view)?;
         Ok(StoreStats {
             counters: state.meta.counters,
             topic_counts: state.sorted_topics(),
@@ -165,13 +165,13 @@ impl StoreReader {
 
     /// The digest together with the log id it is the state of.
     pub fn digest(&self) -> Result<(Option<LogId<NodeId>>, Digest), StoreError> {
-        let meta = sm_state::read_meta(&self.db, &self.db.reader_view()?)?;
+        let meta = bookkeeping::read_meta(&self.db, &self.db.reader_view()?)?;
         Ok((meta.last_applied, meta.digest))
     }
 
     /// Last log id applied to the state machine.
     pub fn last_applied(&self) -> Result<Option<LogId<NodeId>>, StoreError> {
-        Ok(sm_state::read_meta(&self.db, &self.db.reader_view()?)?.last_applied)
+        Ok(bookkeeping::read_meta(&self.db, &self.db.reader_view()?)?.last_applied)
     }
 
     /// One page of a secondary index. `next` is `Some` exactly when more events follow
@@ -185,7 +185,7 @@ impl StoreReader {
         limit: usize,
     ) -> Result<EventPage, StoreError> {
         let view = self.db.reader_view()?;
-        let as_of = sm_state::read_meta(&self.db, &view)?.last_applied;
+        let as_of = bookkeeping::read_meta(&self.db, &view)?.last_applied;
         let from = match after {
             None => LamportStamp(0),
             Some(LamportStamp(u64::MAX)) => {
@@ -226,7 +226,7 @@ fn read_events(
         let bytes = value?.ok_or_else(|| {
             StoreError::corrupt("events", format!("stamp {stamp} indexed but missing"))
         })?;
-        events.push(db::decode("stored event", &bytes)?);
+        events.push(codec::decode("stored event", &bytes)?);
     }
     Ok(events)
 }

@@ -21,7 +21,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = Node,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = crate::snapshot_file::SnapshotFile,
+        SnapshotData = crate::sm::snapshot::file::SnapshotFile,
 );
 
 /// A Lamport clock value: a producer's own clock, or the cluster's stamp on a stored event.
@@ -184,7 +184,7 @@ pub(crate) struct StoredEventRef<'a> {
     pub(crate) log_index: u64,
 }
 
-/// The seed's counters. Invariant: `received == unique_processed + duplicate_dropped`.
+/// The seed workload's counters. Invariant: `received == unique_processed + duplicate_dropped`.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
     /// Every applied event.
@@ -231,7 +231,7 @@ impl Digest {
 /// A snapshot of the state machine's bookkeeping, read consistently.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreStats {
-    /// The seed's counters.
+    /// The seed workload's counters.
     pub counters: Counters,
     /// Stored events per topic.
     pub topic_counts: BTreeMap<String, u64>,

@@ -9,7 +9,7 @@
 //! read, not before, keeps `get_current_snapshot` cheap: openraft calls it at every start-up,
 //! and reading a multi-GiB file there would make start-up time grow with the store. A
 //! snapshot being received is a new file in the snapshot directory (`*.part`) that openraft
-//! writes chunks into; the install renames it once it is checked (snapshot.rs).
+//! writes chunks into; the install renames it once it is checked (`mod.rs`).
 
 use std::future::Future;
 use std::io::{self, SeekFrom};

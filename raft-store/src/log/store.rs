@@ -1,5 +1,6 @@
-//! The Raft log: entries in segment files (`segment_log.rs`), the vote, committed and last
-//! purged log ids in RocksDB, and the group-commit flusher that reports appends durable.
+//! openraft's log storage: entries in segment files (`segments/`), the vote, committed and
+//! last purged log ids in RocksDB's `raft_meta`, and purges that wait for the state machine.
+//! Appends are reported durable by the flusher (`flusher.rs`).
 //!
 //! Durability order matters: openraft counts an entry towards a quorum (and so may commit
 //! it and answer a client) as soon as the `LogFlushed` callback fires. If the callback fired
@@ -8,7 +9,7 @@
 //! on the log. So `append` writes the entries unsynced (readable at once, which replication
 //! needs), and the flusher syncs them and only then fires the callbacks.
 //!
-//! Reads of recent entries are served from the in-memory tail (`log_cache.rs`) when it
+//! Reads of recent entries are served from the in-memory tail (`cache.rs`) when it
 //! holds the whole range; every write here is mirrored into it.
 //!
 //! Stores written before the segment files kept the entries in RocksDB's `log` column family;
@@ -17,20 +18,22 @@
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, LogId, OptionalSend, RaftLogReader, StorageError, Vote};
 use rocksdb::WriteBatch;
 
+use crate::codec;
+use crate::coverage::StateMachineCoverage;
 use crate::db::{self, Db, CF_LOG, CF_RAFT_META};
 use crate::error::StoreError;
 use crate::failpoints;
 use crate::keys;
-use crate::log_cache::{self, LogCache, LogCacheReads};
-use crate::segment_log::SegmentLog;
+use crate::log::cache::{self, LogCache, LogCacheReads};
+use crate::log::flusher::Flusher;
+use crate::log::segments::SegmentLog;
 use crate::types::{NodeId, TypeConfig};
 
 type Entry = openraft::Entry<TypeConfig>;
@@ -40,13 +43,28 @@ const LOG_SUBDIR: &str = "raft-log";
 
 /// openraft's log storage (and log reader). Clones share the segment files, the database and
 /// the flusher.
+///
+/// # To ensure correctness
+/// - `append` returns with the entries written and readable (replication reads them at once);
+///   its callback fires only after they are synced (`flusher.rs`), never before.
+/// - `save_vote` is synced before it returns; `save_committed` is not (a hint for restart).
+/// - `truncate` is synced before it returns: truncated entries never come back after a crash.
+/// - `purge` makes the purged id durable before deleting anything, and never deletes entries
+///   the state machine on disk still needs to be re-applied (`coverage.rs`).
+/// - Every write is mirrored into the tail cache; a read it cannot serve whole goes to disk.
+///
+/// Why each of these: docs/architecture.md, "What is synced when" and "Crash consistency".
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Db>,
+    /// What the state machine on disk covers: a purge never runs ahead of it.
+    state_machine: Arc<dyn StateMachineCoverage>,
     log: Arc<SegmentLog>,
     flusher: Arc<Flusher>,
     cache: Arc<LogCache>,
     reads: Arc<LogCacheReads>,
+    /// Bytes of log entries appended since the store was opened.
+    bytes_appended: Arc<AtomicU64>,
     /// A purge that waits, in the background, for the snapshot install covering it (see
     /// [`LogStore::purge`]); every later operation on the log settles it first.
     deferred: Arc<std::sync::Mutex<Option<DeferredPurge>>>,
@@ -58,9 +76,11 @@ type DeferredPurge = tokio::task::JoinHandle<Result<(), StoreError>>;
 impl LogStore {
     /// Opens the log under `dir` (the node's data directory) beside `db`, recovering its
     /// intact prefix, and starts the flusher thread. A new segment starts past
-    /// `segment_bytes`, in a zero-filled spare with `preallocate`.
+    /// `segment_bytes`, in a zero-filled spare with `preallocate`. Purges wait for
+    /// `state_machine` to cover them.
     pub(crate) fn open(
         db: Arc<Db>,
+        state_machine: Arc<dyn StateMachineCoverage>,
         dir: &Path,
         segment_bytes: u64,
         preallocate: bool,
@@ -89,25 +109,26 @@ impl LogStore {
         }
         let log = Arc::new(log);
         let flusher = Arc::new(Flusher::start(log.clone())?);
-        let cache = Arc::new(LogCache::new(log_cache::DEFAULT_BUDGET_BYTES));
+        let cache = Arc::new(LogCache::new(cache::DEFAULT_BUDGET_BYTES));
         Ok(LogStore {
             db,
+            state_machine,
             log,
             flusher,
             cache,
             reads: Arc::default(),
+            bytes_appended: Arc::default(),
             deferred: Arc::default(),
         })
     }
 
-    /// The segment files (shared by every clone).
-    pub(crate) fn segments(&self) -> Arc<SegmentLog> {
-        self.log.clone()
-    }
-
-    /// How this log's reads were served (shared by every clone).
-    pub(crate) fn cache_reads(&self) -> Arc<LogCacheReads> {
-        self.reads.clone()
+    /// What the server's reader may see of this log (shared by every clone).
+    pub(crate) fn view(&self) -> LogView {
+        LogView {
+            segments: self.log.clone(),
+            reads: self.reads.clone(),
+            bytes_appended: self.bytes_appended.clone(),
+        }
     }
 
     /// Runs a synced write off the async runtime: an fsync can take milliseconds.
@@ -115,6 +136,36 @@ impl LogStore {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || db.rocks.write_opt(batch, &db::synced())).await??;
         Ok(())
+    }
+}
+
+/// What the server's reader may see of the log: sizes and counters, never entries.
+#[derive(Clone)]
+pub(crate) struct LogView {
+    segments: Arc<SegmentLog>,
+    reads: Arc<LogCacheReads>,
+    bytes_appended: Arc<AtomicU64>,
+}
+
+impl LogView {
+    /// Bytes of records in the segment files, purged ones not yet deleted included.
+    pub(crate) fn disk_bytes(&self) -> u64 {
+        self.segments.disk_bytes()
+    }
+
+    /// See [`SegmentLog::purge_index_keeping`].
+    pub(crate) fn purge_index_keeping(&self, keep_bytes: u64) -> Option<u64> {
+        self.segments.purge_index_keeping(keep_bytes)
+    }
+
+    /// How the log's reads were served.
+    pub(crate) fn cache_reads(&self) -> &LogCacheReads {
+        &self.reads
+    }
+
+    /// Bytes of log entries appended since the store was opened (a monotonic counter).
+    pub(crate) fn bytes_appended(&self) -> u64 {
+        self.bytes_appended.load(Ordering::Relaxed)
     }
 }
 
@@ -126,7 +177,7 @@ fn read_meta<T: serde::de::DeserializeOwned>(
 ) -> Result<Option<T>, StoreError> {
     let cf = db.cf(CF_RAFT_META)?;
     match db.rocks.get_pinned_cf(cf, key)? {
-        Some(bytes) => Ok(Some(db::decode(what, &bytes)?)),
+        Some(bytes) => Ok(Some(codec::decode(what, &bytes)?)),
         None => Ok(None),
     }
 }
@@ -151,7 +202,7 @@ fn migrate_column_family(
     let mut moved = 0;
     let mut chunk = Vec::new();
     while let Some(value) = it.value() {
-        let entry = db::decode::<Entry>("log entry", value)?;
+        let entry = codec::decode::<Entry>("log entry", value)?;
         if purged.is_none_or(|p| entry.log_id.index > p) {
             chunk.push(entry);
         }
@@ -240,7 +291,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.put_cf(
                 self.db.cf(CF_RAFT_META)?,
                 keys::VOTE,
-                db::encode("vote", vote)?,
+                codec::encode("vote", vote)?,
             );
             self.write_synced(batch).await
         };
@@ -262,7 +313,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     ) -> Result<(), StorageError<NodeId>> {
         let write = || -> Result<(), StoreError> {
             let cf = self.db.cf(CF_RAFT_META)?;
-            let value = db::encode("committed log id", &committed)?;
+            let value = codec::encode("committed log id", &committed)?;
             self.db
                 .rocks
                 .put_cf_opt(cf, keys::COMMITTED, value, &db::unsynced())?;
@@ -297,9 +348,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .log
             .append(&entries)
             .map_err(|e| e.into_storage(ErrorSubject::Logs, ErrorVerb::Write))?;
-        self.db
-            .log_bytes_appended
-            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        self.bytes_appended.fetch_add(bytes, Ordering::Relaxed);
         self.cache.appended(entries);
         self.flusher.submit(callback);
         Ok(())
@@ -356,7 +405,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Purged entries leave the cache at once: openraft will not ask for them again, and a
         // miss is always safe (they stay in the segments until the purge is done).
         self.cache.purged(log_id.index);
-        let durable = self.db.durable();
+        let durable = self.state_machine.durable();
         if durable.applied < log_id.index && durable.install_pending {
             let store = self.clone();
             let purge = tokio::spawn(async move { store.purge_when_covered(log_id).await });
@@ -376,7 +425,7 @@ impl LogStore {
         batch.put_cf(
             self.db.cf(CF_RAFT_META)?,
             keys::LAST_PURGED,
-            db::encode("last purged log id", &log_id)?,
+            codec::encode("last purged log id", &log_id)?,
         );
         self.write_synced(batch).await?;
         failpoints::crash_point(failpoints::PURGE_AFTER_RECORD);
@@ -427,12 +476,12 @@ impl LogStore {
     /// see [`LogStore::purge`]). A purge runs inside openraft's core loop, so the common case
     /// must not flush or wait.
     async fn wait_state_machine_covers(&self, index: u64) -> Result<(), StoreError> {
-        if self.db.durably_applied(index) {
+        if self.state_machine.durably_applied(index) {
             return Ok(());
         }
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || crate::state_machine::flush_applied(&db)).await??;
-        let now = self.db.durable();
+        let state_machine = self.state_machine.clone();
+        tokio::task::spawn_blocking(move || state_machine.flush_applied()).await??;
+        let now = self.state_machine.durable();
         if now.applied >= index || !now.install_pending {
             // Covered, or nothing will ever cover more: what is applied is on disk.
             return Ok(());
@@ -442,7 +491,7 @@ impl LogStore {
             "log purge waits for the snapshot install that covers it"
         );
         let started = std::time::Instant::now();
-        let mut durable = self.db.watch_durable();
+        let mut durable = self.state_machine.watch_durable();
         loop {
             let waited = tokio::time::timeout(
                 INSTALL_WAIT_LOG_EVERY,
@@ -451,7 +500,7 @@ impl LogStore {
             .await;
             let d = match waited {
                 Ok(Ok(d)) => *d,
-                // The sender lives in `Db`, which this store holds: never closed while here.
+                // The sender lives in the state machine this store holds: never closed while here.
                 Ok(Err(_)) => return Err(StoreError::PurgeWithoutInstall(index)),
                 Err(_) => {
                     tracing::warn!(
@@ -475,91 +524,6 @@ impl LogStore {
 /// How often a purge waiting for an install says so.
 const INSTALL_WAIT_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// A log sync slower than this is logged: it delays every acknowledgement waiting on it.
-const SLOW_SYNC: std::time::Duration = std::time::Duration::from_millis(20);
-
-/// Group commit: one thread that syncs the log once for every callback queued since its
-/// last sync, then fires those callbacks in order. Joined when the last `LogStore` clone
-/// is dropped, so the files are closed when `Stores` is.
-struct Flusher {
-    tx: Option<mpsc::Sender<LogFlushed<TypeConfig>>>,
-    thread: Option<JoinHandle<()>>,
-    log: Arc<SegmentLog>,
-}
-
-impl Flusher {
-    fn start(log: Arc<SegmentLog>) -> Result<Flusher, StoreError> {
-        let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
-        let synced = log.clone();
-        let thread = std::thread::Builder::new()
-            .name("raft-log-flusher".into())
-            .spawn(move || {
-                while let Ok(first) = rx.recv() {
-                    let mut pending = vec![first];
-                    pending.extend(rx.try_iter());
-                    // Every callback in `pending` was queued after its entries were written,
-                    // so this one sync covers all of them.
-                    let started = std::time::Instant::now();
-                    let result = synced.sync_timed();
-                    let took = started.elapsed();
-                    if took >= SLOW_SYNC {
-                        // The parts tell a slow disk (data, dir) from a blocked append (lock).
-                        let times = result.as_ref().ok();
-                        let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
-                        tracing::warn!(
-                            took_ms = took.as_millis() as u64,
-                            appends = pending.len(),
-                            lock_wait_ms = times.map(|t| ms(t.lock_wait)),
-                            data_sync_ms = times.map(|t| ms(t.data)),
-                            dir_sync_ms = times.and_then(|t| t.dir.map(ms)),
-                            files = times.map(|t| t.files),
-                            "slow Raft log sync: every write waiting on it was delayed as long"
-                        );
-                    }
-                    for callback in pending {
-                        callback.log_io_completed(match &result {
-                            Ok(_) => Ok(()),
-                            Err(e) => Err(std::io::Error::other(e.to_string())),
-                        });
-                    }
-                }
-            })?;
-        Ok(Flusher {
-            tx: Some(tx),
-            thread: Some(thread),
-            log,
-        })
-    }
-
-    /// Queues `callback`; if the thread is gone, syncs inline instead.
-    fn submit(&self, callback: LogFlushed<TypeConfig>) {
-        let unsent = match &self.tx {
-            Some(tx) => match tx.send(callback) {
-                Ok(()) => return,
-                Err(mpsc::SendError(callback)) => callback,
-            },
-            None => callback,
-        };
-        let result = self
-            .log
-            .sync()
-            .map_err(|e| std::io::Error::other(e.to_string()));
-        unsent.log_io_completed(result);
-    }
-}
-
-impl Drop for Flusher {
-    fn drop(&mut self) {
-        // Closing the channel ends the thread's loop once the queue is drained.
-        drop(self.tx.take());
-        if let Some(thread) = self.thread.take() {
-            if thread.join().is_err() {
-                tracing::error!("raft log flusher thread panicked");
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -569,9 +533,12 @@ mod tests {
     use rocksdb::WriteBatch;
 
     use super::{index_bounds, Entry, LogStore, LOG_SUBDIR};
-    use crate::db::{self, Db, CF_LOG, CF_RAFT_META};
+    use crate::codec;
+    use crate::coverage::{Durable, StateMachineCoverage};
+    use crate::db::{Db, CF_LOG, CF_RAFT_META};
+    use crate::error::StoreError;
     use crate::keys;
-    use crate::segment_log::SegmentLog;
+    use crate::log::segments::SegmentLog;
 
     fn blank(index: u64) -> Entry {
         Entry {
@@ -588,10 +555,10 @@ mod tests {
             batch.put_cf(
                 cf,
                 keys::log_key(i),
-                db::encode("entry", &blank(i)).unwrap(),
+                codec::encode("entry", &blank(i)).unwrap(),
             );
         }
-        let purged = db::encode("purged", &blank(2).log_id).unwrap();
+        let purged = codec::encode("purged", &blank(2).log_id).unwrap();
         batch.put_cf(db.cf(CF_RAFT_META).unwrap(), keys::LAST_PURGED, purged);
         db.rocks.write(batch).unwrap();
     }
@@ -608,6 +575,30 @@ mod tests {
             .unwrap()
     }
 
+    /// A state machine that has applied nothing: these tests purge nothing.
+    struct NothingApplied(tokio::sync::watch::Sender<Durable>);
+
+    impl StateMachineCoverage for NothingApplied {
+        fn durable(&self) -> Durable {
+            *self.0.borrow()
+        }
+
+        fn watch_durable(&self) -> tokio::sync::watch::Receiver<Durable> {
+            self.0.subscribe()
+        }
+
+        fn flush_applied(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    fn open(db: Arc<Db>, dir: &std::path::Path) -> LogStore {
+        let state_machine = Arc::new(NothingApplied(
+            tokio::sync::watch::channel(Durable::default()).0,
+        ));
+        LogStore::open(db, state_machine, dir, 1 << 20, true).unwrap()
+    }
+
     fn read_all(log: &mut LogStore) -> Vec<u64> {
         rt().block_on(log.try_get_log_entries(0..))
             .unwrap()
@@ -621,7 +612,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = Arc::new(Db::open(dir.path()).unwrap());
         write_old_layout(&db);
-        let mut log = LogStore::open(db.clone(), dir.path(), 1 << 20, true).unwrap();
+        let mut log = open(db.clone(), dir.path());
         assert_eq!(read_all(&mut log), (3..=20).collect::<Vec<_>>());
         assert!(column_family_is_empty(&db));
         let state = rt().block_on(log.get_log_state()).unwrap();
@@ -644,12 +635,12 @@ mod tests {
                 .unwrap();
             partial.sync().unwrap();
         }
-        let mut log = LogStore::open(db.clone(), dir.path(), 1 << 20, true).unwrap();
+        let mut log = open(db.clone(), dir.path());
         assert_eq!(read_all(&mut log), (3..=20).collect::<Vec<_>>());
         assert!(column_family_is_empty(&db));
         drop(log);
         // Opening again finds nothing left to move and keeps the segments.
-        let mut log = LogStore::open(db, dir.path(), 1 << 20, true).unwrap();
+        let mut log = open(db, dir.path());
         assert_eq!(read_all(&mut log), (3..=20).collect::<Vec<_>>());
     }
 

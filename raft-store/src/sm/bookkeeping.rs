@@ -8,15 +8,18 @@ use rocksdb::{Snapshot, WriteBatch};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::db::{self, Db, CF_PRODUCERS, CF_SM_META, CF_TOPICS};
+use crate::codec;
+use crate::db::{Db, CF_PRODUCERS, CF_SM_META, CF_TOPICS};
 use crate::error::StoreError;
 use crate::keys;
 use crate::types::{Counters, Digest, LamportStamp, Node, NodeId, ProducerStats};
 
-/// The one `sm_meta` record, rewritten by every apply.
+/// The one record of the `sm_meta` column family (key [`keys::STATE_MACHINE_META`]),
+/// rewritten by every apply. Its encoding, the column family's name and the key are on disk in
+/// every existing store and do not change with the type's name.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct SmMeta {
-    /// The seed's counters.
+pub(crate) struct StateMachineMeta {
+    /// The seed workload's counters: received, unique, duplicate.
     pub(crate) counters: Counters,
     /// Highest stamp assigned.
     pub(crate) clock: LamportStamp,
@@ -30,18 +33,18 @@ pub(crate) struct SmMeta {
 
 /// Everything the state machine keeps besides the events and their indexes.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct SmState {
+pub(crate) struct Bookkeeping {
     /// The `sm_meta` record.
-    pub(crate) meta: SmMeta,
+    pub(crate) meta: StateMachineMeta,
     /// Stored events per topic.
     pub(crate) topics: HashMap<String, u64>,
     /// Per-producer tracking.
     pub(crate) producers: HashMap<String, ProducerStats>,
 }
 
-impl SmState {
+impl Bookkeeping {
     /// Reads the whole bookkeeping from one consistent view.
-    pub(crate) fn load(db: &Db, view: &Snapshot<'_>) -> Result<SmState, StoreError> {
+    pub(crate) fn load(db: &Db, view: &Snapshot<'_>) -> Result<Bookkeeping, StoreError> {
         let meta = read_meta(db, view)?;
         let mut topics = HashMap::new();
         let mut it = view.raw_iterator_cf(db.cf(CF_TOPICS)?);
@@ -60,12 +63,12 @@ impl SmState {
         while let Some((key, value)) = it.item() {
             producers.insert(
                 utf8("producer name", key)?,
-                db::decode("producer stats", value)?,
+                codec::decode("producer stats", value)?,
             );
             it.next();
         }
         it.status()?;
-        Ok(SmState {
+        Ok(Bookkeeping {
             meta,
             topics,
             producers,
@@ -76,8 +79,8 @@ impl SmState {
     pub(crate) fn put_meta(&self, db: &Db, batch: &mut WriteBatch) -> Result<(), StoreError> {
         batch.put_cf(
             db.cf(CF_SM_META)?,
-            keys::SM_STATE,
-            db::encode("state machine meta", &self.meta)?,
+            keys::STATE_MACHINE_META,
+            codec::encode("state machine meta", &self.meta)?,
         );
         Ok(())
     }
@@ -105,7 +108,7 @@ impl SmState {
         batch.put_cf(
             db.cf(CF_PRODUCERS)?,
             source.as_bytes(),
-            db::encode("producer stats", &stats)?,
+            codec::encode("producer stats", &stats)?,
         );
         Ok(())
     }
@@ -125,10 +128,10 @@ impl SmState {
 }
 
 /// Reads the `sm_meta` record from `view` (the default when nothing was applied yet).
-pub(crate) fn read_meta(db: &Db, view: &Snapshot<'_>) -> Result<SmMeta, StoreError> {
-    match view.get_pinned_cf(db.cf(CF_SM_META)?, keys::SM_STATE)? {
-        Some(bytes) => db::decode("state machine meta", &bytes),
-        None => Ok(SmMeta::default()),
+pub(crate) fn read_meta(db: &Db, view: &Snapshot<'_>) -> Result<StateMachineMeta, StoreError> {
+    match view.get_pinned_cf(db.cf(CF_SM_META)?, keys::STATE_MACHINE_META)? {
+        Some(bytes) => codec::decode("state machine meta", &bytes),
+        None => Ok(StateMachineMeta::default()),
     }
 }
 
@@ -136,9 +139,10 @@ fn utf8(what: &'static str, bytes: &[u8]) -> Result<String, StoreError> {
     String::from_utf8(bytes.to_vec()).map_err(|e| StoreError::corrupt(what, e.to_string()))
 }
 
+/// The digest's hash of one stored event (not the dedup index's, `dedup_index::dedup_hash`):
 /// xxh3-128 of `(topic, event_id, lamport)` with length-prefixed strings, so that
 /// `("ab", "c")` and `("a", "bc")` hash differently.
-pub(crate) fn event_hash(topic: &str, event_id: &str, lamport: LamportStamp) -> u128 {
+pub(crate) fn digest_hash(topic: &str, event_id: &str, lamport: LamportStamp) -> u128 {
     let mut h = Xxh3::new();
     h.update(&(topic.len() as u64).to_le_bytes());
     h.update(topic.as_bytes());
@@ -154,7 +158,7 @@ impl Digest {
         self.count += 1;
         self.value = self
             .value
-            .wrapping_add(event_hash(topic, event_id, lamport));
+            .wrapping_add(digest_hash(topic, event_id, lamport));
     }
 }
 
@@ -193,12 +197,12 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(a.count, 2);
         assert_ne!(
-            event_hash("ab", "c", LamportStamp(1)),
-            event_hash("a", "bc", LamportStamp(1))
+            digest_hash("ab", "c", LamportStamp(1)),
+            digest_hash("a", "bc", LamportStamp(1))
         );
         assert_ne!(
-            event_hash("t", "1", LamportStamp(1)),
-            event_hash("t", "1", LamportStamp(2))
+            digest_hash("t", "1", LamportStamp(1)),
+            digest_hash("t", "1", LamportStamp(2))
         );
     }
 

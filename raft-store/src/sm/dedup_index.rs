@@ -9,7 +9,7 @@
 //! skip list takes cheaply.
 //!
 //! A hash only names candidates: two keys may share one, so a caller confirms a candidate by
-//! reading the event at its stamp and comparing the key (`state_machine.rs`, `reader.rs`).
+//! reading the event at its stamp and comparing the key (`sm/apply.rs`, `reader.rs`).
 //! Every stored event has its entry, so a key whose hash has no entry is certainly absent;
 //! the common case (a new event) never reads an event back.
 //!
@@ -25,15 +25,42 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use hashbrown::HashTable;
 use rocksdb::{Snapshot, WriteBatch};
+use xxhash_rust::xxh3::Xxh3;
 
 use crate::db::{synced, Db, CF_KEYS, CF_KEY_HASHES, CF_RAFT_META};
 use crate::error::StoreError;
 use crate::keys;
 use crate::types::LamportStamp;
 
-/// XXH3-64 of an event's key (see [`keys::event_hash`]); equal keys have equal hashes.
+/// XXH3-64 of an event's key ([`dedup_hash`]); equal keys have equal hashes, and a hash only
+/// names candidates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct KeyHash(pub(crate) u64);
+
+/// Hash of an event's key for the dedup index: XXH3-64 with the store's `hash_seed` of
+/// `len(topic) u32 BE | topic | event_id`. The topic's length prefix makes the split
+/// unambiguous, so ("ab", "c") and ("a", "bc") hash different inputs. Older releases' dedup
+/// records led with this same hash under seed 0, which is what lets their stores move to
+/// `key_hashes` without reading the events ([`migrate_keys`]).
+pub(crate) fn dedup_hash(hash_seed: u64, topic: &str, event_id: &str) -> KeyHash {
+    let len = u32::try_from(topic.len()).unwrap_or(u32::MAX);
+    let mut hasher = Xxh3::with_seed(hash_seed);
+    hasher.update(&len.to_be_bytes());
+    hasher.update(topic.as_bytes());
+    hasher.update(event_id.as_bytes());
+    KeyHash(hasher.digest())
+}
+
+/// Key of an event's dedup record in an older release's `keys` column family: `hash u64 BE |
+/// len(topic) u32 BE | topic | event_id`, `hash` being [`dedup_hash`] with seed 0. Only tests
+/// write them now, to check that such a store is moved to `key_hashes` ([`migrate_keys`]).
+#[cfg(test)]
+pub(crate) fn legacy_dedup_key(topic: &str, event_id: &str) -> Vec<u8> {
+    let mut key = dedup_hash(0, topic, event_id).0.to_be_bytes().to_vec();
+    keys::push_len_prefixed(&mut key, topic);
+    key.extend_from_slice(event_id.as_bytes());
+    key
+}
 
 /// Tables the index is split into. A hash table grows by copying itself whole into one twice
 /// the size, in one step: at ten million entries a single table's step took about half a second,
@@ -42,9 +69,17 @@ pub(crate) struct KeyHash(pub(crate) u64);
 const SHARDS: usize = 256;
 
 /// Stamps of stored events by the hash of their key.
+///
+/// # To ensure correctness
+/// - A hash only names candidates: a caller reads the event at each candidate's stamp and
+///   compares the stored key before calling anything a duplicate.
+/// - Every stored event has an entry, so a key whose hash has none is certainly absent; an
+///   entry is inserted only after its event's batch is written.
+/// - The hash seed is the store's for good ([`ensure_hash_seed`]): the records on disk were
+///   filed under it.
 pub(crate) struct DedupIndex {
     /// The store's hash seed (see the module header).
-    seed: u64,
+    hash_seed: u64,
     shards: Vec<HashTable<(KeyHash, LamportStamp)>>,
 }
 
@@ -56,18 +91,18 @@ fn shard_of(hash: KeyHash) -> usize {
 }
 
 impl DedupIndex {
-    /// An empty index hashing with `seed`.
-    pub(crate) fn new(seed: u64) -> DedupIndex {
+    /// An empty index hashing with `hash_seed`.
+    pub(crate) fn new(hash_seed: u64) -> DedupIndex {
         // Empty tables allocate nothing.
         DedupIndex {
-            seed,
+            hash_seed,
             shards: (0..SHARDS).map(|_| HashTable::new()).collect(),
         }
     }
 
     /// The hash of a key, as this index files it.
     pub(crate) fn hash(&self, topic: &str, event_id: &str) -> KeyHash {
-        keys::event_hash(self.seed, topic, event_id)
+        dedup_hash(self.hash_seed, topic, event_id)
     }
 
     /// Stamps of every stored event whose key hashes to `hash` (usually none or one).
@@ -97,10 +132,14 @@ impl DedupIndex {
         self.shards.iter().map(HashTable::allocation_size).sum()
     }
 
-    /// Reads the whole index from the `key_hashes` column family of one consistent view; `seed`
-    /// is the store's ([`ensure_seed`]).
-    pub(crate) fn load(db: &Db, view: &Snapshot<'_>, seed: u64) -> Result<DedupIndex, StoreError> {
-        let mut index = DedupIndex::new(seed);
+    /// Reads the whole index from the `key_hashes` column family of one consistent view;
+    /// `hash_seed` is the store's ([`ensure_hash_seed`]).
+    pub(crate) fn load(
+        db: &Db,
+        view: &Snapshot<'_>,
+        hash_seed: u64,
+    ) -> Result<DedupIndex, StoreError> {
+        let mut index = DedupIndex::new(hash_seed);
         let mut it = view.raw_iterator_cf(db.cf(CF_KEY_HASHES)?);
         it.seek_to_first();
         while let Some((key, value)) = it.item() {
@@ -129,20 +168,24 @@ pub(crate) fn put_record(
 /// The store's hash seed, drawn and recorded (synced) if it has none yet. A store without one
 /// but with index records was written before seeds, unseeded, which is seed 0: it keeps 0, so
 /// its records (and an older release's `keys`, moved by [`migrate_keys`]) stay valid.
-pub(crate) fn ensure_seed(db: &Db) -> Result<u64, StoreError> {
+pub(crate) fn ensure_hash_seed(db: &Db) -> Result<u64, StoreError> {
     let meta_cf = db.cf(CF_RAFT_META)?;
-    if let Some(bytes) = db.rocks.get_pinned_cf(meta_cf, keys::DEDUP_SEED)? {
+    if let Some(bytes) = db.rocks.get_pinned_cf(meta_cf, keys::DEDUP_HASH_SEED)? {
         return keys::decode_u64(&bytes)
             .ok_or_else(|| StoreError::corrupt("dedup seed", "not 8 bytes"));
     }
-    let seed: u64 = if has_records(db, CF_KEY_HASHES)? || has_records(db, CF_KEYS)? {
+    let hash_seed: u64 = if has_records(db, CF_KEY_HASHES)? || has_records(db, CF_KEYS)? {
         0
     } else {
         rand::random()
     };
-    db.rocks
-        .put_cf_opt(meta_cf, keys::DEDUP_SEED, seed.to_be_bytes(), &synced())?;
-    Ok(seed)
+    db.rocks.put_cf_opt(
+        meta_cf,
+        keys::DEDUP_HASH_SEED,
+        hash_seed.to_be_bytes(),
+        &synced(),
+    )?;
+    Ok(hash_seed)
 }
 
 fn has_records(db: &Db, cf: &'static str) -> Result<bool, StoreError> {
@@ -155,11 +198,11 @@ fn has_records(db: &Db, cf: &'static str) -> Result<bool, StoreError> {
 
 /// Moves an older release's dedup records (`keys`: `hash | topic | event_id -> stamp`) into
 /// `key_hashes`, in one synced write that also empties `keys`. Their leading eight bytes are
-/// the same hash [`keys::event_hash`] computes, so nothing needs the events themselves. A
+/// the same hash [`dedup_hash`] computes, so nothing needs the events themselves. A
 /// no-op on a store that has no such records.
-pub(crate) fn migrate_keys(db: &Db, seed: u64) -> Result<u64, StoreError> {
+pub(crate) fn migrate_keys(db: &Db, hash_seed: u64) -> Result<u64, StoreError> {
     let (keys_cf, hashes_cf) = (db.cf(CF_KEYS)?, db.cf(CF_KEY_HASHES)?);
-    if seed != 0 && has_records(db, CF_KEYS)? {
+    if hash_seed != 0 && has_records(db, CF_KEYS)? {
         return Err(StoreError::corrupt(
             "dedup records",
             "an older release's unseeded records in a store with a seeded index",
@@ -221,6 +264,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_dedup_hash_is_the_hash_older_dedup_records_led_with() {
+        let key = legacy_dedup_key("t", "e");
+        assert_eq!(&key[8..], b"\x00\x00\x00\x01te");
+        // The one-shot hash of the record's tail, as older releases computed it.
+        assert_eq!(
+            KeyHash(xxhash_rust::xxh3::xxh3_64(&key[8..])),
+            dedup_hash(0, "t", "e")
+        );
+        assert_eq!(keys::decode_u64(&key[..8]), Some(dedup_hash(0, "t", "e").0));
+        assert_ne!(dedup_hash(1, "t", "e"), dedup_hash(0, "t", "e"));
+    }
+
+    #[test]
+    fn dedup_hashes_do_not_collide_across_the_split() {
+        assert_ne!(dedup_hash(7, "ab", "c"), dedup_hash(7, "a", "bc"));
+        assert_ne!(dedup_hash(7, "", "abc"), dedup_hash(7, "abc", ""));
+    }
+
+    #[test]
     fn candidates_are_every_stamp_under_the_hash_and_only_those() {
         let mut index = DedupIndex::new(0);
         index.insert(KeyHash(7), LamportStamp(1));
@@ -278,12 +340,12 @@ mod tests {
         let db = Db::open(dir.path()).unwrap();
         let mut batch = WriteBatch::default();
         let keys_cf = db.cf(CF_KEYS).unwrap();
-        batch.put_cf(keys_cf, keys::event_key("t", "a"), 5u64.to_be_bytes());
-        batch.put_cf(keys_cf, keys::event_key("u", "b"), 9u64.to_be_bytes());
+        batch.put_cf(keys_cf, legacy_dedup_key("t", "a"), 5u64.to_be_bytes());
+        batch.put_cf(keys_cf, legacy_dedup_key("u", "b"), 9u64.to_be_bytes());
         db.rocks.write(batch).unwrap();
 
         // An older release's store has no seed: it gets 0, the seed its records were made with.
-        assert_eq!(ensure_seed(&db).unwrap(), 0);
+        assert_eq!(ensure_hash_seed(&db).unwrap(), 0);
         assert_eq!(migrate_keys(&db, 0).unwrap(), 2);
         let index = DedupIndex::load(&db, &db.rocks.snapshot(), 0).unwrap();
         for (topic, id, stamp) in [("t", "a", 5), ("u", "b", 9)] {
@@ -295,7 +357,7 @@ mod tests {
         assert!(!it.valid(), "the old records are gone");
         drop(it);
         // Nothing left to move: opening again changes nothing.
-        assert_eq!(ensure_seed(&db).unwrap(), 0);
+        assert_eq!(ensure_hash_seed(&db).unwrap(), 0);
         assert_eq!(migrate_keys(&db, 0).unwrap(), 0);
         let reloaded = DedupIndex::load(&db, &db.rocks.snapshot(), 0).unwrap();
         assert_eq!(reloaded.len(), 2);
@@ -317,9 +379,12 @@ mod tests {
         let seeds: Vec<u64> = (0..2)
             .map(|_| {
                 let dir = tempfile::tempdir().unwrap();
-                let seed = ensure_seed(&Db::open(dir.path()).unwrap()).unwrap();
+                let seed = ensure_hash_seed(&Db::open(dir.path()).unwrap()).unwrap();
                 // Reopened, the store hashes as before.
-                assert_eq!(ensure_seed(&Db::open(dir.path()).unwrap()).unwrap(), seed);
+                assert_eq!(
+                    ensure_hash_seed(&Db::open(dir.path()).unwrap()).unwrap(),
+                    seed
+                );
                 seed
             })
             .collect();
@@ -332,23 +397,18 @@ mod tests {
         let db = Db::open(dir.path()).unwrap();
         let mut batch = WriteBatch::default();
         let cf = db.cf(CF_KEY_HASHES).unwrap();
-        put_record(
-            &mut batch,
-            cf,
-            keys::event_hash(0, "t", "a"),
-            LamportStamp(1),
-        );
+        put_record(&mut batch, cf, dedup_hash(0, "t", "a"), LamportStamp(1));
         db.rocks.write(batch).unwrap();
-        assert_eq!(ensure_seed(&db).unwrap(), 0);
+        assert_eq!(ensure_hash_seed(&db).unwrap(), 0);
     }
 
     #[test]
     fn unseeded_records_in_a_seeded_store_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path()).unwrap();
-        let seed = ensure_seed(&db).unwrap();
+        let seed = ensure_hash_seed(&db).unwrap();
         let keys_cf = db.cf(CF_KEYS).unwrap();
-        let key = keys::event_key("t", "a");
+        let key = legacy_dedup_key("t", "a");
         db.rocks.put_cf(keys_cf, key, 5u64.to_be_bytes()).unwrap();
         // A drawn seed of 0 (one chance in 2^64) would make the records valid.
         assert!(seed == 0 || migrate_keys(&db, seed).is_err());

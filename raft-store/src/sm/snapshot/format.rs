@@ -13,9 +13,9 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::db;
+use crate::codec;
 use crate::error::StoreError;
-use crate::sm_state::{SmMeta, SmState};
+use crate::sm::bookkeeping::{Bookkeeping, StateMachineMeta};
 use crate::types::{Digest, ProducerStats, StoredEvent};
 
 const MAGIC: &[u8; 8] = b"AGSNAP01";
@@ -32,14 +32,14 @@ const MAX_EVENT_FRAME: u32 = 64 << 20;
 /// Everything in a snapshot except the events.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct SnapshotHeader {
-    pub(crate) meta: SmMeta,
+    pub(crate) meta: StateMachineMeta,
     pub(crate) topics: Vec<(String, u64)>,
     pub(crate) producers: Vec<(String, ProducerStats)>,
 }
 
 impl SnapshotHeader {
     /// The header describing `state`.
-    pub(crate) fn of(state: &SmState) -> SnapshotHeader {
+    pub(crate) fn of(state: &Bookkeeping) -> SnapshotHeader {
         SnapshotHeader {
             meta: state.meta.clone(),
             topics: state.sorted_topics().into_iter().collect(),
@@ -48,8 +48,8 @@ impl SnapshotHeader {
     }
 
     /// The state-machine bookkeeping this header carries.
-    pub(crate) fn into_state(self) -> SmState {
-        SmState {
+    pub(crate) fn into_state(self) -> Bookkeeping {
+        Bookkeeping {
             meta: self.meta,
             topics: self.topics.into_iter().collect(),
             producers: self.producers.into_iter().collect(),
@@ -82,7 +82,7 @@ impl FormatWriter {
             unsynced: 0,
         };
         w.put(MAGIC)?;
-        w.frame(&db::encode("snapshot header", header)?)?;
+        w.frame(&codec::encode("snapshot header", header)?)?;
         Ok(w)
     }
 
@@ -150,7 +150,7 @@ impl FormatReader {
         if !r.next_frame(u32::MAX)? {
             return Err(StoreError::corrupt("snapshot", "no header"));
         }
-        let header = db::decode("snapshot header", &r.frame)?;
+        let header = codec::decode("snapshot header", &r.frame)?;
         Ok((r, header))
     }
 
@@ -223,12 +223,12 @@ fn truncated() -> StoreError {
 /// Reads a whole stream, checking that it is one a build could have written: events decode,
 /// come in strictly ascending stamps and add up to the header's digest (which counts them).
 /// Returns the bookkeeping it carries and what was read. Holds one event at a time.
-pub(crate) fn check(file: File) -> Result<(SmState, Sealed), StoreError> {
+pub(crate) fn check(file: File) -> Result<(Bookkeeping, Sealed), StoreError> {
     let (mut reader, header) = FormatReader::new(file)?;
     let mut digest = Digest::default();
     let mut last_stamp = None;
     while let Some(bytes) = reader.next_event()? {
-        let stored: StoredEvent = db::decode("snapshot event", bytes)?;
+        let stored: StoredEvent = codec::decode("snapshot event", bytes)?;
         let stamp = stored.lamport;
         if last_stamp.is_some_and(|last| stamp <= last) {
             return Err(StoreError::corrupt("snapshot", "events out of stamp order"));
@@ -251,7 +251,7 @@ mod tests {
     use super::*;
 
     fn header() -> SnapshotHeader {
-        SnapshotHeader::of(&SmState::default())
+        SnapshotHeader::of(&Bookkeeping::default())
     }
 
     #[test]

@@ -15,7 +15,8 @@ use std::collections::HashMap;
 
 use rocksdb::{ColumnFamily, Snapshot, WriteBatch};
 
-use crate::db::{self, Db};
+use crate::codec;
+use crate::db::Db;
 use crate::error::StoreError;
 use crate::keys;
 use crate::types::LamportStamp;
@@ -82,7 +83,7 @@ fn encode_rest(run: &[LamportStamp], mut buf: Vec<u8>) -> Result<Vec<u8>, StoreE
             )),
         })
         .collect::<Result<Vec<u64>, _>>()?;
-    db::encode_reusing("index run", &deltas, buf)
+    codec::encode_reusing("index run", &deltas, buf)
 }
 
 /// Appends the stamps of the run starting at `first` whose record value is `value` to `out`.
@@ -95,7 +96,7 @@ pub(crate) fn decode_run(
     if value.is_empty() {
         return Ok(());
     }
-    let deltas: Vec<u64> = db::decode("index run", value)?;
+    let deltas: Vec<u64> = codec::decode("index run", value)?;
     let mut stamp = first.0;
     for delta in deltas {
         stamp = match stamp.checked_add(delta) {
@@ -169,9 +170,9 @@ mod tests {
     fn damaged_runs_are_refused() {
         let mut out = Vec::new();
         // A zero delta would repeat a stamp; an overflowing one would wrap around.
-        let zero = db::encode("t", &vec![3u64, 0]).unwrap();
+        let zero = codec::encode("t", &vec![3u64, 0]).unwrap();
         assert!(decode_run(LamportStamp(1), &zero, &mut out).is_err());
-        let wrap = db::encode("t", &vec![u64::MAX]).unwrap();
+        let wrap = codec::encode("t", &vec![u64::MAX]).unwrap();
         assert!(decode_run(LamportStamp(2), &wrap, &mut out).is_err());
         assert!(decode_run(LamportStamp(1), &[0xFF], &mut out).is_err());
         // Stamps pushed out of order are an error when written, never a wrapped delta.

@@ -1,16 +1,5 @@
-//! Online backups and restores. A backup is the current snapshot's data behind a header that
-//! says what it holds, so it can be kept as a file, checked and restored with no node running:
-//!
-//! `MAGIC | len u32 BE | postcard(BackupHeader) | snapshot data (snapshot_format.rs)`
-//!
-//! Taking one costs what reading the snapshot file costs: no copy of the store, nothing held
-//! in memory, and the node goes on applying (the file is opened before a newer snapshot can
-//! delete it, and an open file stays readable). The data is verified as it is streamed; a
-//! damaged file fails the read that reaches its end, so a damaged backup is never delivered
-//! whole.
-//!
 //! A restore writes a new store from a backup: the state machine as the snapshot holds it (the
-//! install path every follower uses, snapshot.rs), an empty Raft log starting after the
+//! install path every follower uses, sm/snapshot/mod.rs), an empty Raft log starting after the
 //! snapshot's last log id, and a vote at the snapshot's term. Given a member list, it rewrites
 //! the snapshot's membership first: that is how a backup becomes a new cluster (etcd's
 //! `snapshot restore --initial-cluster` does the same). Without one it keeps the membership the
@@ -18,85 +7,19 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::storage::RaftLogStorage;
-use openraft::{LogId, Membership, SnapshotMeta, StoredMembership, Vote};
-use serde::{Deserialize, Serialize};
+use openraft::{LogId, Membership, StoredMembership, Vote};
 
-use crate::db::{self, Db};
+use super::{read_header, BackupHeader, Meta};
 use crate::error::StoreError;
-use crate::snapshot;
-use crate::snapshot_file::SnapshotFile;
-use crate::snapshot_format::{FormatReader, FormatWriter, Sealed};
+use crate::open::{open_with, StoreOptions, Stores};
+use crate::sm::machine_db::StateMachineDb;
+use crate::sm::snapshot;
+use crate::sm::snapshot::format::{FormatReader, FormatWriter, Sealed};
 use crate::types::{Node, NodeId};
-use crate::StoreOptions;
-
-/// First bytes of every backup file.
-pub const BACKUP_MAGIC: &[u8; 8] = b"AGBACK01";
-/// Largest header accepted; a real one is a few hundred bytes (it grows with the members).
-const MAX_HEADER_BYTES: u32 = 1 << 20;
-
-type Meta = SnapshotMeta<NodeId, Node>;
-
-/// What a backup says about itself, ahead of the snapshot data.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-struct BackupHeader {
-    /// The snapshot's meta: last log id, membership, id.
-    meta: Meta,
-    /// Length and XXH3-64 of the snapshot data that follows.
-    data_len: u64,
-    data_checksum: u64,
-    /// The node that served it.
-    taken_from: NodeId,
-    /// When it was served, in milliseconds since the Unix epoch.
-    taken_unix_ms: u64,
-}
-
-/// A backup ready to be streamed: [`BackupSource::prefix`], then the bytes of
-/// [`BackupSource::data`] to its end (verified as they are read).
-pub struct BackupSource {
-    /// Last log id the backup covers.
-    pub last_log_id: Option<LogId<NodeId>>,
-    /// The snapshot's id.
-    pub snapshot_id: String,
-    /// Total length of the backup: prefix and data.
-    pub len: u64,
-    /// The magic and the header.
-    pub prefix: Vec<u8>,
-    /// The snapshot data.
-    pub data: SnapshotFile,
-}
-
-/// The current snapshot of `db` as a backup, or `None` when no snapshot exists yet.
-pub(crate) fn open(db: &Db, taken_from: NodeId) -> Result<Option<BackupSource>, StoreError> {
-    let Some((meta, sealed, file)) = snapshot::open_current(db)? else {
-        return Ok(None);
-    };
-    let header = BackupHeader {
-        meta: meta.clone(),
-        data_len: sealed.len,
-        data_checksum: sealed.checksum,
-        taken_from,
-        taken_unix_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64),
-    };
-    let encoded = db::encode("backup header", &header)?;
-    let mut prefix = Vec::with_capacity(BACKUP_MAGIC.len() + 4 + encoded.len());
-    prefix.extend_from_slice(BACKUP_MAGIC);
-    prefix.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
-    prefix.extend_from_slice(&encoded);
-    Ok(Some(BackupSource {
-        last_log_id: meta.last_log_id,
-        snapshot_id: meta.snapshot_id,
-        len: prefix.len() as u64 + sealed.len,
-        prefix,
-        data: SnapshotFile::to_send(file, sealed.len, sealed.checksum)?,
-    }))
-}
 
 /// How to restore a backup.
 #[derive(Clone, Debug)]
@@ -137,8 +60,8 @@ pub async fn restore(
 ) -> Result<Restored, StoreError> {
     refuse_unless_empty(dir)?;
     let plan = plan(backup, options.id, options.members.as_ref())?;
-    let stores = crate::open_with(dir, &options.store)?;
-    let crate::Stores {
+    let stores = open_with(dir, &options.store)?;
+    let Stores {
         mut log_store,
         state_machine,
         reader,
@@ -147,7 +70,7 @@ pub async fn restore(
     let backup = backup.to_path_buf();
     let (meta, header, events) = tokio::task::spawn_blocking(move || {
         let part = rewrite(&db, &backup, &plan)?;
-        let state = snapshot::install(&db, &plan.meta, &part, &index)?;
+        let state = snapshot::install::install(&db, &plan.meta, &part, &index)?;
         Ok::<_, StoreError>((plan.meta, plan.header, state.meta.digest.count))
     })
     .await??;
@@ -250,7 +173,7 @@ fn plan(
 
 /// Copies the backup's snapshot data into a received-snapshot file of `db` with the planned
 /// membership, checking on the way that the data is what the header promises.
-fn rewrite(db: &Db, backup: &Path, plan: &Plan) -> Result<PathBuf, StoreError> {
+fn rewrite(db: &StateMachineDb, backup: &Path, plan: &Plan) -> Result<PathBuf, StoreError> {
     let (header, meta) = (&plan.header, &plan.meta);
     let mut file = File::open(backup)?;
     file.seek(SeekFrom::Start(plan.data_start))?;
@@ -262,7 +185,7 @@ fn rewrite(db: &Db, backup: &Path, plan: &Plan) -> Result<PathBuf, StoreError> {
         ));
     }
     data_header.meta.last_membership = meta.last_membership.clone();
-    let part = snapshot::part_path(db);
+    let part = snapshot::install::part_path(db);
     let written = (|| {
         let out = File::options()
             .read(true)
@@ -290,36 +213,6 @@ fn rewrite(db: &Db, backup: &Path, plan: &Plan) -> Result<PathBuf, StoreError> {
         return Err(e);
     }
     Ok(part)
-}
-
-fn read_header(file: &mut File) -> Result<BackupHeader, StoreError> {
-    let mut input = BufReader::new(&mut *file);
-    let mut magic = [0; BACKUP_MAGIC.len()];
-    let not_a_backup = || StoreError::corrupt("backup", "not a backup file (bad magic)");
-    input.read_exact(&mut magic).map_err(|_| not_a_backup())?;
-    if &magic != BACKUP_MAGIC {
-        return Err(not_a_backup());
-    }
-    let mut len = [0; 4];
-    input.read_exact(&mut len)?;
-    let len = u32::from_be_bytes(len);
-    if len > MAX_HEADER_BYTES {
-        return Err(StoreError::corrupt(
-            "backup",
-            format!("header of {len} bytes"),
-        ));
-    }
-    let mut encoded = vec![0; len as usize];
-    input
-        .read_exact(&mut encoded)
-        .map_err(|_| StoreError::corrupt("backup", "truncated header"))?;
-    drop(input);
-    let header = db::decode("backup header", &encoded)?;
-    // The buffered reader read ahead: put the file right after the header.
-    file.seek(SeekFrom::Start(
-        (BACKUP_MAGIC.len() + 4) as u64 + u64::from(len),
-    ))?;
-    Ok(header)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! The deduplicating event state machine: applying entries (insert-if-absent, Lamport
-//! stamping, producer tracking, digest) with one RocksDB `WriteBatch` per `apply` call.
+//! openraft's state machine (`RaftStateMachine`): apply (`apply.rs` does the work, one
+//! RocksDB `WriteBatch` per call), snapshot builds and installs (`snapshot/`), and the
+//! in-memory bookkeeping between calls.
 //!
 //! Apply writes skip the WAL: the Raft log already is the redo log of the state machine, and
 //! writing every event a second time through the WAL cost a quarter of a node's CPU once the
@@ -17,27 +18,22 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use hashbrown::HashTable;
 use openraft::storage::RaftStateMachine;
 use openraft::{
     EntryPayload, ErrorSubject, ErrorVerb, LogId, OptionalSend, Snapshot, SnapshotMeta,
     StorageError, StoredMembership,
 };
-use rocksdb::WriteBatch;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
-use crate::db::{self, Db, CF_BY_SOURCE, CF_BY_TOPIC, CF_EVENTS, CF_KEY_HASHES};
-use crate::dedup_index::{self, DedupIndex, KeyHash, SharedDedupIndex};
 use crate::error::StoreError;
-use crate::index_runs::IndexRuns;
-use crate::keys;
-use crate::sm_state::SmState;
-use crate::snapshot::{self, SnapshotBuilder};
-use crate::snapshot_file::SnapshotFile;
-use crate::types::{
-    ApplyStatus, BatchOutcome, Event, EventOutcome, LamportStamp, Node, NodeId, StoredEvent,
-    StoredEventRef, TypeConfig, MAX_PRODUCER_LAMPORT,
-};
+use crate::sm::apply::apply_entries;
+use crate::sm::bookkeeping::Bookkeeping;
+use crate::sm::dedup_index::SharedDedupIndex;
+use crate::sm::machine_db::StateMachineDb;
+use crate::sm::snapshot::build::SnapshotBuilder;
+use crate::sm::snapshot::file::SnapshotFile;
+use crate::sm::snapshot::{self, install};
+use crate::types::{BatchOutcome, Node, NodeId, TypeConfig};
 
 type Entry = openraft::Entry<TypeConfig>;
 
@@ -54,11 +50,28 @@ fn entry_events(e: &Entry) -> usize {
 
 /// openraft's state machine on the node's RocksDB. Bookkeeping is cached in memory
 /// (loaded on open) and written through in every apply's batch.
+///
+/// # To ensure correctness
+/// - `apply` is atomic per call: everything one call changes is one `WriteBatch`. A failed or
+///   cancelled call leaves the cached bookkeeping to be reloaded from RocksDB.
+/// - `apply` is deterministic, so replaying entries after a crash (their writes skipped the
+///   WAL, and the state on disk is the state after some prefix of the log) gives the same
+///   stamps and outcomes.
+/// - INSERT-if-absent on `(topic, event_id)`: an event whose key is stored, or stored earlier
+///   in the same call, is a duplicate with the original's stamp; nothing is overwritten.
+/// - Stamps strictly increase in apply order: each stored event gets one above both the clock
+///   and its producer's (capped) clock.
+/// - The dedup index learns an event only after its batch is written.
+/// - `install_snapshot` checks the received file whole (format, stamp order, digest, count)
+///   before it replaces anything; a crash after its commit point is finished at open.
+///
+/// Why each of these: docs/architecture.md, "Applying a batch", "Crash consistency" and
+/// "Snapshots".
 pub struct StateMachineStore {
-    db: Arc<Db>,
+    db: Arc<StateMachineDb>,
     /// `None` only while an apply runs on the blocking pool, or after one was cancelled;
     /// then it is reloaded from RocksDB, which always holds the truth.
-    state: Option<SmState>,
+    state: Option<Bookkeeping>,
     /// The dedup index, shared with the readers; changed only here, after a write.
     index: SharedDedupIndex,
     batch_bytes: Arc<AtomicU64>,
@@ -68,10 +81,10 @@ impl StateMachineStore {
     /// Opens the state machine on `db`, loading its bookkeeping; `index` is its dedup index,
     /// as loaded from the same store.
     pub(crate) fn load(
-        db: Arc<Db>,
+        db: Arc<StateMachineDb>,
         index: SharedDedupIndex,
     ) -> Result<StateMachineStore, StoreError> {
-        let state = SmState::load(&db, &db.rocks.snapshot())?;
+        let state = Bookkeeping::load(&db, &db.rocks.snapshot())?;
         // Freshly opened, the state machine is exactly what is on disk.
         db.note_durable_applied(state.meta.last_applied.map_or(0, |id| id.index));
         Ok(StateMachineStore {
@@ -83,7 +96,7 @@ impl StateMachineStore {
     }
 
     /// The database and the dedup index, for a restore that installs outside openraft.
-    pub(crate) fn parts(&self) -> (Arc<Db>, SharedDedupIndex) {
+    pub(crate) fn parts(&self) -> (Arc<StateMachineDb>, SharedDedupIndex) {
         (self.db.clone(), self.index.clone())
     }
 
@@ -92,9 +105,9 @@ impl StateMachineStore {
         self.batch_bytes.load(Ordering::Relaxed)
     }
 
-    fn state(&mut self) -> Result<&mut SmState, StoreError> {
+    fn state(&mut self) -> Result<&mut Bookkeeping, StoreError> {
         if self.state.is_none() {
-            self.state = Some(SmState::load(&self.db, &self.db.rocks.snapshot())?);
+            self.state = Some(Bookkeeping::load(&self.db, &self.db.rocks.snapshot())?);
         }
         self.state
             .as_mut()
@@ -131,7 +144,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // is reloaded from RocksDB rather than left half-updated.
         let mut state = match self.state.take() {
             Some(state) => state,
-            None => SmState::load(&self.db, &self.db.rocks.snapshot()).map_err(to_storage)?,
+            None => Bookkeeping::load(&self.db, &self.db.rocks.snapshot()).map_err(to_storage)?,
         };
         let events: usize = entries.iter().map(entry_events).sum();
         let joined = if events <= INLINE_APPLY_EVENTS {
@@ -185,7 +198,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // last: from here on, a purge past the state machine on disk waits for the install.
         self.db.note_install_pending();
         let db = self.db.clone();
-        match tokio::task::spawn_blocking(move || snapshot::begin_receive(&db)).await {
+        match tokio::task::spawn_blocking(move || install::begin_receive(&db)).await {
             Ok(Ok(file)) => Ok(Box::new(file)),
             Ok(Err(e)) => {
                 self.db.note_install_failed();
@@ -199,7 +212,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     /// Replaces the whole state with the snapshot's; a crash at any point leaves the old
-    /// state or (after a restart) the new one (snapshot.rs).
+    /// state or (after a restart) the new one (`snapshot/mod.rs`).
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<NodeId, Node>,
@@ -210,7 +223,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let installed = async {
             let received = received_file(&db, snapshot).await?;
             tokio::task::spawn_blocking(move || {
-                snapshot::install(&db, &owned_meta, &received, &index)
+                install::install(&db, &owned_meta, &received, &index)
             })
             .await
             .map_err(StoreError::Task)
@@ -260,14 +273,17 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
 /// The path of a received snapshot's file, complete and written through. A snapshot that was
 /// not received into a file of this store (openraft's test suite hands over another store's
 /// current snapshot) is copied into one first.
-async fn received_file(db: &Db, mut snapshot: Box<SnapshotFile>) -> Result<PathBuf, StoreError> {
+async fn received_file(
+    db: &StateMachineDb,
+    mut snapshot: Box<SnapshotFile>,
+) -> Result<PathBuf, StoreError> {
     if let Some(path) = snapshot.incoming_path() {
         let path = path.to_path_buf();
         snapshot.flush().await?;
         drop(snapshot.into_std().await);
         return Ok(path);
     }
-    let path = snapshot::part_path(db);
+    let path = install::part_path(db);
     let mut copy = tokio::fs::File::create_new(&path).await?;
     snapshot.seek(std::io::SeekFrom::Start(0)).await?;
     tokio::io::copy(&mut *snapshot, &mut copy).await?;
@@ -275,203 +291,17 @@ async fn received_file(db: &Db, mut snapshot: Box<SnapshotFile>) -> Result<PathB
     Ok(path)
 }
 
-/// Flushes every memtable and records what the state machine on disk then covers: at least
-/// the last applied id read before the flush (apply may move on meanwhile). For a purge that
-/// no snapshot covers yet (`LogStore::purge`).
-pub(crate) fn flush_applied(db: &Db) -> Result<(), StoreError> {
-    let applied = crate::sm_state::read_meta(db, &db.rocks.snapshot())?.last_applied;
-    db.flush_all()?;
-    db.note_durable_applied(applied.map_or(0, |id| id.index));
-    Ok(())
-}
-
-/// Applies `entries` to `state` and writes everything they change in one `WriteBatch`;
-/// records the events it stored in `index` once that batch is written. `state` is only
-/// meaningful if this returns `Ok`.
-fn apply_entries(
-    db: &Db,
-    state: &mut SmState,
-    index: &SharedDedupIndex,
-    entries: Vec<Entry>,
-    batch_bytes: &AtomicU64,
-) -> Result<Vec<BatchOutcome>, StoreError> {
-    let (events_cf, hashes_cf) = (db.cf(CF_EVENTS)?, db.cf(CF_KEY_HASHES)?);
-    let (topic_cf, source_cf) = (db.cf(CF_BY_TOPIC)?, db.cf(CF_BY_SOURCE)?);
-
-    let events: Vec<&Event> = entries
-        .iter()
-        .filter_map(|e| match &e.payload {
-            EntryPayload::Normal(batch) => Some(batch.events.iter()),
-            _ => None,
-        })
-        .flatten()
-        .collect();
-    let (hashes, stored_copies) = {
-        let index = index.read();
-        let hashes: Vec<KeyHash> = events
-            .iter()
-            .map(|ev| index.hash(&ev.topic, &ev.event_id))
-            .collect();
-        let stored = stored_copies(db, &index, &events, &hashes)?;
-        (hashes, stored)
-    };
-    // Keys stored earlier in this same call: the batch is not written yet, so neither RocksDB
-    // nor the index knows them. Entries are (hash, position in `events`, stamp).
-    let mut fresh: HashTable<(KeyHash, usize, LamportStamp)> = HashTable::new();
-    let mut lookups = hashes.iter().zip(&stored_copies).enumerate();
-
-    let (mut by_topic, mut by_source) = (IndexRuns::default(), IndexRuns::default());
-    let mut indexed = Vec::new();
-    // Sized for a typical event, so the batch's buffer is not regrown and copied as it fills.
-    let mut batch = WriteBatch::with_capacity_bytes(events.len() * 320);
-    let mut scratch = Vec::new();
-    let mut replies = Vec::with_capacity(entries.len());
-    for entry in &entries {
-        state.meta.last_applied = Some(entry.log_id);
-        let entry_events: &[Event] = match &entry.payload {
-            EntryPayload::Blank => &[],
-            EntryPayload::Membership(membership) => {
-                state.meta.last_membership =
-                    StoredMembership::new(Some(entry.log_id), membership.clone());
-                &[]
-            }
-            EntryPayload::Normal(batch) => &batch.events,
-        };
-        let mut results = Vec::with_capacity(entry_events.len());
-        for event in entry_events {
-            let (i, (hash, stored)) = lookups
-                .next()
-                .ok_or_else(|| StoreError::corrupt("apply", "fewer key lookups than events"))?;
-            state.meta.counters.received += 1;
-            let same_key = |&(h, j, _): &(KeyHash, usize, LamportStamp)| {
-                h == *hash
-                    && events
-                        .get(j)
-                        .is_some_and(|e| e.has_key(&event.topic, &event.event_id))
-            };
-            let existing = stored.or_else(|| fresh.find(hash.0, same_key).map(|e| e.2));
-            if let Some(original) = existing {
-                state.meta.counters.duplicate_dropped += 1;
-                results.push(EventOutcome {
-                    status: ApplyStatus::Duplicate,
-                    lamport: original,
-                });
-                continue;
-            }
-
-            let producer_clock = event.lamport.unwrap_or(0).min(MAX_PRODUCER_LAMPORT);
-            let stamp = LamportStamp(state.meta.clock.0.max(producer_clock).saturating_add(1));
-            state.meta.clock = stamp;
-            state.meta.counters.unique_processed += 1;
-            state.meta.digest.add(&event.topic, &event.event_id, stamp);
-            fresh.insert_unique(hash.0, (*hash, i, stamp), |e| e.0 .0);
-            indexed.push((*hash, stamp));
-            dedup_index::put_record(&mut batch, hashes_cf, *hash, stamp);
-            by_topic.push(&event.topic, stamp);
-            by_source.push(&event.source, stamp);
-            bump_topic(state, &event.topic);
-            record_producer(state, &event.source, event.seq, stamp);
-
-            let stored = StoredEventRef {
-                event,
-                lamport: stamp,
-                log_index: entry.log_id.index,
-            };
-            scratch = db::encode_reusing("stored event", &stored, scratch)?;
-            batch.put_cf(events_cf, keys::lamport_key(stamp), &scratch);
-            results.push(EventOutcome {
-                status: ApplyStatus::Stored,
-                lamport: stamp,
-            });
-        }
-        replies.push(BatchOutcome { results });
-    }
-
-    // The runs name exactly the topics and producers whose counts this call changed.
-    for topic in by_topic.names() {
-        state.put_topic(db, &mut batch, topic)?;
-    }
-    for source in by_source.names() {
-        state.put_producer(db, &mut batch, source)?;
-    }
-    by_topic.write(&mut batch, topic_cf)?;
-    by_source.write(&mut batch, source_cf)?;
-    state.put_meta(db, &mut batch)?;
-    batch_bytes.fetch_add(batch.size_in_bytes() as u64, Ordering::Relaxed);
-    db.rocks.write_opt(batch, &db::state_machine_write())?;
-    // Only now: an entry for an event that never reached RocksDB would make a later duplicate
-    // look up a stamp with nothing behind it.
-    let mut index = index.write();
-    for (hash, stamp) in indexed {
-        index.insert(hash, stamp);
-    }
-    Ok(replies)
-}
-
-/// For each of `events`, the stamp of a stored event with the same key, if there is one. Only
-/// events whose hash the index holds are looked up: their candidates are read back in one
-/// multi-get, in stamp order, and compared by key.
-fn stored_copies(
-    db: &Db,
-    index: &DedupIndex,
-    events: &[&Event],
-    hashes: &[KeyHash],
-) -> Result<Vec<Option<LamportStamp>>, StoreError> {
-    let mut found = vec![None; events.len()];
-    let mut probes: Vec<(LamportStamp, usize)> = hashes
-        .iter()
-        .enumerate()
-        .flat_map(|(i, hash)| index.candidates(*hash).map(move |stamp| (stamp, i)))
-        .collect();
-    if probes.is_empty() {
-        return Ok(found);
-    }
-    probes.sort_unstable();
-    let lookup: Vec<[u8; 8]> = probes.iter().map(|(s, _)| keys::lamport_key(*s)).collect();
-    let answers = db
-        .rocks
-        .batched_multi_get_cf(db.cf(CF_EVENTS)?, lookup.iter(), true);
-    for ((stamp, i), answer) in probes.into_iter().zip(answers) {
-        let bytes = answer?.ok_or_else(|| {
-            StoreError::corrupt("dedup index", format!("stamp {stamp} indexed but missing"))
-        })?;
-        let stored: StoredEvent = db::decode("stored event", &bytes)?;
-        let (Some(event), Some(slot)) = (events.get(i), found.get_mut(i)) else {
-            continue;
-        };
-        if stored.event.has_key(&event.topic, &event.event_id) {
-            *slot = Some(stamp);
-        }
-    }
-    Ok(found)
-}
-
-fn bump_topic(state: &mut SmState, topic: &str) {
-    match state.topics.get_mut(topic) {
-        Some(count) => *count += 1,
-        None => {
-            state.topics.insert(topic.to_owned(), 1);
-        }
-    }
-}
-
-fn record_producer(state: &mut SmState, source: &str, seq: Option<u64>, stamp: LamportStamp) {
-    match state.producers.get_mut(source) {
-        Some(stats) => stats.record(seq, stamp),
-        None => {
-            let mut stats = crate::types::ProducerStats::default();
-            stats.record(seq, stamp);
-            state.producers.insert(source.to_owned(), stats);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use openraft::storage::RaftStateMachine;
+    use rocksdb::WriteBatch;
 
     use super::*;
+    use crate::db::{self, Db, CF_KEY_HASHES};
+    use crate::keys;
+    use crate::sm::dedup_index;
     use crate::test_entries::entry;
+    use crate::types::{ApplyStatus, EventOutcome, LamportStamp};
 
     fn apply(sm: &mut StateMachineStore, entries: Vec<Entry>) -> Vec<EventOutcome> {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -550,11 +380,11 @@ mod tests {
             // What an older release left: `keys` records, no `key_hashes`, no seed.
             let db = Db::open(dir.path()).unwrap();
             let mut batch = WriteBatch::default();
-            batch.delete_cf(db.cf(db::CF_RAFT_META).unwrap(), keys::DEDUP_SEED);
+            batch.delete_cf(db.cf(db::CF_RAFT_META).unwrap(), keys::DEDUP_HASH_SEED);
             let hashes_cf = db.cf(CF_KEY_HASHES).unwrap();
             batch.delete_range_cf(hashes_cf, [].as_slice(), keys::KEY_SPACE_END.as_slice());
             for (id, stamp) in ["e-1", "e-2"].iter().zip(&stamps) {
-                let key = keys::event_key("t", id);
+                let key = dedup_index::legacy_dedup_key("t", id);
                 batch.put_cf(db.cf(db::CF_KEYS).unwrap(), key, stamp.0.to_be_bytes());
             }
             db.rocks.write_opt(batch, &db::synced()).unwrap();

@@ -1,0 +1,75 @@
+//! Opening a store: the start-up order (RocksDB, an interrupted install finished, the log
+//! recovered, the dedup index loaded) and the handles it gives.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::db;
+use crate::error::StoreError;
+use crate::log::{self, LogStore};
+use crate::reader::StoreReader;
+use crate::sm::{self, StateMachineStore};
+
+/// The handles on one node's store; all share one RocksDB instance, which closes when the
+/// last of them (and of their clones) is dropped.
+pub struct Stores {
+    /// The Raft log, for openraft.
+    pub log_store: LogStore,
+    /// The state machine, for openraft.
+    pub state_machine: StateMachineStore,
+    /// Read-only queries, for the server.
+    pub reader: StoreReader,
+}
+
+/// Settings of a store that an operator may change between restarts.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Size past which the Raft log starts a new segment file.
+    pub log_segment_bytes: u64,
+    /// Start new segments as zero-filled files prepared in the background, so that a sync
+    /// after an append flushes data only (see `log/spares.rs`). Off only helps on filesystems
+    /// that never overwrite in place (btrfs, ZFS), where the zeros are written for nothing.
+    pub log_preallocate: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            log_segment_bytes: log::DEFAULT_SEGMENT_BYTES,
+            log_preallocate: true,
+        }
+    }
+}
+
+/// Opens the store in `dir` with default options (see [`open_with`]).
+pub fn open(dir: &Path) -> Result<Stores, StoreError> {
+    open_with(dir, &StoreOptions::default())
+}
+
+/// Opens the store in `dir` (created if needed; RocksDB lives in `dir/rocksdb`, the log's
+/// segments in `dir/raft-log`), restoring the vote, log, committed and purged ids, state
+/// machine and current snapshot.
+pub fn open_with(dir: &Path, options: &StoreOptions) -> Result<Stores, StoreError> {
+    let db = Arc::new(db::Db::open(dir)?);
+    let machine_db = Arc::new(sm::machine_db::StateMachineDb::open(db.clone(), dir)?);
+    // Before anything reads the state machine: a crash may have left it half rewritten.
+    sm::snapshot::install::resume_install(&machine_db)?;
+    sm::snapshot::remove_orphans(&machine_db)?;
+    let log_store = LogStore::open(
+        db.clone(),
+        machine_db.clone(),
+        dir,
+        options.log_segment_bytes.max(1),
+        options.log_preallocate,
+    )?;
+    let log_view = log_store.view();
+    let hash_seed = sm::dedup_index::ensure_hash_seed(&db)?;
+    sm::dedup_index::migrate_keys(&db, hash_seed)?;
+    let index = sm::dedup_index::DedupIndex::load(&db, &db.rocks.snapshot(), hash_seed)?;
+    let index = sm::dedup_index::SharedDedupIndex::new(index);
+    Ok(Stores {
+        log_store,
+        state_machine: StateMachineStore::load(machine_db.clone(), index.clone())?,
+        reader: StoreReader::new(machine_db, log_view, index),
+    })
+}
