@@ -116,6 +116,15 @@ pub struct RunArgs {
     #[arg(long, env = "AGG_SNAPSHOT_LOG_MIB", default_value_t = 256)]
     pub snapshot_log_mib: u64,
 
+    /// The byte trigger grows with the store: a new snapshot is due only once the log written
+    /// since the last one is also this percentage of that snapshot's size (0: --snapshot-log-mib
+    /// alone). A build writes the whole store, so at a fixed interval the bytes written by
+    /// builds per byte of log grow with the store (16 at ten million events with 256 MiB);
+    /// with 50 they stay at most 2, for at most half a snapshot of extra log on disk.
+    #[arg(long, env = "AGG_SNAPSHOT_LOG_PERCENT", default_value_t = 50,
+          value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub snapshot_log_percent: u64,
+
     /// Seconds without log writes after which the memtables are flushed to disk (0: only when
     /// full). Moves the flush a burst leaves behind out of the next burst, and shortens the
     /// replay of a restart.
@@ -224,6 +233,8 @@ pub struct NodeConfig {
     pub snapshot_threshold: u64,
     /// Snapshot policy: log bytes since the last snapshot (0: off).
     pub snapshot_log_bytes: u64,
+    /// See `--snapshot-log-percent`.
+    pub snapshot_log_percent: u64,
     /// Quiet time after which memtables are flushed (zero: off).
     pub idle_flush: Duration,
     /// Size past which the Raft log starts a new segment file.
@@ -312,6 +323,7 @@ impl RunArgs {
             data_dir,
             snapshot_threshold: self.snapshot_threshold,
             snapshot_log_bytes: self.snapshot_log_mib.saturating_mul(1024 * 1024),
+            snapshot_log_percent: self.snapshot_log_percent,
             idle_flush: Duration::from_secs(self.idle_flush_secs),
             log_segment_bytes: self.log_segment_mib * 1024 * 1024,
             log_retain_bytes: self.log_retain_mib.saturating_mul(1024 * 1024),

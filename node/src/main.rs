@@ -166,7 +166,10 @@ async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     tokio::spawn(snapshot_policy::trigger_by_log_bytes(
         raft.clone(),
         state.reader.clone(),
-        cfg.snapshot_log_bytes,
+        snapshot_policy::LogLimit {
+            floor_bytes: cfg.snapshot_log_bytes,
+            percent_of_snapshot: cfg.snapshot_log_percent,
+        },
     ));
     tokio::spawn(log_retention::purge_behind_snapshot(
         raft.clone(),

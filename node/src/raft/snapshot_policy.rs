@@ -2,7 +2,11 @@
 //! (`--snapshot-threshold`), but an entry holds anywhere from one event to thousands, and every
 //! snapshot reads the whole store: counted in entries alone, either tiny entries snapshot far
 //! too often or large ones let the log grow far too long. This task also asks for a snapshot
-//! once `--snapshot-log-mib` of log was written since the last one.
+//! once `--snapshot-log-mib` of log was written since the last one, and at least
+//! `--snapshot-log-percent` of the current snapshot's size: a build writes the whole store,
+//! so a fixed interval would make the bytes builds write per byte of log grow with the store
+//! (at ten million events, 3.7 GiB every 256 MiB: two builds at once on the serving nodes while
+//! a follower was rebuilt held the leader's syncs at 50-137 ms; docs/performance.md).
 
 use std::time::Duration;
 
@@ -12,6 +16,25 @@ use super::start::Raft;
 
 /// How often the log written since the last snapshot is checked.
 const CHECK_EVERY: Duration = Duration::from_millis(500);
+
+/// How much log makes a snapshot due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogLimit {
+    /// Never less than this (`--snapshot-log-mib`); 0 turns the byte trigger off.
+    pub floor_bytes: u64,
+    /// At least this percentage of the current snapshot's size (`--snapshot-log-percent`).
+    pub percent_of_snapshot: u64,
+}
+
+impl LogLimit {
+    /// The log bytes that make a snapshot due when the current one holds `snapshot_bytes`.
+    fn bytes(&self, snapshot_bytes: u64) -> u64 {
+        let scaled =
+            u64::try_from(u128::from(snapshot_bytes) * u128::from(self.percent_of_snapshot) / 100)
+                .unwrap_or(u64::MAX);
+        self.floor_bytes.max(scaled)
+    }
+}
 
 /// What the task remembers between checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,9 +65,9 @@ impl Progress {
     }
 }
 
-/// Runs until Raft shuts down; `limit_bytes == 0` returns at once.
-pub async fn trigger_by_log_bytes(raft: Raft, reader: StoreReader, limit_bytes: u64) {
-    if limit_bytes == 0 {
+/// Runs until Raft shuts down; a zero floor returns at once.
+pub async fn trigger_by_log_bytes(raft: Raft, reader: StoreReader, limit: LogLimit) {
+    if limit.floor_bytes == 0 {
         return;
     }
     let snapshot_index = |raft: &Raft| raft.metrics().borrow().snapshot.map(|id| id.index);
@@ -57,6 +80,7 @@ pub async fn trigger_by_log_bytes(raft: Raft, reader: StoreReader, limit_bytes: 
     loop {
         tick.tick().await;
         let written = reader.log_bytes_appended();
+        let limit_bytes = limit.bytes(reader.snapshot_stats().bytes);
         if progress.observe(snapshot_index(&raft), written, limit_bytes) {
             tracing::info!(
                 limit_mib = limit_bytes >> 20,
@@ -72,6 +96,27 @@ pub async fn trigger_by_log_bytes(raft: Raft, reader: StoreReader, limit_bytes: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_limit_grows_with_the_snapshot_above_its_floor() {
+        let limit = LogLimit {
+            floor_bytes: 256 << 20,
+            percent_of_snapshot: 50,
+        };
+        // A small store: the floor.
+        assert_eq!(limit.bytes(0), 256 << 20);
+        assert_eq!(limit.bytes(100 << 20), 256 << 20);
+        // Ten million events (3.7 GiB): half of it, so builds write at most 2 bytes per byte
+        // of log whatever the store's size.
+        assert_eq!(limit.bytes(3_800 << 20), 1_900 << 20);
+        // No overflow at the extreme.
+        assert_eq!(limit.bytes(u64::MAX), u64::MAX / 2);
+        let fixed = LogLimit {
+            percent_of_snapshot: 0,
+            ..limit
+        };
+        assert_eq!(fixed.bytes(3_800 << 20), 256 << 20);
+    }
 
     #[test]
     fn due_once_per_limit_and_restarts_at_each_snapshot() {
