@@ -42,10 +42,16 @@ pub struct ConsistencyMarker {
     pub applied_index: u64,
     /// The leader known to the answering node.
     pub leader_id: Option<NodeId>,
-    /// Committed entries known to exist that the answer may not reflect.
-    pub lag_entries: u64,
+    /// Committed entries known to exist that the answer may not reflect; `None` (`null`) when
+    /// the answering node cannot know (see `lag_known`).
+    pub lag_entries: Option<u64>,
+    /// Whether the answering node knows how far behind it is: it heard from the leader (on the
+    /// leader: from a quorum) within an election timeout. `false` for a leader that no quorum
+    /// has acknowledged lately (it may have been deposed or cut off), a follower that has not
+    /// heard from a leader, and a marker without the field (an older server: the weaker claim).
+    pub lag_known: bool,
     /// Milliseconds since the answering node last heard from the leader; on the leader, since
-    /// a quorum last acknowledged it (0 for a linearizable answer).
+    /// a quorum last acknowledged it (0 for a linearizable answer); `None` if never.
     pub last_leader_contact_ms: Option<u64>,
 }
 
@@ -202,13 +208,36 @@ mod tests {
             served_by: 1,
             applied_index: 9,
             leader_id: Some(1),
-            lag_entries: 0,
+            lag_entries: Some(0),
+            lag_known: true,
             last_leader_contact_ms: Some(0),
         };
         assert_eq!(
             serde_json::to_string(&m).unwrap(),
-            r#"{"level":"linearizable","served_by":1,"applied_index":9,"leader_id":1,"lag_entries":0,"last_leader_contact_ms":0}"#
+            r#"{"level":"linearizable","served_by":1,"applied_index":9,"leader_id":1,"lag_entries":0,"lag_known":true,"last_leader_contact_ms":0}"#
         );
+    }
+
+    #[test]
+    fn an_unknown_lag_is_null_and_older_markers_still_parse() {
+        let m = ConsistencyMarker {
+            served_by: 1,
+            leader_id: Some(1),
+            last_leader_contact_ms: Some(2500),
+            ..Default::default()
+        };
+        let text = serde_json::to_string(&m).unwrap();
+        assert!(
+            text.contains(r#""lag_entries":null,"lag_known":false"#),
+            "{text}"
+        );
+        // A server from before `lag_known`: the number is kept, the claim is the weaker one.
+        let old: ConsistencyMarker = serde_json::from_str(
+            r#"{"level":"eventual","served_by":2,"applied_index":5,"leader_id":1,
+                "lag_entries":3,"last_leader_contact_ms":40}"#,
+        )
+        .unwrap();
+        assert_eq!((old.lag_entries, old.lag_known), (Some(3), false));
     }
 
     #[test]

@@ -67,7 +67,12 @@ pub fn render(rows: &[(String, Result<StatsResponse, ClientError>)]) -> String {
     for (url, r) in rows {
         match r {
             Ok(s) => {
-                let lag = s.consistency.lag_entries;
+                // `?`: the node does not know how far behind it is (a leader cut off from its
+                // quorum, a follower that has not heard from a leader lately).
+                let lag = s
+                    .consistency
+                    .lag_entries
+                    .map_or_else(|| "?".to_string(), |l| l.to_string());
                 out.push_str(&format!(
                     "{:<28} {:>4} {:<9} {:>5} {:>9} {:>9} {:>9} {:>10} {:>5}  {}\n",
                     url,

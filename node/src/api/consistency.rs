@@ -104,6 +104,54 @@ pub(crate) async fn plan(
     }
 }
 
+/// What the serving node knows, when it reads, about how far its state may trail the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Vantage {
+    /// A leader: its own commit index and how long since a quorum last acknowledged it
+    /// (`None`: no quorum has acknowledged it yet).
+    Leader {
+        committed: u64,
+        quorum_ack_ms: Option<u64>,
+    },
+    /// Any other role: the highest commit index a leader told it and how long since it last
+    /// accepted an append (`None`: never).
+    Follower {
+        leader_commit: u64,
+        contact_ms: Option<u64>,
+    },
+}
+
+/// The marker's `(lag_entries, lag_known, last_leader_contact_ms)` for an eventual read of
+/// state applied up to `applied`.
+///
+/// A lag figure is only a measurement while the node hears from the cluster: a leader whose
+/// quorum has been silent for longer than `silence_ms` (the time after which another leader
+/// may have been elected) may have been deposed, and the entries committed since are beyond
+/// its knowledge; the same goes for a follower that has not heard from a leader for as long.
+/// Either reports `null` rather than the difference of its own stale indexes (which is 0 on a
+/// cut-off leader: nothing new is committed there). The contact age is always the real one,
+/// `None` when there was no contact at all (never 0 for "no quorum yet").
+pub(crate) fn eventual_lag(
+    vantage: Vantage,
+    applied: u64,
+    silence_ms: u64,
+) -> (Option<u64>, bool, Option<u64>) {
+    let (known_commit, contact) = match vantage {
+        Vantage::Leader {
+            committed,
+            quorum_ack_ms,
+        } => (committed, quorum_ack_ms),
+        Vantage::Follower {
+            leader_commit,
+            contact_ms,
+        } => (leader_commit, contact_ms),
+    };
+    match contact {
+        Some(ms) if ms <= silence_ms => (Some(known_commit.saturating_sub(applied)), true, contact),
+        _ => (None, false, contact),
+    }
+}
+
 /// Builds the provenance of a local read of state applied up to `applied`.
 pub(crate) async fn provenance(st: &AppState, linearizable: bool, applied: u64) -> Provenance {
     let (leader, term, is_leader, quorum_ack_ms) = {
@@ -116,21 +164,27 @@ pub(crate) async fn provenance(st: &AppState, linearizable: bool, applied: u64) 
             m.millis_since_quorum_ack,
         )
     };
-    let (lag, contact) = if linearizable {
-        (0, Some(0))
-    } else if is_leader {
-        let committed = st
-            .raft
-            .with_raft_state(|s| s.committed.map_or(0, |c| c.index))
-            .await
-            .unwrap_or(applied);
-        // The leader's own freshness: how long since a quorum last acknowledged it.
-        (committed.saturating_sub(applied), quorum_ack_ms.or(Some(0)))
+    let (lag, lag_known, contact) = if linearizable {
+        // Leadership was confirmed with a quorum for this very read.
+        (Some(0), true, Some(0))
     } else {
-        (
-            st.contact.leader_commit().saturating_sub(applied),
-            st.contact.millis_since(),
-        )
+        let vantage = if is_leader {
+            let committed = st
+                .raft
+                .with_raft_state(|s| s.committed.map_or(0, |c| c.index))
+                .await
+                .unwrap_or(applied);
+            Vantage::Leader {
+                committed,
+                quorum_ack_ms,
+            }
+        } else {
+            Vantage::Follower {
+                leader_commit: st.contact.leader_commit(),
+                contact_ms: st.contact.millis_since(),
+            }
+        };
+        eventual_lag(vantage, applied, st.quorum_silence_ms())
     };
     Provenance {
         marker: ConsistencyMarker {
@@ -143,6 +197,7 @@ pub(crate) async fn provenance(st: &AppState, linearizable: bool, applied: u64) 
             applied_index: applied,
             leader_id: leader,
             lag_entries: lag,
+            lag_known,
             last_leader_contact_ms: contact,
         },
         term,
@@ -219,5 +274,58 @@ mod tests {
         assert_eq!(parse_level(Some("linearizable")).unwrap(), Some(true));
         assert_eq!(parse_level(Some("eventual")).unwrap(), Some(false));
         assert!(parse_level(Some("strong")).is_err());
+    }
+
+    const SILENCE: u64 = 600;
+
+    #[test]
+    fn a_leader_acknowledged_lately_reports_its_lag_and_contact() {
+        let v = Vantage::Leader {
+            committed: 12,
+            quorum_ack_ms: Some(40),
+        };
+        assert_eq!(eventual_lag(v, 9, SILENCE), (Some(3), true, Some(40)));
+    }
+
+    #[test]
+    fn a_cut_off_leader_does_not_claim_to_be_current() {
+        // Partitioned or deposed without noticing: its own commit equals its applied index,
+        // and its last quorum acknowledgement is older than an election timeout.
+        let v = Vantage::Leader {
+            committed: 9,
+            quorum_ack_ms: Some(2_500),
+        };
+        assert_eq!(eventual_lag(v, 9, SILENCE), (None, false, Some(2_500)));
+    }
+
+    #[test]
+    fn a_leader_no_quorum_acknowledged_has_no_contact_age() {
+        let v = Vantage::Leader {
+            committed: 9,
+            quorum_ack_ms: None,
+        };
+        assert_eq!(eventual_lag(v, 9, SILENCE), (None, false, None));
+    }
+
+    #[test]
+    fn a_follower_reports_lag_only_while_it_hears_from_a_leader() {
+        let heard = Vantage::Follower {
+            leader_commit: 20,
+            contact_ms: Some(90),
+        };
+        assert_eq!(eventual_lag(heard, 15, SILENCE), (Some(5), true, Some(90)));
+        let silent = Vantage::Follower {
+            leader_commit: 20,
+            contact_ms: Some(5_000),
+        };
+        assert_eq!(
+            eventual_lag(silent, 20, SILENCE),
+            (None, false, Some(5_000))
+        );
+        let never = Vantage::Follower {
+            leader_commit: 0,
+            contact_ms: None,
+        };
+        assert_eq!(eventual_lag(never, 0, SILENCE), (None, false, None));
     }
 }

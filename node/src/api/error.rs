@@ -3,7 +3,7 @@
 //! `Retry-After` header. Axum's own rejections (plain text by default) are mapped here too.
 
 use api_types::{ErrorBody, FieldError};
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use raft_store::NodeId;
@@ -153,6 +153,20 @@ impl From<JsonRejection> for ApiError {
             StatusCode::BAD_REQUEST
         };
         Self::new(status, format!("bad JSON body: {}", r.body_text()))
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        let status = if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            StatusCode::PAYLOAD_TOO_LARGE
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        Self::new(
+            status,
+            format!("could not read the body: {}", r.body_text()),
+        )
     }
 }
 

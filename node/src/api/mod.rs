@@ -9,6 +9,8 @@ pub mod backup;
 pub mod consistency;
 pub mod error;
 pub mod forward;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod health;
 pub mod publish;
 pub mod raft_rpc;

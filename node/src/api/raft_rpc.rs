@@ -8,6 +8,7 @@
 use std::time::Instant;
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -82,8 +83,8 @@ async fn handle_append(
 }
 
 /// AppendEntries (replication and heartbeats), one per request.
-pub async fn append(State(st): State<AppState>, body: Bytes) -> Response {
-    match decode(&body) {
+pub async fn append(State(st): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    match body.map_err(ApiError::from).and_then(|b| decode(&b)) {
         Ok(rpc) => match handle_append(&st, rpc).await {
             Ok(answer) => encode(&answer),
             Err(why) => ApiError::bad_request(why).into_response(),
@@ -93,8 +94,8 @@ pub async fn append(State(st): State<AppState>, body: Bytes) -> Response {
 }
 
 /// RequestVote, one per request.
-pub async fn vote(State(st): State<AppState>, body: Bytes) -> Response {
-    let rpc: VoteRequest<NodeId> = match decode(&body) {
+pub async fn vote(State(st): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    let rpc: VoteRequest<NodeId> = match body.map_err(ApiError::from).and_then(|b| decode(&b)) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
@@ -187,11 +188,14 @@ where
 
 /// One chunk of a snapshot; the last chunk installs it. A chunk that does not continue what
 /// was received is refused before openraft sees it (see [`super::snapshot_intake`]).
-pub async fn snapshot(State(st): State<AppState>, body: Bytes) -> Response {
-    let rpc: InstallSnapshotRequest<TypeConfig> = match decode(&body) {
-        Ok(r) => r,
-        Err(e) => return e.into_response(),
-    };
+pub async fn snapshot(State(st): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    // A body over the Raft message limit is refused like any other: 413 with the JSON error
+    // (axum's own rejection is plain text).
+    let rpc: InstallSnapshotRequest<TypeConfig> =
+        match body.map_err(ApiError::from).and_then(|b| decode(&b)) {
+            Ok(r) => r,
+            Err(e) => return e.into_response(),
+        };
     if let Err(refused) =
         st.snapshot_intake
             .admit(&rpc.meta.snapshot_id, rpc.offset, rpc.data.len())
