@@ -35,11 +35,19 @@ pub enum SubmitError {
     Unknown(String),
 }
 
+/// Whatever a caller wants kept alive while its events wait in the queue (the request body's
+/// share of the node's byte budget): dropped when the events join a Raft entry, whose memory
+/// is bounded by `max_inflight` entries, or when the batcher drops the request.
+pub type Hold = Box<dyn std::any::Any + Send + Sync>;
+
 /// One caller's request as it waits in the queue.
 struct Pending {
     events: Vec<Event>,
     bytes: usize,
     reply: oneshot::Sender<Result<Vec<EventOutcome>, SubmitError>>,
+    /// Dropped with the request, see [`Hold`].
+    #[allow(dead_code)]
+    hold: Option<Hold>,
 }
 
 /// Handle to the batcher task.
@@ -89,11 +97,13 @@ impl Batcher {
     }
 
     /// Submits `events` (`bytes` is their approximate size) and waits for their outcomes,
-    /// in order. Does not time out: the caller bounds the wait.
+    /// in order. Does not time out: the caller bounds the wait. `hold` is kept until the
+    /// events leave the queue, even if the caller stops waiting.
     pub async fn submit(
         &self,
         events: Vec<Event>,
         bytes: usize,
+        hold: Option<Hold>,
     ) -> Result<Vec<EventOutcome>, SubmitError> {
         let n = events.len();
         let (reply, rx) = oneshot::channel();
@@ -104,6 +114,7 @@ impl Batcher {
                 events,
                 bytes,
                 reply,
+                hold,
             })
             .is_err()
         {
@@ -309,6 +320,7 @@ mod tests {
                 bytes: events.len() * 10,
                 events,
                 reply,
+                hold: None,
             },
             rx,
         )

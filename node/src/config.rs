@@ -214,6 +214,30 @@ pub struct RunArgs {
     /// Upper bound of the randomized election timeout in milliseconds.
     #[arg(long, env = "AGG_ELECTION_TIMEOUT_MAX_MS", default_value_t = 400)]
     pub election_timeout_max_ms: u64,
+
+    /// MiB of client request bodies this node holds at once (429 beyond, before the body is
+    /// read): each request is charged its Content-Length (--max-body-bytes when chunked) until
+    /// it is answered and its events have left group commit.
+    #[arg(long, env = "AGG_MAX_INFLIGHT_BODY_MIB", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub max_inflight_body_mib: u64,
+
+    /// A request body not received whole within this many milliseconds answers 408.
+    #[arg(long, env = "AGG_BODY_READ_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_read_timeout_ms: u64,
+
+    /// Client requests (/publish, /events, /stats, /digest, GET /cluster) served at once
+    /// (429 beyond).
+    #[arg(long, env = "AGG_MAX_CLIENT_REQUESTS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_client_requests: u64,
+
+    /// Longest time a client request may take in all, body read included (503 beyond). Must
+    /// exceed --write-timeout-ms and --body-read-timeout-ms by the 2 s leader wait and 2 s of
+    /// forwarding.
+    #[arg(long, env = "AGG_CLIENT_REQUEST_TIMEOUT_MS", default_value_t = 30_000)]
+    pub client_request_timeout_ms: u64,
 }
 
 /// The server flags once required ones are known present and cross-checked.
@@ -270,6 +294,14 @@ pub struct Limits {
     pub write_timeout: Duration,
     /// How long a request waits for an unknown leader before 503.
     pub leader_wait: Duration,
+    /// Bytes of client request bodies held at once.
+    pub max_inflight_body_bytes: u64,
+    /// How long a request body may take to arrive.
+    pub body_read_timeout: Duration,
+    /// Client requests served at once.
+    pub max_client_requests: usize,
+    /// How long a client request may take in all.
+    pub client_request_timeout: Duration,
 }
 
 /// Raft timers in milliseconds.
@@ -315,6 +347,14 @@ impl RunArgs {
         if self.queue_capacity == 0 || self.max_inflight == 0 {
             return Err("--queue-capacity and --max-inflight must be positive".into());
         }
+        let slowest = self.write_timeout_ms.max(self.body_read_timeout_ms) + 4000;
+        if self.client_request_timeout_ms < slowest {
+            return Err(format!(
+                "--client-request-timeout-ms must be at least {slowest}: the larger of \
+                 --write-timeout-ms and --body-read-timeout-ms, plus 4 s for the leader wait \
+                 and a forward"
+            ));
+        }
         Ok(NodeConfig {
             id,
             listen,
@@ -336,6 +376,11 @@ impl RunArgs {
                 max_batch: self.max_batch,
                 write_timeout: Duration::from_millis(self.write_timeout_ms.max(1)),
                 leader_wait: Duration::from_secs(2),
+                max_inflight_body_bytes: self.max_inflight_body_mib * 1024 * 1024,
+                body_read_timeout: Duration::from_millis(self.body_read_timeout_ms),
+                max_client_requests: usize::try_from(self.max_client_requests)
+                    .unwrap_or(usize::MAX),
+                client_request_timeout: Duration::from_millis(self.client_request_timeout_ms),
             },
             queue_capacity: self.queue_capacity,
             max_inflight: self.max_inflight,

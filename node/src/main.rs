@@ -112,6 +112,7 @@ async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let options = raft_store::StoreOptions {
         log_segment_bytes: cfg.log_segment_bytes,
         log_preallocate: cfg.log_preallocate,
+        ..raft_store::StoreOptions::default()
     };
     let stores = raft_store::open_with(&cfg.data_dir, &options)
         .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;

@@ -8,7 +8,7 @@ use prometheus::{
     exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use raft_store::{NodeId, StoreReader, StoreStats};
+use raft_store::{Counters, NodeId, StoreReader};
 
 use crate::raft::Raft;
 
@@ -237,7 +237,7 @@ impl Metrics {
         &self,
         raft: &Raft,
         queued: usize,
-        store: Option<&StoreStats>,
+        store: Option<&Counters>,
         reader: &StoreReader,
     ) -> Vec<u8> {
         // Only this function moves these counters, so catching up to the store's totals
@@ -294,8 +294,7 @@ impl Metrics {
             }
         }
         self.queued_events.set(queued as i64);
-        if let Some(s) = store {
-            let c = &s.counters;
+        if let Some(c) = store {
             self.store_counters
                 .with_label_values(&["received"])
                 .set(c.received as i64);

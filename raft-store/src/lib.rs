@@ -30,7 +30,7 @@ pub use backup::restore::{restore, RestoreOptions, Restored};
 pub use backup::{BackupSource, BACKUP_MAGIC};
 pub use error::StoreError;
 pub use log::{LogCacheReads, LogStore};
-pub use open::{open, open_with, StoreOptions, Stores};
+pub use open::{open, open_with, StoreOptions, Stores, DEFAULT_PRODUCER_CACHE};
 pub use reader::StoreReader;
 pub use sm::{SnapshotBuilder, SnapshotFile, SnapshotStats, StateMachineStore};
 pub use types::*;

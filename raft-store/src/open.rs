@@ -30,13 +30,22 @@ pub struct StoreOptions {
     /// after an append flushes data only (see `log/spares.rs`). Off only helps on filesystems
     /// that never overwrite in place (btrfs, ZFS), where the zeros are written for nothing.
     pub log_preallocate: bool,
+    /// Most producers (distinct `source` values) whose tracking the state machine keeps in
+    /// memory between applies; the others are read back from RocksDB, where every apply
+    /// writes them, when an event of theirs next arrives. Bounds what clients can make a node
+    /// hold by inventing producers.
+    pub producer_cache: usize,
 }
+
+/// Default of [`StoreOptions::producer_cache`]: at most about 40 MB of tracking.
+pub const DEFAULT_PRODUCER_CACHE: usize = 100_000;
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             log_segment_bytes: log::DEFAULT_SEGMENT_BYTES,
             log_preallocate: true,
+            producer_cache: DEFAULT_PRODUCER_CACHE,
         }
     }
 }
@@ -69,7 +78,11 @@ pub fn open_with(dir: &Path, options: &StoreOptions) -> Result<Stores, StoreErro
     let index = sm::dedup_index::SharedDedupIndex::new(index);
     Ok(Stores {
         log_store,
-        state_machine: StateMachineStore::load(machine_db.clone(), index.clone())?,
+        state_machine: StateMachineStore::load(
+            machine_db.clone(),
+            index.clone(),
+            options.producer_cache,
+        )?,
         reader: StoreReader::new(machine_db, log_view, index),
     })
 }

@@ -107,7 +107,32 @@ impl StoreReader {
         after: Option<LamportStamp>,
         limit: usize,
     ) -> Result<EventPage, StoreError> {
-        self.page(CF_BY_TOPIC, topic, after, limit)
+        self.page(CF_BY_TOPIC, topic, after, limit, usize::MAX)
+    }
+
+    /// As [`events_by_topic`](Self::events_by_topic), and the page also ends once its
+    /// events' [`Event::approx_bytes`](crate::Event::approx_bytes) reach `max_bytes` (the first
+    /// event is always included, whatever its size); `next` then continues right after the
+    /// last event returned.
+    pub fn events_by_topic_within(
+        &self,
+        topic: &str,
+        after: Option<LamportStamp>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<EventPage, StoreError> {
+        self.page(CF_BY_TOPIC, topic, after, limit, max_bytes)
+    }
+
+    /// As [`events_by_topic_within`](Self::events_by_topic_within), for producer `source`.
+    pub fn events_by_source_within(
+        &self,
+        source: &str,
+        after: Option<LamportStamp>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<EventPage, StoreError> {
+        self.page(CF_BY_SOURCE, source, after, limit, max_bytes)
     }
 
     /// Events of producer `source` with stamps above `after`, in stamp order, at most `limit`.
@@ -117,7 +142,7 @@ impl StoreReader {
         after: Option<LamportStamp>,
         limit: usize,
     ) -> Result<EventPage, StoreError> {
-        self.page(CF_BY_SOURCE, source, after, limit)
+        self.page(CF_BY_SOURCE, source, after, limit, usize::MAX)
     }
 
     /// The stored event with this key, if any. An apply records its events in the index just
@@ -163,6 +188,12 @@ impl StoreReader {
         })
     }
 
+    /// The counters alone (received, unique, duplicates): one record read, however many
+    /// topics and producers the store tracks. What `/metrics` reads on every scrape.
+    pub fn counters(&self) -> Result<crate::types::Counters, StoreError> {
+        Ok(bookkeeping::read_meta(&self.db, &self.db.reader_view()?)?.counters)
+    }
+
     /// The digest together with the log id it is the state of.
     pub fn digest(&self) -> Result<(Option<LogId<NodeId>>, Digest), StoreError> {
         let meta = bookkeeping::read_meta(&self.db, &self.db.reader_view()?)?;
@@ -176,13 +207,15 @@ impl StoreReader {
 
     /// One page of a secondary index. `next` is `Some` exactly when more events follow
     /// the page; with `limit == 0` the page is empty and `next` is the cursor passed in
-    /// (or stamp 0, which precedes every stamp) if any event follows it.
+    /// (or stamp 0, which precedes every stamp) if any event follows it. The page also ends
+    /// after the event that brings its size to `max_bytes` or beyond.
     fn page(
         &self,
         cf: &'static str,
         name: &str,
         after: Option<LamportStamp>,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<EventPage, StoreError> {
         let view = self.db.reader_view()?;
         let as_of = bookkeeping::read_meta(&self.db, &view)?.last_applied;
@@ -197,12 +230,12 @@ impl StoreReader {
             Some(LamportStamp(a)) => LamportStamp(a + 1),
         };
         let stamps = index_runs::scan(&self.db, &view, cf, name, from, limit.saturating_add(1))?;
-        let more = stamps.len() > limit;
         let page: &[LamportStamp] = &stamps[..stamps.len().min(limit)];
-        let events = read_events(&self.db, &view, page)?;
-        let next = match (more, page.last()) {
+        let events = read_events(&self.db, &view, page, max_bytes)?;
+        let more = stamps.len() > events.len();
+        let next = match (more, events.last()) {
             (false, _) => None,
-            (true, Some(last)) => Some(*last),
+            (true, Some(last)) => Some(last.lamport),
             (true, None) => Some(after.unwrap_or_default()),
         };
         Ok(EventPage {
@@ -213,20 +246,34 @@ impl StoreReader {
     }
 }
 
-/// The events with these stamps, in the same order, from the same view as their index.
+/// Stamps read from `events` in one multi-get while a page is filled.
+const READ_CHUNK: usize = 32;
+
+/// The events with these stamps, in the same order, from the same view as their index: all of
+/// them, or as many as it takes for their sizes to reach `max_bytes` (at least one). Read a
+/// few at a time, so a page cut short never reads what it leaves out.
 fn read_events(
     db: &Db,
     view: &Snapshot<'_>,
     stamps: &[LamportStamp],
+    max_bytes: usize,
 ) -> Result<Vec<StoredEvent>, StoreError> {
     let cf = db.cf(CF_EVENTS)?;
-    let values = view.multi_get_cf(stamps.iter().map(|s| (cf, keys::lamport_key(*s))));
-    let mut events = Vec::with_capacity(stamps.len());
-    for (stamp, value) in stamps.iter().zip(values) {
-        let bytes = value?.ok_or_else(|| {
-            StoreError::corrupt("events", format!("stamp {stamp} indexed but missing"))
-        })?;
-        events.push(codec::decode("stored event", &bytes)?);
+    let mut events = Vec::with_capacity(stamps.len().min(256));
+    let mut bytes = 0usize;
+    for chunk in stamps.chunks(READ_CHUNK) {
+        let values = view.multi_get_cf(chunk.iter().map(|s| (cf, keys::lamport_key(*s))));
+        for (stamp, value) in chunk.iter().zip(values) {
+            if bytes >= max_bytes {
+                return Ok(events);
+            }
+            let value = value?.ok_or_else(|| {
+                StoreError::corrupt("events", format!("stamp {stamp} indexed but missing"))
+            })?;
+            let event: StoredEvent = codec::decode("stored event", &value)?;
+            bytes = bytes.saturating_add(event.event.approx_bytes());
+            events.push(event);
+        }
     }
     Ok(events)
 }

@@ -12,6 +12,7 @@ pub mod forward;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod health;
+pub mod limits;
 pub mod publish;
 pub mod raft_rpc;
 pub mod read;
@@ -54,7 +55,12 @@ pub fn router(state: AppState) -> Router {
         .route("/stats", get(read::stats))
         .route("/digest", get(read::digest))
         .route("/cluster", get(admin::cluster))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        // Outermost: bounds every client request's count, body bytes and time (limits.rs).
+        .route_layer(middleware::from_fn_with_state(
+            limits::ClientLimits::new(&state.limits),
+            limits::admit,
+        ));
     let admin = Router::new()
         .route("/cluster/learners", post(admin::add_learner))
         .route("/cluster/membership", post(admin::change_membership))

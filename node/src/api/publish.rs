@@ -4,7 +4,7 @@
 //! answer ([`api_types::PublishResponse`]) is written by hand for speed; a test parses it back.
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
@@ -12,14 +12,20 @@ use raft_store::{ApplyStatus, EventOutcome, NodeId};
 
 use super::error::ApiError;
 use super::forward::{is_forwarded, LeaderAddr};
+use super::limits::{body_timeout, BodyCharge};
 use super::state::AppState;
 use super::validate::{parse_batch, ValidBatch};
 use crate::batcher::SubmitError;
 use crate::raft::leadership::{await_leadership, leadership, Leadership};
 
 /// The publish handler.
-pub async fn publish(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    match run(&st, &headers, body).await {
+pub async fn publish(
+    State(st): State<AppState>,
+    charge: Option<Extension<BodyCharge>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match run(&st, &headers, body, charge.map(|Extension(c)| c)).await {
         Ok(r) => r,
         Err(e) => {
             let reason = match e.status {
@@ -38,9 +44,17 @@ pub async fn publish(State(st): State<AppState>, headers: HeaderMap, body: Body)
     }
 }
 
-async fn run(st: &AppState, headers: &HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn run(
+    st: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    charge: Option<BodyCharge>,
+) -> Result<Response, ApiError> {
     check_content_type(headers)?;
-    let bytes = read_body(body, headers, st.limits.max_body_bytes).await?;
+    let read = read_body(body, headers, st.limits.max_body_bytes);
+    let bytes = tokio::time::timeout(st.limits.body_read_timeout, read)
+        .await
+        .map_err(|_| body_timeout(st.limits.body_read_timeout))??;
     let batch = parse_batch(&bytes, st.limits.max_batch)?;
     let forwarded = is_forwarded(headers);
     let silence = st.quorum_silence_ms();
@@ -51,7 +65,7 @@ async fn run(st: &AppState, headers: &HeaderMap, body: Body) -> Result<Response,
         await_leadership(&st.raft, silence, st.limits.leader_wait).await
     };
     match leadership {
-        Leadership::Local => submit(st, headers, &bytes, batch, forwarded).await,
+        Leadership::Local => submit(st, headers, &bytes, batch, forwarded, charge).await,
         Leadership::Remote { id, addr } if !forwarded => {
             forward(st, id, &addr, headers, bytes).await
         }
@@ -97,6 +111,7 @@ async fn submit(
     bytes: &Bytes,
     batch: ValidBatch<'_>,
     forwarded: bool,
+    charge: Option<BodyCharge>,
 ) -> Result<Response, ApiError> {
     let ValidBatch {
         events,
@@ -104,7 +119,11 @@ async fn submit(
         bytes: size,
     } = batch;
     let n = events.len();
-    let wait = tokio::time::timeout(st.limits.write_timeout, st.batcher.submit(events, size));
+    let wait = tokio::time::timeout(
+        st.limits.write_timeout,
+        st.batcher
+            .submit(events, size, charge.map(|c| Box::new(c) as _)),
+    );
     let outcomes = match wait.await {
         Ok(Ok(o)) => o,
         Ok(Err(SubmitError::Overloaded)) => {

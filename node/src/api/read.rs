@@ -23,6 +23,11 @@ use crate::raft::leadership::role_name;
 pub const MAX_LIMIT: usize = 1000;
 /// Page size when `limit` is not given.
 pub const DEFAULT_LIMIT: usize = 100;
+/// Most bytes of events in one page of `/events` (counted as the events' text: topic, id,
+/// timestamp, source, payload, plus 24 per event); the page ends with the event that reaches
+/// it, and `next` continues right after that event. 1,000 events of 64 KiB would otherwise
+/// be a 64 MiB answer, copied again by a follower that forwards it.
+pub const MAX_PAGE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Query of `/events`.
 #[derive(Debug, Deserialize)]
@@ -73,8 +78,8 @@ pub async fn events(
         Plan::Local { linearizable } => linearizable,
     };
     let page = blocking(&st.reader, move |r| match &by {
-        By::Topic(t) => r.events_by_topic(t, after, limit),
-        By::Source(s) => r.events_by_source(s, after, limit),
+        By::Topic(t) => r.events_by_topic_within(t, after, limit, MAX_PAGE_BYTES),
+        By::Source(s) => r.events_by_source_within(s, after, limit, MAX_PAGE_BYTES),
     })
     .await?;
     // The marker describes the very view the page was read from.

@@ -20,6 +20,10 @@ pub const MAX_EVENT_ID: usize = 128;
 pub const MAX_SOURCE: usize = 255;
 /// Largest payload, in bytes of JSON text.
 pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
+/// Longest timestamp, in characters. RFC 3339 allows any number of digits of fractional
+/// seconds, so without a bound one timestamp could fill a whole body; the longest usual form,
+/// `2024-05-01T12:00:00.123456789+02:00`, has 35.
+pub const MAX_TIMESTAMP: usize = 64;
 
 /// A valid publish request: the events to store and, per event, the raw JSON text of its
 /// topic and event id (to echo in the answer without re-encoding).
@@ -67,7 +71,7 @@ pub fn parse_batch(body: &[u8], max_batch: usize) -> Result<ValidBatch<'_>, ApiE
             ))
         }
         Some(b'{') => vec![serde_json::from_slice::<&RawValue>(body).map_err(not_json)?],
-        Some(b'[') => serde_json::from_slice::<Vec<&RawValue>>(body).map_err(not_json)?,
+        Some(b'[') => bounded_array(body, max_batch)?,
         Some(_) => {
             serde_json::from_slice::<&RawValue>(body).map_err(not_json)?;
             return Err(ApiError::bad_request(
@@ -81,10 +85,7 @@ pub fn parse_batch(body: &[u8], max_batch: usize) -> Result<ValidBatch<'_>, ApiE
         ));
     }
     if items.len() > max_batch {
-        return Err(ApiError::too_large(format!(
-            "batch has {} events; the limit is {max_batch}",
-            items.len()
-        )));
+        return Err(too_many(max_batch));
     }
     let mut out = ValidBatch {
         events: Vec::with_capacity(items.len()),
@@ -107,6 +108,56 @@ pub fn parse_batch(body: &[u8], max_batch: usize) -> Result<ValidBatch<'_>, ApiE
     } else {
         Err(ApiError::invalid(problems))
     }
+}
+
+fn too_many(max_batch: usize) -> ApiError {
+    ApiError::too_large(format!(
+        "batch has more than {max_batch} events; the limit is {max_batch}"
+    ))
+}
+
+/// The elements of a JSON array, read one at a time: past `max` of them it stops with 413
+/// before reading (or allocating for) the rest, so an 8 MiB body of `[{},{},...]` costs at
+/// most `max` entries, not millions.
+fn bounded_array(body: &[u8], max: usize) -> Result<Vec<&RawValue>, ApiError> {
+    use serde::de::{DeserializeSeed, SeqAccess, Visitor};
+
+    /// Why the visitor stopped early, told apart from a JSON error by this marker.
+    const OVER: &str = "\u{0}batch over the limit";
+
+    struct Bounded(usize);
+    impl<'de> Visitor<'de> for Bounded {
+        type Value = Vec<&'de RawValue>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "an array of at most {} events", self.0)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            // Capacity for what the element count hint claims, within the limit.
+            let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.0).min(1024));
+            while let Some(item) = seq.next_element::<&'de RawValue>()? {
+                if items.len() == self.0 {
+                    return Err(serde::de::Error::custom(OVER));
+                }
+                items.push(item);
+            }
+            Ok(items)
+        }
+    }
+    impl<'de> DeserializeSeed<'de> for Bounded {
+        type Value = Vec<&'de RawValue>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let items = match Bounded(max).deserialize(&mut de) {
+        Ok(items) => items,
+        Err(e) if e.to_string().starts_with(OVER) => return Err(too_many(max)),
+        Err(e) => return Err(not_json(e)),
+    };
+    de.end().map_err(not_json)?;
+    Ok(items)
 }
 
 fn not_json(e: serde_json::Error) -> ApiError {
@@ -151,6 +202,9 @@ fn check_event<'a>(
     let source = string_field(wire.source, "source", &mut bad)
         .filter(|s| length_ok(s, MAX_SOURCE, "source", &mut bad));
     let timestamp = string_field(wire.timestamp, "timestamp", &mut bad).filter(|t| {
+        if !length_ok(t, MAX_TIMESTAMP, "timestamp", &mut bad) {
+            return false;
+        }
         let ok = chrono::DateTime::parse_from_rfc3339(t).is_ok();
         if !ok {
             bad(
@@ -382,6 +436,19 @@ mod tests {
         }
     }
 
+    /// RFC 3339 allows any number of fractional digits; the length bound stops a timestamp
+    /// from carrying megabytes past the payload limit.
+    #[test]
+    fn timestamp_length_is_bounded() {
+        let digits = MAX_TIMESTAMP - "2024-05-01T12:00:00.Z".len();
+        let max = format!("\"2024-05-01T12:00:00.{}Z\"", "1".repeat(digits));
+        assert!(problems(&with("timestamp", &max)).is_empty());
+        let long = format!("\"2024-05-01T12:00:00.{}Z\"", "1".repeat(digits + 1));
+        assert_eq!(problems(&with("timestamp", &long)), [(0, "timestamp")]);
+        let huge = format!("\"2024-05-01T12:00:00.{}Z\"", "1".repeat(1 << 20));
+        assert_eq!(problems(&with("timestamp", &huge)), [(0, "timestamp")]);
+    }
+
     #[test]
     fn payload_limit_is_64_kib_of_text() {
         let ok = format!("\"{}\"", "x".repeat(MAX_PAYLOAD_BYTES - 2));
@@ -456,6 +523,27 @@ mod tests {
         let body = format!("[{OK},{OK},{OK}]");
         let e = parse_batch(body.as_bytes(), 2).unwrap_err();
         assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+        let ok = format!("[{OK},{OK}]");
+        assert_eq!(parse_batch(ok.as_bytes(), 2).unwrap().events.len(), 2);
+    }
+
+    /// The count is checked while the array is read: parsing stops at element `max + 1`, so
+    /// nothing after it is read (here, text that is not even JSON) and no entry is allocated
+    /// for it. Parsing the whole array first would answer 400 for the broken tail.
+    #[test]
+    fn batch_count_is_checked_before_the_rest_is_read() {
+        let body = format!("[{OK},{OK},{OK}, this is never read");
+        let e = parse_batch(body.as_bytes(), 2).unwrap_err();
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE, "{e:?}");
+        // Millions of empty objects: answered 413 after max + 1 of them.
+        let mut huge = String::from("[");
+        huge.push_str(&"{},".repeat(2_000_000));
+        huge.push_str("{}]");
+        let e = parse_batch(huge.as_bytes(), 10).unwrap_err();
+        assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
+        // Below the limit, broken JSON is still 400.
+        let e = parse_batch(format!("[{OK}, x").as_bytes(), 2).unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub(crate) fn apply_entries(
     index: &SharedDedupIndex,
     entries: Vec<Entry>,
     batch_bytes: &AtomicU64,
+    producer_cache: usize,
 ) -> Result<Vec<BatchOutcome>, StoreError> {
     let (events_cf, hashes_cf) = (db.cf(CF_EVENTS)?, db.cf(CF_KEY_HASHES)?);
     let (topic_cf, source_cf) = (db.cf(CF_BY_TOPIC)?, db.cf(CF_BY_SOURCE)?);
@@ -107,7 +108,9 @@ pub(crate) fn apply_entries(
             by_topic.push(&event.topic, stamp);
             by_source.push(&event.source, stamp);
             bump_topic(state, &event.topic);
-            record_producer(state, &event.source, event.seq, stamp);
+            state
+                .producer_mut(db, &event.source)?
+                .record(event.seq, stamp);
 
             let stored = StoredEventRef {
                 event,
@@ -136,6 +139,8 @@ pub(crate) fn apply_entries(
     state.put_meta(db, &mut batch)?;
     batch_bytes.fetch_add(batch.size_in_bytes() as u64, Ordering::Relaxed);
     db.rocks.write_opt(batch, &db::state_machine_write())?;
+    // Written through: producers may leave the cache now and be read back when next needed.
+    state.trim_producers(producer_cache, |name| by_source.contains(name));
     // Only now: an entry for an event that never reached RocksDB would make a later duplicate
     // look up a stamp with nothing behind it.
     let mut index = index.write();
@@ -188,17 +193,6 @@ fn bump_topic(state: &mut Bookkeeping, topic: &str) {
         Some(count) => *count += 1,
         None => {
             state.topics.insert(topic.to_owned(), 1);
-        }
-    }
-}
-
-fn record_producer(state: &mut Bookkeeping, source: &str, seq: Option<u64>, stamp: LamportStamp) {
-    match state.producers.get_mut(source) {
-        Some(stats) => stats.record(seq, stamp),
-        None => {
-            let mut stats = crate::types::ProducerStats::default();
-            stats.record(seq, stamp);
-            state.producers.insert(source.to_owned(), stats);
         }
     }
 }

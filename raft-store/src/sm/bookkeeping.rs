@@ -38,13 +38,40 @@ pub(crate) struct Bookkeeping {
     pub(crate) meta: StateMachineMeta,
     /// Stored events per topic.
     pub(crate) topics: HashMap<String, u64>,
-    /// Per-producer tracking.
+    /// Per-producer tracking: every producer when read by [`Bookkeeping::load`]; in the
+    /// state machine's live copy ([`Bookkeeping::load_live`]) only a cache of those applies
+    /// touched lately, the rest read back from RocksDB when next needed
+    /// ([`Bookkeeping::producer_mut`], [`Bookkeeping::trim_producers`]).
     pub(crate) producers: HashMap<String, ProducerStats>,
 }
 
 impl Bookkeeping {
     /// Reads the whole bookkeeping from one consistent view.
     pub(crate) fn load(db: &Db, view: &Snapshot<'_>) -> Result<Bookkeeping, StoreError> {
+        let mut state = Bookkeeping::load_without_producers(db, view)?;
+        let mut it = view.raw_iterator_cf(db.cf(CF_PRODUCERS)?);
+        it.seek_to_first();
+        while let Some((key, value)) = it.item() {
+            state.producers.insert(
+                utf8("producer name", key)?,
+                codec::decode("producer stats", value)?,
+            );
+            it.next();
+        }
+        it.status()?;
+        Ok(state)
+    }
+
+    /// The state machine's live copy: as [`Bookkeeping::load`] without the producers, which
+    /// are read on demand, so what a node keeps in memory does not grow with every distinct
+    /// `source` a client ever sent.
+    pub(crate) fn load_live(db: &Db, view: &Snapshot<'_>) -> Result<Bookkeeping, StoreError> {
+        let mut state = Bookkeeping::load_without_producers(db, view)?;
+        state.producers.clear();
+        Ok(state)
+    }
+
+    fn load_without_producers(db: &Db, view: &Snapshot<'_>) -> Result<Bookkeeping, StoreError> {
         let meta = read_meta(db, view)?;
         let mut topics = HashMap::new();
         let mut it = view.raw_iterator_cf(db.cf(CF_TOPICS)?);
@@ -57,22 +84,46 @@ impl Bookkeeping {
             it.next();
         }
         it.status()?;
-        let mut producers = HashMap::new();
-        let mut it = view.raw_iterator_cf(db.cf(CF_PRODUCERS)?);
-        it.seek_to_first();
-        while let Some((key, value)) = it.item() {
-            producers.insert(
-                utf8("producer name", key)?,
-                codec::decode("producer stats", value)?,
-            );
-            it.next();
-        }
-        it.status()?;
         Ok(Bookkeeping {
             meta,
             topics,
-            producers,
+            producers: HashMap::new(),
         })
+    }
+
+    /// One producer's tracking, from the cache or else from RocksDB's latest state (which
+    /// every earlier apply wrote through), or new.
+    pub(crate) fn producer_mut(
+        &mut self,
+        db: &Db,
+        source: &str,
+    ) -> Result<&mut ProducerStats, StoreError> {
+        if !self.producers.contains_key(source) {
+            let stored = match db
+                .rocks
+                .get_pinned_cf(db.cf(CF_PRODUCERS)?, source.as_bytes())?
+            {
+                Some(bytes) => codec::decode("producer stats", &bytes)?,
+                None => ProducerStats::default(),
+            };
+            self.producers.insert(source.to_owned(), stored);
+        }
+        self.producers
+            .get_mut(source)
+            .ok_or_else(|| StoreError::corrupt("producer stats", "missing after insert"))
+    }
+
+    /// Keeps at most `max` producers cached, once everything they hold is written: past it,
+    /// only those in `keep` (the last apply's) stay, and none if even they are too many.
+    pub(crate) fn trim_producers(&mut self, max: usize, keep: impl Fn(&str) -> bool) {
+        if self.producers.len() <= max {
+            return;
+        }
+        self.producers.retain(|name, _| keep(name));
+        if self.producers.len() > max {
+            self.producers.clear();
+        }
+        self.producers.shrink_to(max);
     }
 
     /// Queues the `sm_meta` record into `batch`.

@@ -42,6 +42,11 @@ impl IndexRuns {
         }
     }
 
+    /// Whether `name` got at least one stamp.
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
     /// The names that got at least one stamp.
     pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
         self.by_name.keys().map(String::as_str)

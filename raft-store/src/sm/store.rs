@@ -75,6 +75,10 @@ pub struct StateMachineStore {
     /// The dedup index, shared with the readers; changed only here, after a write.
     index: SharedDedupIndex,
     batch_bytes: Arc<AtomicU64>,
+    /// Most producers kept in memory between applies ([`StoreOptions::producer_cache`]).
+    ///
+    /// [`StoreOptions::producer_cache`]: crate::StoreOptions::producer_cache
+    producer_cache: usize,
 }
 
 impl StateMachineStore {
@@ -83,8 +87,9 @@ impl StateMachineStore {
     pub(crate) fn load(
         db: Arc<StateMachineDb>,
         index: SharedDedupIndex,
+        producer_cache: usize,
     ) -> Result<StateMachineStore, StoreError> {
-        let state = Bookkeeping::load(&db, &db.rocks.snapshot())?;
+        let state = Bookkeeping::load_live(&db, &db.rocks.snapshot())?;
         // Freshly opened, the state machine is exactly what is on disk.
         db.note_durable_applied(state.meta.last_applied.map_or(0, |id| id.index));
         Ok(StateMachineStore {
@@ -92,12 +97,19 @@ impl StateMachineStore {
             state: Some(state),
             index,
             batch_bytes: Arc::new(AtomicU64::new(0)),
+            producer_cache,
         })
     }
 
     /// The database and the dedup index, for a restore that installs outside openraft.
     pub(crate) fn parts(&self) -> (Arc<StateMachineDb>, SharedDedupIndex) {
         (self.db.clone(), self.index.clone())
+    }
+
+    /// Producers whose tracking is cached in memory right now (at most
+    /// [`StoreOptions::producer_cache`](crate::StoreOptions::producer_cache) between applies).
+    pub fn cached_producers(&self) -> usize {
+        self.state.as_ref().map_or(0, |s| s.producers.len())
     }
 
     /// Total size of the `WriteBatch`es this state machine wrote since it was opened.
@@ -107,7 +119,7 @@ impl StateMachineStore {
 
     fn state(&mut self) -> Result<&mut Bookkeeping, StoreError> {
         if self.state.is_none() {
-            self.state = Some(Bookkeeping::load(&self.db, &self.db.rocks.snapshot())?);
+            self.state = Some(Bookkeeping::load_live(&self.db, &self.db.rocks.snapshot())?);
         }
         self.state
             .as_mut()
@@ -144,7 +156,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // is reloaded from RocksDB rather than left half-updated.
         let mut state = match self.state.take() {
             Some(state) => state,
-            None => Bookkeeping::load(&self.db, &self.db.rocks.snapshot()).map_err(to_storage)?,
+            None => {
+                Bookkeeping::load_live(&self.db, &self.db.rocks.snapshot()).map_err(to_storage)?
+            }
         };
         let events: usize = entries.iter().map(entry_events).sum();
         let joined = if events <= INLINE_APPLY_EVENTS {
@@ -157,15 +171,18 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 &self.index,
                 entries,
                 &self.batch_bytes,
+                self.producer_cache,
             );
             Ok((state, result))
         } else {
             let (db, index) = (self.db.clone(), self.index.clone());
             let bytes = self.batch_bytes.clone();
+            let producer_cache = self.producer_cache;
             // Off the async runtime: a batch of a thousand events is a few milliseconds of
             // encoding and RocksDB work.
             tokio::task::spawn_blocking(move || {
-                let result = apply_entries(&db, &mut state, &index, entries, &bytes);
+                let result =
+                    apply_entries(&db, &mut state, &index, entries, &bytes, producer_cache);
                 (state, result)
             })
             .await
@@ -235,6 +252,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 // The install ended with a synced write; a purge waiting for it may go on.
                 self.db
                     .note_installed(state.meta.last_applied.map_or(0, |id| id.index));
+                let mut state = state;
+                // The snapshot's producers are all on disk now: read back when needed.
+                state.trim_producers(0, |_| false);
                 self.state = Some(state);
                 Ok(())
             }

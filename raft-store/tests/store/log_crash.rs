@@ -77,6 +77,7 @@ fn slow_options() -> StoreOptions {
     StoreOptions {
         log_segment_bytes: SLOW_SEGMENT_BYTES,
         log_preallocate: true,
+        ..StoreOptions::default()
     }
 }
 

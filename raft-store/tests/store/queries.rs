@@ -28,6 +28,109 @@ fn stamps(page: &raft_store::EventPage) -> Vec<u64> {
     page.events.iter().map(|e| e.lamport.0).collect()
 }
 
+/// Pages cut by bytes: every page ends at the event that reaches the budget (a single event
+/// larger than the budget still makes a page of its own), and walking `next` returns every
+/// event once, in order, with none skipped or repeated, by topic and by producer alike.
+#[test]
+fn pages_are_bounded_by_bytes_and_continue_where_they_stopped() {
+    let rt = rt();
+    let (_dir, mut s) = fresh();
+    // Sizes in KiB, mixed so that boundaries fall before, on and after the budget.
+    let sizes = [10usize, 30, 50, 5, 70, 1, 1, 40, 25, 25, 100, 3];
+    let events: Vec<_> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, kib)| {
+            let mut e = ev("big", &format!("e{i}"), "p", Some(i as u64), None);
+            e.payload = format!("\"{}\"", "x".repeat(kib * 1024));
+            e
+        })
+        .collect();
+    let bytes: Vec<usize> = events.iter().map(|e| e.approx_bytes()).collect();
+    apply(&rt, &mut s.state_machine, vec![normal(1, events)]);
+    let r = &s.reader;
+    let budget = 64 * 1024;
+    for by_topic in [true, false] {
+        let (mut seen, mut cursor, mut pages) = (Vec::new(), None, 0);
+        loop {
+            let page = if by_topic {
+                r.events_by_topic_within("big", cursor, 1000, budget)
+            } else {
+                r.events_by_source_within("p", cursor, 1000, budget)
+            }
+            .unwrap();
+            pages += 1;
+            assert!(!page.events.is_empty());
+            let first = seen.len();
+            seen.extend(stamps(&page));
+            let sizes: Vec<usize> = (first..seen.len()).map(|i| bytes[i]).collect();
+            // Under the budget before its last event, and it ends there only if full or last.
+            let before_last: usize = sizes[..sizes.len() - 1].iter().sum();
+            assert!(before_last < budget, "page {pages}: {sizes:?}");
+            let total: usize = sizes.iter().sum();
+            match page.next {
+                Some(n) => {
+                    assert!(total >= budget, "page {pages} cut early: {sizes:?}");
+                    assert_eq!(Some(n.0), seen.last().copied());
+                    cursor = page.next;
+                }
+                None => break,
+            }
+        }
+        assert_eq!(seen, (1..=sizes.len() as u64).collect::<Vec<_>>());
+        assert!(pages >= 5, "{pages} pages");
+    }
+    // A count limit still applies under a byte budget.
+    let page = r
+        .events_by_topic_within("big", None, 1, usize::MAX)
+        .unwrap();
+    assert_eq!((stamps(&page), page.next), (vec![1], Some(LamportStamp(1))));
+    // With no room for more than one event, pages are single events.
+    let page = r.events_by_topic_within("big", None, 1000, 1).unwrap();
+    assert_eq!((stamps(&page), page.next), (vec![1], Some(LamportStamp(1))));
+}
+
+/// Producers beyond the cache are not kept in memory between applies, and their counters
+/// carry on from disk when they come back: the same tracking as a node that kept them all.
+#[test]
+fn producers_beyond_the_cache_leave_memory_and_keep_counting() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let options = raft_store::StoreOptions {
+        producer_cache: 10,
+        ..Default::default()
+    };
+    let mut s = raft_store::open_with(dir.path(), &options).unwrap();
+    // 50 producers, each in its own apply call, with seq 1.
+    for i in 0..50u64 {
+        let e = ev("t", &format!("a{i}"), &format!("p{i}"), Some(1), None);
+        apply(&rt, &mut s.state_machine, vec![normal(i + 1, vec![e])]);
+        assert!(s.state_machine.cached_producers() <= 10, "after {i}");
+    }
+    // All come back (long evicted, most of them): seq 3 skips 2; seq 1 is out of order.
+    let again: Vec<_> = (0..50u64)
+        .flat_map(|i| {
+            [
+                ev("t", &format!("b{i}"), &format!("p{i}"), Some(3), None),
+                ev("t", &format!("c{i}"), &format!("p{i}"), Some(1), None),
+            ]
+        })
+        .collect();
+    apply(&rt, &mut s.state_machine, vec![normal(51, again)]);
+    assert!(s.state_machine.cached_producers() <= 10);
+    let stats = s.reader.stats().unwrap();
+    assert_eq!(stats.producers.len(), 50);
+    for (name, p) in &stats.producers {
+        assert_eq!(
+            (p.events, p.last_seq, p.gaps, p.out_of_order),
+            (3, Some(3), 1, 1),
+            "{name}"
+        );
+    }
+    assert_eq!(s.reader.counters().unwrap(), stats.counters);
+    assert_eq!(stats.counters.unique_processed, 150);
+}
+
 #[test]
 fn pagination_edges() {
     let rt = rt();
