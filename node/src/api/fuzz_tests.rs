@@ -109,6 +109,7 @@ async fn start_node(dir: &std::path::Path) -> Router {
     let options = raft_store::StoreOptions {
         log_segment_bytes: cfg.log_segment_bytes,
         log_preallocate: cfg.log_preallocate,
+        ..raft_store::StoreOptions::default()
     };
     let stores = raft_store::open_with(&cfg.data_dir, &options).unwrap();
     let client = network::build_client(None, Duration::from_millis(500)).unwrap();
