@@ -32,9 +32,6 @@ impl SnapshotIntake {
     /// where the sender must resume instead, or that the snapshot would exceed `max_bytes`.
     pub fn admit(&self, id: &str, offset: u64, len: usize, max_bytes: u64) -> Result<(), Refusal> {
         let end = offset.saturating_add(len as u64);
-        if end > max_bytes {
-            return Err(Refusal::TooLarge(max_bytes));
-        }
         // A poisoned lock only means another chunk's handler panicked; the record is a plain
         // pair and stays meaningful.
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
@@ -61,6 +58,11 @@ impl SnapshotIntake {
                     },
                 },
             )));
+        }
+        // Only a chunk that continues the snapshot counts against the cap: one far past what
+        // was received is told where to resume instead.
+        if end > max_bytes {
+            return Err(Refusal::TooLarge(max_bytes));
         }
         let furthest = match received {
             Some(received) if offset > 0 => received.max(end),
