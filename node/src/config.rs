@@ -163,8 +163,40 @@ pub struct RunArgs {
     pub admin_token: Option<String>,
 
     /// Shared secret carried by Raft RPCs between nodes; RPCs without it are refused.
+    /// At least 16 bytes. Required when --peers lists other nodes (see --insecure-no-peer-auth).
     #[arg(long, env = "AGG_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
+
+    /// Read the cluster secret from this file (surrounding whitespace trimmed), e.g. a Docker
+    /// secret under /run/secrets; instead of --cluster-secret.
+    #[arg(
+        long,
+        env = "AGG_CLUSTER_SECRET_FILE",
+        conflicts_with = "cluster_secret"
+    )]
+    pub cluster_secret_file: Option<PathBuf>,
+
+    /// Run a multi-node member without a cluster secret: anyone who reaches the port can then
+    /// send Raft RPCs (forged votes, appends, snapshots). Only for a trusted, private network.
+    #[arg(long, env = "AGG_INSECURE_NO_PEER_AUTH", default_value_t = false)]
+    pub insecure_no_peer_auth: bool,
+
+    /// Bearer token that may only read (/events, /stats, /digest, /cluster); /publish and the
+    /// admin endpoints answer it 403. Needs --api-token; all tokens must differ.
+    #[arg(long, env = "AGG_READ_TOKEN", hide_env_values = true)]
+    pub read_token: Option<String>,
+
+    /// Largest snapshot this node accepts from a leader, in MiB: a chunk that would take the
+    /// snapshot being received past it is refused (413).
+    #[arg(long, env = "AGG_MAX_SNAPSHOT_MIB", default_value_t = 64 * 1024,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_snapshot_mib: u64,
+
+    /// Raft RPC streams (`/raft/stream`) open at once, at most; more are answered 503. A
+    /// cluster of N nodes needs a few per peer.
+    #[arg(long, env = "AGG_MAX_RAFT_STREAMS", default_value_t = 64,
+          value_parser = clap::value_parser!(u64).range(1..=65536))]
+    pub max_raft_streams: u64,
 
     /// Log format.
     #[arg(long, env = "AGG_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
@@ -273,6 +305,14 @@ pub struct NodeConfig {
     pub admin_token: Option<String>,
     /// Inter-node secret.
     pub cluster_secret: Option<String>,
+    /// Read-only bearer token.
+    pub read_token: Option<String>,
+    /// A multi-node member runs without a cluster secret on purpose.
+    pub insecure_no_peer_auth: bool,
+    /// Largest snapshot accepted from a leader, in bytes.
+    pub max_snapshot_bytes: u64,
+    /// Raft RPC streams open at once, at most.
+    pub max_raft_streams: usize,
     /// Request limits.
     pub limits: Limits,
     /// Group commit tuning.
@@ -338,8 +378,36 @@ impl RunArgs {
                 "--heartbeat-ms must be positive and at most half the election timeout".into(),
             );
         }
-        if self.admin_token.is_some() && self.admin_token == self.api_token {
-            return Err("--admin-token must differ from --api-token".into());
+        let api_token = self.api_token.filter(|t| !t.is_empty());
+        let admin_token = self.admin_token.filter(|t| !t.is_empty());
+        let read_token = self.read_token.filter(|t| !t.is_empty());
+        check_tokens_differ(&api_token, &admin_token, &read_token)?;
+        if read_token.is_some() && api_token.is_none() {
+            return Err(
+                "--read-token needs --api-token (without it anyone may publish anyway)".into(),
+            );
+        }
+        let cluster_secret = match (self.cluster_secret, &self.cluster_secret_file) {
+            (_, Some(path)) => Some(read_secret_file(path)?),
+            (secret, None) => secret.filter(|s| !s.is_empty()),
+        };
+        if let Some(secret) = &cluster_secret {
+            if secret.len() < MIN_SECRET_BYTES {
+                return Err(format!(
+                    "the cluster secret is {} bytes; use at least {MIN_SECRET_BYTES} \
+                     (e.g. `openssl rand -hex 16`)",
+                    secret.len()
+                ));
+            }
+        }
+        let has_other_peers = peers.iter().any(|(peer, _)| peer != id);
+        if has_other_peers && cluster_secret.is_none() && !self.insecure_no_peer_auth {
+            return Err(format!(
+                "--peers lists other nodes but no peer authentication is set: give a shared \
+                 secret of at least {MIN_SECRET_BYTES} bytes with --cluster-secret \
+                 (AGG_CLUSTER_SECRET) or --cluster-secret-file (AGG_CLUSTER_SECRET_FILE), or run \
+                 without it on a trusted network with --insecure-no-peer-auth"
+            ));
         }
         if self.max_body_bytes == 0 || self.max_batch == 0 {
             return Err("--max-body-bytes and --max-batch must be positive".into());
@@ -355,6 +423,7 @@ impl RunArgs {
                  and a forward"
             ));
         }
+        let insecure_no_peer_auth = has_other_peers && cluster_secret.is_none();
         Ok(NodeConfig {
             id,
             listen,
@@ -368,9 +437,13 @@ impl RunArgs {
             log_segment_bytes: self.log_segment_mib * 1024 * 1024,
             log_retain_bytes: self.log_retain_mib.saturating_mul(1024 * 1024),
             log_preallocate: self.log_preallocate,
-            api_token: self.api_token.filter(|t| !t.is_empty()),
-            admin_token: self.admin_token.filter(|t| !t.is_empty()),
-            cluster_secret: self.cluster_secret.filter(|s| !s.is_empty()),
+            api_token,
+            admin_token,
+            cluster_secret,
+            read_token,
+            insecure_no_peer_auth,
+            max_snapshot_bytes: self.max_snapshot_mib.saturating_mul(1024 * 1024),
+            max_raft_streams: usize::try_from(self.max_raft_streams).unwrap_or(usize::MAX),
             limits: Limits {
                 max_body_bytes: self.max_body_bytes,
                 max_batch: self.max_batch,
@@ -391,6 +464,37 @@ impl RunArgs {
             },
         })
     }
+}
+
+/// Shortest cluster secret accepted.
+pub const MIN_SECRET_BYTES: usize = 16;
+
+/// Refuses two of the bearer tokens being equal: a token must name one set of rights.
+fn check_tokens_differ(
+    api: &Option<String>,
+    admin: &Option<String>,
+    read: &Option<String>,
+) -> Result<(), String> {
+    let named = [
+        ("--api-token", api),
+        ("--admin-token", admin),
+        ("--read-token", read),
+    ];
+    for (i, (a, ta)) in named.iter().enumerate() {
+        for (b, tb) in &named[i + 1..] {
+            if ta.is_some() && ta == tb {
+                return Err(format!("{a} and {b} must differ"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reads a secret file (a Docker secret, say), trimming surrounding whitespace.
+fn read_secret_file(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("--cluster-secret-file {}: {e}", path.display()))?;
+    Ok(text.trim().to_owned())
 }
 
 impl NodeConfig {
@@ -579,11 +683,111 @@ mod tests {
             "1=a:7001,2=b:7002",
             "--data-dir",
             "/tmp/x",
+            "--insecure-no-peer-auth",
         ])
         .unwrap();
         let cfg = cli.run.into_config().unwrap();
         assert_eq!(cfg.advertise, "b:7002");
         assert_eq!(cfg.outbound_ip(), None);
+    }
+
+    fn config(extra: &[&str]) -> Result<NodeConfig, String> {
+        let mut args = vec![
+            "aggregator",
+            "--id",
+            "1",
+            "--listen",
+            "127.0.0.1:7001",
+            "--peers",
+            "1=a:7001,2=b:7002",
+            "--data-dir",
+            "/tmp/x",
+        ];
+        args.extend_from_slice(extra);
+        Cli::try_parse_from(args)
+            .map_err(|e| e.to_string())?
+            .run
+            .into_config()
+    }
+
+    #[test]
+    fn a_multi_node_member_needs_peer_authentication_or_the_insecure_flag() {
+        let err = config(&[]).unwrap_err();
+        assert!(
+            err.contains("--cluster-secret") && err.contains("--insecure-no-peer-auth"),
+            "{err}"
+        );
+        let short = config(&["--cluster-secret", "too-short"]).unwrap_err();
+        assert!(short.contains("at least 16"), "{short}");
+        let cfg = config(&["--cluster-secret", "sixteen-bytes-ok"]).unwrap();
+        assert!(!cfg.insecure_no_peer_auth);
+        assert!(
+            config(&["--insecure-no-peer-auth"])
+                .unwrap()
+                .insecure_no_peer_auth
+        );
+        // A lone member has no peer to authenticate.
+        let lone = Cli::try_parse_from([
+            "aggregator",
+            "--id",
+            "1",
+            "--listen",
+            "127.0.0.1:7001",
+            "--peers",
+            "1=a:7001",
+            "--data-dir",
+            "/tmp/x",
+        ])
+        .unwrap();
+        assert!(lone.run.into_config().is_ok());
+    }
+
+    #[test]
+    fn the_cluster_secret_can_come_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "  0123456789abcdef0123\n").unwrap();
+        let path = file.display().to_string();
+        let cfg = config(&["--cluster-secret-file", &path]).unwrap();
+        assert_eq!(cfg.cluster_secret.as_deref(), Some("0123456789abcdef0123"));
+        std::fs::write(&file, "short\n").unwrap();
+        assert!(config(&["--cluster-secret-file", &path]).is_err());
+        let missing = dir.path().join("none").display().to_string();
+        assert!(config(&["--cluster-secret-file", &missing]).is_err());
+    }
+
+    #[test]
+    fn tokens_must_all_differ() {
+        let s = ["--cluster-secret", "sixteen-bytes-ok"];
+        let with = |extra: &[&str]| {
+            let mut a = s.to_vec();
+            a.extend_from_slice(extra);
+            config(&a)
+        };
+        assert!(with(&["--api-token", "a", "--admin-token", "a"]).is_err());
+        assert!(with(&["--api-token", "a", "--read-token", "a"]).is_err());
+        assert!(with(&[
+            "--api-token",
+            "a",
+            "--admin-token",
+            "b",
+            "--read-token",
+            "b"
+        ])
+        .is_err());
+        assert!(
+            with(&["--read-token", "r"]).is_err(),
+            "read token without a client token"
+        );
+        assert!(with(&[
+            "--api-token",
+            "a",
+            "--admin-token",
+            "b",
+            "--read-token",
+            "c"
+        ])
+        .is_ok());
     }
 
     #[test]

@@ -160,6 +160,9 @@ async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         api_token: cfg.api_token.clone(),
         admin_token: cfg.admin_token.clone(),
         cluster_secret: cfg.cluster_secret.clone(),
+        read_token: cfg.read_token.clone(),
+        max_snapshot_bytes: cfg.max_snapshot_bytes,
+        raft_streams: Arc::new(tokio::sync::Semaphore::new(cfg.max_raft_streams)),
         started: Instant::now(),
     });
     tokio::spawn(metrics::watch_leader(raft.clone(), metrics.clone()));
@@ -190,6 +193,13 @@ async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             listed,
             advertise = %cfg.advertise,
             "--advertise differs from this node's --peers entry; peers use the --peers address"
+        );
+    }
+    if cfg.insecure_no_peer_auth {
+        tracing::warn!(
+            "--insecure-no-peer-auth: Raft RPCs are NOT authenticated; anyone who reaches \
+             {} can forge votes, appends and snapshots. Set --cluster-secret(-file) instead.",
+            cfg.listen
         );
     }
     tracing::info!(

@@ -15,6 +15,33 @@ export AGG_NODE1_PORT="${AGG_NODE1_PORT:-8081}" AGG_NODE2_PORT="${AGG_NODE2_PORT
 declare -a NODES=(1 2 3)
 declare -a COMPOSE_CMD=()
 
+# The cluster secret of this compose project: generated once, kept outside the repository
+# (under $XDG_STATE_HOME or ~/.local/state), handed to the containers as the Docker secret
+# `cluster_secret` (cluster-compose.yml) that AGG_CLUSTER_SECRET_FILE names. The directory is
+# 0700 and the file 0600, owned by the image's user (10001) when we may chown, since a compose
+# (non-swarm) secret is a bind mount that keeps the host file's owner and mode.
+AGG_STATE_DIR="${AGG_STATE_DIR:-${XDG_STATE_HOME:-$HOME/.local/state}/log-aggregator/$COMPOSE_PROJECT}"
+export AGG_CLUSTER_SECRET_HOST_FILE="${AGG_CLUSTER_SECRET_HOST_FILE:-$AGG_STATE_DIR/cluster-secret}"
+
+ensure_cluster_secret() {
+	local f="$AGG_CLUSTER_SECRET_HOST_FILE"
+	[[ -s "$f" ]] && return 0
+	mkdir -p "$(dirname "$f")"
+	chmod 700 "$(dirname "$f")"
+	(
+		umask 077
+		od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$f"
+	)
+	if [[ "$(id -u)" == 0 ]]; then
+		chown 10001:10001 "$f"
+	else
+		# Not root: the container's user can only read it if others may; the 0700 directory
+		# still keeps other users of this host out.
+		chmod 644 "$f"
+	fi
+	log "generated the cluster secret of '$COMPOSE_PROJECT' in $f"
+}
+
 # Finds a working compose: the `docker compose` plugin, else the standalone docker-compose.
 compose_detect() {
 	((${#COMPOSE_CMD[@]})) && return 0
@@ -30,6 +57,7 @@ compose_detect() {
 
 compose() {
 	compose_detect
+	ensure_cluster_secret
 	"${COMPOSE_CMD[@]}" -p "$COMPOSE_PROJECT" -f "$COMPOSE_FILE" "$@"
 }
 
@@ -76,11 +104,12 @@ cluster_up() {
 	}
 }
 
-# Tears the cluster down; with "volumes" its data goes too.
+# Tears the cluster down; with "volumes" its data goes too, and so does its cluster secret.
 cluster_down() {
 	NODE_CID=()
 	if [[ "${1:-}" == volumes ]]; then
 		compose down -v --remove-orphans >&2
+		rm -f "$AGG_CLUSTER_SECRET_HOST_FILE"
 	else
 		compose down --remove-orphans >&2
 	fi

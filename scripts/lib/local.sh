@@ -14,11 +14,19 @@ declare -A LOCAL_PID=()
 # Extra flags for every node (a caller sets them before starting nodes).
 declare -a LOCAL_NODE_ARGS=()
 
-# local_init DIR PORT_BASE: node i listens on 127.0.0.1:(PORT_BASE+i), data in DIR/nI.
+# local_init DIR PORT_BASE: node i listens on 127.0.0.1:(PORT_BASE+i), data in DIR/nI. Raft
+# RPCs between the nodes are authenticated with a random secret of this cluster, kept in
+# DIR/cluster-secret (mode 0600; reused when DIR already has one, so a restart keeps it).
 local_init() {
 	LOCAL_DIR="$1"
 	LOCAL_PORT_BASE="$2"
 	mkdir -p "$LOCAL_DIR"
+	if [[ ! -s "$LOCAL_DIR/cluster-secret" ]]; then
+		(
+			umask 077
+			od -An -tx1 -N16 /dev/urandom | tr -d ' \n' >"$LOCAL_DIR/cluster-secret"
+		)
+	fi
 }
 
 local_addr() { printf '%s:%s\n' "$LOCAL_HOST" "$((LOCAL_PORT_BASE + $1))"; }
@@ -50,7 +58,8 @@ local_start_node() {
 	mkdir -p "$LOCAL_DIR/n$i"
 	# Three nodes share this machine's cores: one runtime thread each (see `--worker-threads`).
 	"$AGGREGATOR" --id "$i" --listen "$(local_addr "$i")" --peers "$(local_peers)" \
-		--data-dir "$LOCAL_DIR/n$i" --worker-threads 1 "${LOCAL_NODE_ARGS[@]}" >>"$LOCAL_DIR/n$i.log" 2>&1 &
+		--data-dir "$LOCAL_DIR/n$i" --cluster-secret-file "$LOCAL_DIR/cluster-secret" \
+		--worker-threads 1 "${LOCAL_NODE_ARGS[@]}" >>"$LOCAL_DIR/n$i.log" 2>&1 &
 	LOCAL_PID[$i]=$!
 	log "node $i started (pid ${LOCAL_PID[$i]}, $(node_url "$i"), log $LOCAL_DIR/n$i.log)"
 }

@@ -45,6 +45,9 @@ pub struct ClusterOptions {
     /// Environment variables for every node at every start (`AGG_FAILPOINTS`, say); a
     /// restart's own variables come after them.
     pub env: Vec<(String, String)>,
+    /// `--cluster-secret` of every node: a random one per cluster by default. `None` starts
+    /// the nodes with `--insecure-no-peer-auth` (a test that forges Raft RPCs without it).
+    pub cluster_secret: Option<String>,
 }
 
 impl ClusterOptions {
@@ -58,8 +61,14 @@ impl ClusterOptions {
             start_timeout: Duration::from_secs(30),
             restore_from: None,
             env: Vec::new(),
+            cluster_secret: Some(random_secret()),
         }
     }
+}
+
+/// A fresh 32-character cluster secret.
+pub fn random_secret() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
 }
 
 /// One member: where it lives and its process, if running.
@@ -131,6 +140,11 @@ impl TestCluster {
     /// The `--peers` string every initial member got.
     pub fn peers(&self) -> &str {
         &self.peers
+    }
+
+    /// The `--cluster-secret` every node got, if any.
+    pub fn cluster_secret(&self) -> Option<&str> {
+        self.options.cluster_secret.as_deref()
     }
 
     /// Base URL of node `id`'s real listen address (not its proxy).
@@ -414,6 +428,10 @@ impl TestCluster {
         }
         if let Some(token) = &self.options.api_token {
             args.extend(["--api-token".into(), token.clone()]);
+        }
+        match &self.options.cluster_secret {
+            Some(secret) => args.extend(["--cluster-secret".into(), secret.clone()]),
+            None => args.push("--insecure-no-peer-auth".into()),
         }
         args.extend(self.options.extra_args.iter().cloned());
         let mut all_env: Vec<(&str, &str)> = self

@@ -10,11 +10,14 @@ use serde_json::{json, Value};
 use tests::event::unique;
 use tests::{event, metric_value, ApiClient, ClusterOptions, TestCluster};
 
+/// The cluster secret of the first test (at least 16 bytes).
+const SECRET: &str = "raft-secret-of-this-test";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_token_and_cluster_secret_are_enforced() {
     let mut options = ClusterOptions::new(3);
     options.api_token = Some("client-token".into());
-    options.extra_args = vec!["--cluster-secret".into(), "raft-secret".into()];
+    options.cluster_secret = Some(SECRET.into());
     // Starting at all proves the nodes talk Raft to each other with the secret.
     let cluster = TestCluster::start_with(options).await;
     let leader = cluster.leader().await.unwrap();
@@ -90,7 +93,7 @@ async fn api_token_and_cluster_secret_are_enforced() {
         }
         let with_secret = raft
             .get(format!("{url}/raft/status"))
-            .header("X-Cluster-Secret", "raft-secret")
+            .header("X-Cluster-Secret", SECRET)
             .send()
             .await
             .unwrap();
@@ -192,7 +195,7 @@ async fn a_snapshot_chunk_past_what_was_received_is_refused_and_the_node_survive
 
     type Answer = Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>;
 
-    let mut cluster = TestCluster::start(1).await;
+    let mut cluster = start_without_secret().await;
     let url = cluster.url(1);
     let term = cluster.stats(1).await.raft.term;
     let chunk = |offset: u64| InstallSnapshotRequest::<TypeConfig> {
@@ -280,7 +283,7 @@ async fn a_raft_stream_that_breaks_the_protocol_is_closed_and_the_node_survives(
     use openraft::Vote;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let mut cluster = TestCluster::start(1).await;
+    let mut cluster = start_without_secret().await;
     let url = cluster.url(1);
     let addr = url.trim_start_matches("http://").to_string();
 
@@ -320,6 +323,13 @@ async fn a_raft_stream_that_breaks_the_protocol_is_closed_and_the_node_survives(
     );
 
     assert_still_serving(&mut cluster, 1).await;
+}
+
+/// One node with no cluster secret: the tests forge Raft RPCs on it.
+async fn start_without_secret() -> TestCluster {
+    let mut options = ClusterOptions::new(1);
+    options.cluster_secret = None;
+    TestCluster::start_with(options).await
 }
 
 /// Panics unless node `id` is still running and answers `/health`.

@@ -159,8 +159,37 @@ pub async fn add_learner(
     if let Some(r) = on_leader(&st, &headers, Method::POST, "/cluster/learners", body).await? {
         return Ok(r);
     }
+    if let Some(clash) = clashing_member(&st, req.id, &req.addr) {
+        return Err(ApiError::conflict(clash));
+    }
     let change = st.raft.add_learner(req.id, BasicNode::new(&req.addr), true);
     finish(&st, tokio::time::timeout(CHANGE_TIMEOUT, change).await).await
+}
+
+/// Why a node cannot be added as `id` at `addr`: a member or learner already has that id or
+/// that address. Two ids at one address would make one node's disk count as two votes, and a
+/// second node under a member's id would take that member's place in replication.
+fn clashing_member(st: &AppState, id: NodeId, addr: &str) -> Option<String> {
+    let m = st.raft.metrics();
+    let m = m.borrow();
+    let membership = m.membership_config.membership();
+    let same = |a: &str| a.eq_ignore_ascii_case(addr);
+    let clash = membership.nodes().find_map(|(member, node)| {
+        if *member == id {
+            Some(format!(
+                "node {id} is already a member (at {}); remove it first with \
+                 POST /cluster/membership",
+                node.addr
+            ))
+        } else if same(&node.addr) {
+            Some(format!(
+                "{addr} already belongs to node {member}; one node cannot be added twice"
+            ))
+        } else {
+            None
+        }
+    });
+    clash
 }
 
 /// Body of `POST /cluster/membership`.

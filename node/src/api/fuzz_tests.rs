@@ -152,6 +152,9 @@ async fn start_node(dir: &std::path::Path) -> Router {
         api_token: cfg.api_token.clone(),
         admin_token: cfg.admin_token.clone(),
         cluster_secret: cfg.cluster_secret.clone(),
+        read_token: cfg.read_token.clone(),
+        max_snapshot_bytes: cfg.max_snapshot_bytes,
+        raft_streams: Arc::new(tokio::sync::Semaphore::new(cfg.max_raft_streams)),
         started: Instant::now(),
     });
     router(state)

@@ -49,18 +49,24 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             require_secret,
         ));
-    let client = Router::new()
+    // One budget for every client route: publishes and reads draw on the same bytes, count
+    // and time (limits.rs).
+    let client_limits = limits::ClientLimits::new(&state.limits);
+    let publish = Router::new()
         .route("/publish", post(publish::publish))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        // Outermost: bounds every client request's count, body bytes and time (limits.rs).
+        .route_layer(middleware::from_fn_with_state(
+            client_limits.clone(),
+            limits::admit,
+        ));
+    let client = Router::new()
         .route("/events", get(read::events))
         .route("/stats", get(read::stats))
         .route("/digest", get(read::digest))
         .route("/cluster", get(admin::cluster))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
-        // Outermost: bounds every client request's count, body bytes and time (limits.rs).
-        .route_layer(middleware::from_fn_with_state(
-            limits::ClientLimits::new(&state.limits),
-            limits::admit,
-        ));
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_read))
+        .route_layer(middleware::from_fn_with_state(client_limits, limits::admit));
     let admin = Router::new()
         .route("/cluster/learners", post(admin::add_learner))
         .route("/cluster/membership", post(admin::change_membership))
@@ -73,6 +79,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(health::metrics));
     Router::new()
         .merge(raft)
+        .merge(publish)
         .merge(client)
         .merge(admin)
         .merge(open)
@@ -104,17 +111,51 @@ async fn track(State(st): State<AppState>, req: Request, next: Next) -> Response
     resp
 }
 
-/// Requires `Authorization: Bearer <--api-token>` when a token is configured.
+/// 401 with `WWW-Authenticate: Bearer`.
+fn unauthorized(msg: &'static str) -> Response {
+    let mut r = ApiError::unauthorized(msg).into_response();
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer"),
+    );
+    r
+}
+
+/// Whether `given` is the configured `token`.
+fn is_token(given: &str, token: &Option<String>) -> bool {
+    token
+        .as_ref()
+        .is_some_and(|t| constant_time_eq(given.as_bytes(), t.as_bytes()))
+}
+
+/// The read-only token is known but may not do this: 403.
+fn read_only() -> Response {
+    ApiError::forbidden("the read-only token may not do this: use the client or admin token")
+        .into_response()
+}
+
+/// Requires `Authorization: Bearer <--api-token>` when a token is configured (`/publish`);
+/// the read-only token gets 403.
 async fn require_token(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    if let Some(token) = &st.api_token {
+    if st.api_token.is_some() {
         let given = bearer(req.headers()).unwrap_or("");
-        if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
-            let mut r = ApiError::unauthorized("missing or wrong bearer token").into_response();
-            r.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                header::HeaderValue::from_static("Bearer"),
-            );
-            return r;
+        if is_token(given, &st.read_token) {
+            return read_only();
+        }
+        if !is_token(given, &st.api_token) {
+            return unauthorized("missing or wrong bearer token");
+        }
+    }
+    next.run(req).await
+}
+
+/// Requires the client token or the read-only token when a client token is configured
+/// (the read routes).
+async fn require_read(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    if st.api_token.is_some() {
+        let given = bearer(req.headers()).unwrap_or("");
+        if !is_token(given, &st.api_token) && !is_token(given, &st.read_token) {
+            return unauthorized("missing or wrong bearer token");
         }
     }
     next.run(req).await
@@ -127,14 +168,11 @@ async fn require_admin(State(st): State<AppState>, req: Request, next: Next) -> 
     match (&st.admin_token, &st.api_token) {
         (Some(token), _) => {
             let given = bearer(req.headers()).unwrap_or("");
+            if is_token(given, &st.read_token) {
+                return read_only();
+            }
             if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
-                let mut r =
-                    ApiError::unauthorized("missing or wrong admin bearer token").into_response();
-                r.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    header::HeaderValue::from_static("Bearer"),
-                );
-                return r;
+                return unauthorized("missing or wrong admin bearer token");
             }
         }
         (None, Some(_)) => {
@@ -168,13 +206,11 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Compares without an early exit, so timing does not reveal how much of a secret matched.
+/// Compares in constant time (the `subtle` crate), so timing does not reveal how much of a
+/// secret matched; only the length of `b`, the configured secret, may show.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
-    for (i, x) in b.iter().enumerate() {
-        diff |= x ^ a.get(i).copied().unwrap_or(0);
-    }
-    diff == 0
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
 }
 
 #[cfg(test)]

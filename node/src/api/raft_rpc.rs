@@ -24,6 +24,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::error::ApiError;
+use super::snapshot_intake::Refusal;
 use super::state::AppState;
 use crate::raft::bootstrap::local_status;
 use crate::raft::rpc_stream::{RpcStream, StreamError, StreamRequest, PROTOCOL};
@@ -118,8 +119,18 @@ pub async fn stream(State(st): State<AppState>, mut req: Request) -> Response {
             .insert(header::UPGRADE, header::HeaderValue::from_static(PROTOCOL));
         return r;
     }
+    // One permit per open stream, held until it closes: a flood of upgrades cannot pile up
+    // tasks and sockets without bound.
+    let Ok(permit) = st.raft_streams.clone().try_acquire_owned() else {
+        tracing::warn!("refused a Raft RPC stream: --max-raft-streams are open");
+        return ApiError::unavailable(
+            "too many Raft RPC streams are open (--max-raft-streams); retry later",
+        )
+        .into_response();
+    };
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
+        let _permit = permit;
         match upgrade.await {
             Ok(io) => serve_stream(st, TokioIo::new(io)).await,
             Err(e) => tracing::debug!(error = %e, "Raft RPC stream upgrade failed"),
@@ -196,18 +207,58 @@ pub async fn snapshot(State(st): State<AppState>, body: Result<Bytes, BytesRejec
             Ok(r) => r,
             Err(e) => return e.into_response(),
         };
-    if let Err(refused) =
-        st.snapshot_intake
-            .admit(&rpc.meta.snapshot_id, rpc.offset, rpc.data.len())
-    {
+    // openraft checks the vote only after the intake has admitted (and recorded) the chunk:
+    // a chunk from a deposed or forged leader would reset what the real leader's transfer
+    // has received. Refused here first, before anything is written.
+    // As openraft decides: only a vote at least the node's own is a leader's (two votes of
+    // one term for different leaders are not comparable, and refused too).
+    let current_vote = st.raft.metrics().borrow().vote;
+    let admissible = matches!(
+        rpc.vote.partial_cmp(&current_vote),
+        Some(std::cmp::Ordering::Greater | std::cmp::Ordering::Equal)
+    );
+    if !admissible {
         tracing::warn!(
             snapshot = %rpc.meta.snapshot_id,
-            offset = rpc.offset,
-            "snapshot chunk refused: {refused}"
+            vote = %rpc.vote,
+            current = %current_vote,
+            "snapshot chunk refused: its vote is not at least this node's"
         );
-        let answer: Result<InstallSnapshotResponse<NodeId>, _> =
-            Err(RaftError::<NodeId, _>::APIError(refused));
-        return encode(&answer);
+        return ApiError::conflict(format!(
+            "snapshot chunk with vote {} is not at least this node's vote {current_vote}",
+            rpc.vote
+        ))
+        .into_response();
+    }
+    match st.snapshot_intake.admit(
+        &rpc.meta.snapshot_id,
+        rpc.offset,
+        rpc.data.len(),
+        st.max_snapshot_bytes,
+    ) {
+        Ok(()) => {}
+        Err(Refusal::Resume(refused)) => {
+            tracing::warn!(
+                snapshot = %rpc.meta.snapshot_id,
+                offset = rpc.offset,
+                "snapshot chunk refused: {refused}"
+            );
+            let answer: Result<InstallSnapshotResponse<NodeId>, _> =
+                Err(RaftError::<NodeId, _>::APIError(refused));
+            return encode(&answer);
+        }
+        Err(Refusal::TooLarge(cap)) => {
+            tracing::error!(
+                snapshot = %rpc.meta.snapshot_id,
+                offset = rpc.offset,
+                cap,
+                "snapshot chunk refused: the snapshot would exceed --max-snapshot-mib"
+            );
+            return ApiError::too_large(format!(
+                "the snapshot would exceed this node's --max-snapshot-mib ({cap} bytes)"
+            ))
+            .into_response();
+        }
     }
     let sender_vote = rpc.vote;
     let done = rpc.done;

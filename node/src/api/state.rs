@@ -51,6 +51,12 @@ pub struct Shared {
     pub admin_token: Option<String>,
     /// Inter-node secret.
     pub cluster_secret: Option<String>,
+    /// Read-only bearer token.
+    pub read_token: Option<String>,
+    /// Largest snapshot accepted from a leader, in bytes.
+    pub max_snapshot_bytes: u64,
+    /// Permits of the Raft RPC streams open at once.
+    pub raft_streams: Arc<tokio::sync::Semaphore>,
     /// Process start, for `uptime_seconds`.
     pub started: Instant,
 }
