@@ -14,7 +14,7 @@ mod restore;
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
@@ -22,11 +22,10 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use crate::api::forward::Forwarder;
-use crate::api::{AppState, Shared};
+use crate::api::{AppState, Handles, Shared};
 use crate::batcher::Batcher;
 use crate::config::{Cli, Command, HealthcheckArgs, LogFormat, NodeConfig};
 use crate::metrics::Metrics;
-use crate::raft::leadership::LeaderContact;
 use crate::raft::network::{self, HttpNetwork};
 use crate::raft::wire::raft_message_limit;
 use crate::raft::{bootstrap, election_hold, log_retention, snapshot_policy};
@@ -145,26 +144,17 @@ async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         reader.clone(),
         election_hold.clone(),
     ));
-    let state = AppState::new(Shared {
-        id: cfg.id,
-        raft: raft.clone(),
-        reader,
-        batcher,
-        forwarder: Forwarder::new(fwd_client, cfg.id),
-        contact: Arc::new(LeaderContact::default()),
-        snapshot_intake: Default::default(),
-        election_hold: election_hold.clone(),
-        metrics: metrics.clone(),
-        limits: cfg.limits,
-        timing: cfg.timing,
-        api_token: cfg.api_token.clone(),
-        admin_token: cfg.admin_token.clone(),
-        cluster_secret: cfg.cluster_secret.clone(),
-        read_token: cfg.read_token.clone(),
-        max_snapshot_bytes: cfg.max_snapshot_bytes,
-        raft_streams: Arc::new(tokio::sync::Semaphore::new(cfg.max_raft_streams)),
-        started: Instant::now(),
-    });
+    let state = AppState::new(Shared::new(
+        &cfg,
+        Handles {
+            raft: raft.clone(),
+            reader,
+            batcher,
+            forwarder: Forwarder::new(fwd_client, cfg.id),
+            election_hold: election_hold.clone(),
+            metrics: metrics.clone(),
+        },
+    ));
     tokio::spawn(metrics::watch_leader(raft.clone(), metrics.clone()));
     tokio::spawn(metrics::log_counts(raft.clone(), metrics.clone()));
     tokio::spawn(snapshot_policy::trigger_by_log_bytes(

@@ -37,12 +37,11 @@ use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 use tower::ServiceExt;
 
 use super::forward::Forwarder;
-use super::{router, AppState, Shared};
+use super::{router, AppState, Handles, Shared};
 use crate::batcher::Batcher;
 use crate::config::Cli;
 use crate::metrics::Metrics;
 use crate::raft::election_hold::ElectionHold;
-use crate::raft::leadership::LeaderContact;
 use crate::raft::network::{self, HttpNetwork};
 use crate::raft::wire::{raft_message_limit, SECRET_HEADER};
 
@@ -135,28 +134,19 @@ async fn start_node(dir: &std::path::Path) -> Router {
         cfg.limits.write_timeout * 2,
         metrics.clone(),
     );
-    let state = AppState::new(Shared {
-        id: cfg.id,
-        raft,
-        reader,
-        batcher,
-        forwarder: Forwarder::new(client, cfg.id),
-        contact: Arc::new(LeaderContact::default()),
-        snapshot_intake: Default::default(),
-        election_hold: Arc::new(ElectionHold::new(Duration::from_millis(
-            2 * cfg.timing.election_max_ms,
-        ))),
-        metrics,
-        limits: cfg.limits,
-        timing: cfg.timing,
-        api_token: cfg.api_token.clone(),
-        admin_token: cfg.admin_token.clone(),
-        cluster_secret: cfg.cluster_secret.clone(),
-        read_token: cfg.read_token.clone(),
-        max_snapshot_bytes: cfg.max_snapshot_bytes,
-        raft_streams: Arc::new(tokio::sync::Semaphore::new(cfg.max_raft_streams)),
-        started: Instant::now(),
-    });
+    let state = AppState::new(Shared::new(
+        &cfg,
+        Handles {
+            raft,
+            reader,
+            batcher,
+            forwarder: Forwarder::new(client, cfg.id),
+            election_hold: Arc::new(ElectionHold::new(Duration::from_millis(
+                2 * cfg.timing.election_max_ms,
+            ))),
+            metrics,
+        },
+    ));
     router(state)
 }
 

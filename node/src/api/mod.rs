@@ -33,7 +33,7 @@ use tracing::Level;
 
 use crate::raft::wire::{path, raft_message_limit, SECRET_HEADER};
 use error::ApiError;
-pub use state::{AppState, Shared};
+pub use state::{AppState, Handles, Shared};
 
 /// Builds the router with every route and layer.
 pub fn router(state: AppState) -> Router {

@@ -11,7 +11,7 @@ use raft_store::{NodeId, StoreReader};
 use super::forward::Forwarder;
 use super::snapshot_intake::SnapshotIntake;
 use crate::batcher::Batcher;
-use crate::config::{Limits, RaftTiming};
+use crate::config::{Limits, NodeConfig, RaftTiming};
 use crate::metrics::Metrics;
 use crate::raft::election_hold::ElectionHold;
 use crate::raft::leadership::LeaderContact;
@@ -59,6 +59,58 @@ pub struct Shared {
     pub raft_streams: Arc<tokio::sync::Semaphore>,
     /// Process start, for `uptime_seconds`.
     pub started: Instant,
+}
+
+/// The running parts a node builds before its handlers' state; everything else in [`Shared`]
+/// follows from the configuration ([`Shared::new`]).
+pub struct Handles {
+    /// The Raft handle.
+    pub raft: Raft,
+    /// Read access to the state machine.
+    pub reader: StoreReader,
+    /// Group commit.
+    pub batcher: Batcher,
+    /// Forwarding to the leader.
+    pub forwarder: Forwarder,
+    /// Elections off while a snapshot is received and installed (shared with its task).
+    pub election_hold: Arc<ElectionHold>,
+    /// Prometheus metrics.
+    pub metrics: Metrics,
+}
+
+impl Shared {
+    /// The state of a node configured by `cfg` with the running parts `handles`: the one place
+    /// that fills it, so the server and the in-process tests cannot drift apart.
+    pub fn new(cfg: &NodeConfig, handles: Handles) -> Shared {
+        let Handles {
+            raft,
+            reader,
+            batcher,
+            forwarder,
+            election_hold,
+            metrics,
+        } = handles;
+        Shared {
+            id: cfg.id,
+            raft,
+            reader,
+            batcher,
+            forwarder,
+            contact: Arc::new(LeaderContact::default()),
+            snapshot_intake: SnapshotIntake::default(),
+            election_hold,
+            metrics,
+            limits: cfg.limits,
+            timing: cfg.timing,
+            api_token: cfg.api_token.clone(),
+            admin_token: cfg.admin_token.clone(),
+            cluster_secret: cfg.cluster_secret.clone(),
+            read_token: cfg.read_token.clone(),
+            max_snapshot_bytes: cfg.max_snapshot_bytes,
+            raft_streams: Arc::new(tokio::sync::Semaphore::new(cfg.max_raft_streams)),
+            started: Instant::now(),
+        }
+    }
 }
 
 impl AppState {
