@@ -14,6 +14,7 @@ mod error;
 mod event;
 mod publish;
 mod read;
+mod subscribe;
 
 pub use error::{ErrorBody, FieldError};
 pub use event::{EventKey, LamportStamp, NodeId};
@@ -21,4 +22,7 @@ pub use publish::{EventResult, EventStatus, PublishEvent, PublishResponse};
 pub use read::{
     ConsistencyLevel, ConsistencyMarker, DigestResponse, EventsPage, ProducerStats, RaftStats,
     StatsResponse, StoredEvent,
+};
+pub use subscribe::{
+    Cursor, CursorError, EndReason, PatternError, StreamEnd, TopicPattern, MAX_PATTERN_BYTES,
 };

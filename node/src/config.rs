@@ -265,6 +265,30 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_client_requests: u64,
 
+    /// Live subscriptions (`GET /subscribe`) open at once on this node, at most; one more is
+    /// answered 429 with Retry-After. Not counted in --max-client-requests.
+    #[arg(long, env = "AGG_MAX_SUBSCRIPTIONS", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_subscriptions: u64,
+
+    /// KiB of events buffered for one subscription, at most, while its subscriber has not
+    /// taken them (beyond what the connection's socket holds).
+    #[arg(long, env = "AGG_SUBSCRIBE_BUFFER_KIB", default_value_t = 1024,
+          value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub subscribe_buffer_kib: u64,
+
+    /// A subscription whose buffer stays full this long (its subscriber reads nothing) ends
+    /// with a message naming the cursor to resume from.
+    #[arg(long, env = "AGG_SUBSCRIBE_STALL_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub subscribe_stall_ms: u64,
+
+    /// An idle subscription gets a comment line this often, so proxies and clients see it
+    /// alive.
+    #[arg(long, env = "AGG_SUBSCRIBE_HEARTBEAT_MS", default_value_t = 15_000,
+          value_parser = clap::value_parser!(u64).range(10..))]
+    pub subscribe_heartbeat_ms: u64,
+
     /// Longest time a client request may take in all, body read included (503 beyond). Must
     /// exceed --write-timeout-ms and --body-read-timeout-ms by the 2 s leader wait and 2 s of
     /// forwarding.
@@ -321,6 +345,21 @@ pub struct NodeConfig {
     pub max_inflight: usize,
     /// Raft timing.
     pub timing: RaftTiming,
+    /// Live subscriptions.
+    pub subscribe: SubscribeLimits,
+}
+
+/// What live subscriptions may make a node hold (`--max-subscriptions`, `--subscribe-*`).
+#[derive(Debug, Clone, Copy)]
+pub struct SubscribeLimits {
+    /// Streams open at once.
+    pub max_streams: usize,
+    /// Bytes of events buffered per stream.
+    pub buffer_bytes: u64,
+    /// How long a full buffer may stay full before the stream ends.
+    pub stall: Duration,
+    /// Heartbeat interval of an idle stream.
+    pub heartbeat: Duration,
 }
 
 /// Limits applied to client requests.
@@ -461,6 +500,12 @@ impl RunArgs {
                 heartbeat_ms: self.heartbeat_ms,
                 election_min_ms: self.election_timeout_min_ms,
                 election_max_ms: self.election_timeout_max_ms,
+            },
+            subscribe: SubscribeLimits {
+                max_streams: usize::try_from(self.max_subscriptions).unwrap_or(usize::MAX),
+                buffer_bytes: self.subscribe_buffer_kib * 1024,
+                stall: Duration::from_millis(self.subscribe_stall_ms),
+                heartbeat: Duration::from_millis(self.subscribe_heartbeat_ms),
             },
         })
     }

@@ -201,6 +201,7 @@ async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         "aggregator started"
     );
 
+    let subscriptions = state.subscriptions.clone();
     let app = api::router(state);
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let listener = listener.tap_io(|tcp| {
@@ -224,6 +225,9 @@ async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let served = match served {
         Some(res) => res,
         None => {
+            // Streams never end by themselves: each is told to end (with its resume cursor)
+            // so that the drain below is not spent waiting for them.
+            subscriptions.shut_down();
             let _ = stop_tx.send(true);
             match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {
                 Ok(res) => res,

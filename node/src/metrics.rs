@@ -37,6 +37,12 @@ pub struct Inner {
     pub leader_changes: IntCounter,
     /// Memtable flushes made because writes paused.
     pub idle_flushes: IntCounter,
+    /// Live subscriptions open on this node.
+    pub subscriptions_open: IntGauge,
+    /// Events delivered to live subscriptions (queued for their connections).
+    pub subscription_events: IntCounter,
+    /// Live subscriptions ended by the node, by reason (`slow_subscriber`, `shutting_down`, ...).
+    pub subscriptions_ended: IntCounterVec,
     term: IntGauge,
     applied_index: IntGauge,
     last_log_index: IntGauge,
@@ -177,6 +183,22 @@ impl Metrics {
             "dedup_index_bytes",
             "Memory the dedup index's hash table has allocated",
         )?;
+        let subscriptions_open =
+            IntGauge::new("subscriptions_open", "Live subscriptions open on this node")?;
+        let subscription_events = IntCounter::new(
+            "subscription_events_total",
+            "Events queued for live subscribers' connections",
+        )?;
+        let subscriptions_ended = IntCounterVec::new(
+            Opts::new(
+                "subscriptions_ended_total",
+                "Live subscriptions this node ended, by reason",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(subscriptions_open.clone()))?;
+        registry.register(Box::new(subscription_events.clone()))?;
+        registry.register(Box::new(subscriptions_ended.clone()))?;
         registry.register(Box::new(dedup_index_entries.clone()))?;
         registry.register(Box::new(dedup_index_bytes.clone()))?;
         registry.register(Box::new(log_cache_reads.clone()))?;
@@ -213,6 +235,9 @@ impl Metrics {
             entry_seconds,
             leader_changes,
             idle_flushes,
+            subscriptions_open,
+            subscription_events,
+            subscriptions_ended,
             term,
             applied_index,
             last_log_index,

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use openraft::LogId;
 use rocksdb::Snapshot;
+use tokio::sync::watch;
 
 use crate::backup::{self, BackupSource};
 use crate::codec;
@@ -24,7 +25,10 @@ use crate::sm::dedup_index::SharedDedupIndex;
 use crate::sm::index_runs;
 use crate::sm::machine_db::StateMachineDb;
 use crate::sm::snapshot::dir::SnapshotStats;
-use crate::types::{Digest, EventKey, EventPage, LamportStamp, NodeId, StoreStats, StoredEvent};
+use crate::types::{
+    AppliedPosition, Digest, Event, EventKey, EventPage, LamportStamp, NodeId, ScanPage,
+    StoreStats, StoredEvent,
+};
 
 /// Cheap-to-clone handle for the server: queries, log and snapshot counters, backups, and the
 /// memtable flush (the one call that is not a read); `Send + Sync`. Call it from blocking
@@ -143,6 +147,68 @@ impl StoreReader {
         limit: usize,
     ) -> Result<EventPage, StoreError> {
         self.page(CF_BY_SOURCE, source, after, limit, usize::MAX)
+    }
+
+    /// What the state machine has applied, raised after every apply's write (and install): a
+    /// live reader waits on it instead of polling. Its clock is never above what a view taken
+    /// after it shows.
+    pub fn watch_applied(&self) -> watch::Receiver<AppliedPosition> {
+        self.db.watch_applied()
+    }
+
+    /// Events with stamps above `after` for which `matches` holds, in stamp order, read
+    /// straight from `events` (for readers whose filter no index answers, e.g. a topic
+    /// pattern): at most `limit` of them, ending once they reach `max_bytes` (at least one),
+    /// and after examining at most `max_examined` events, matching or not, so one call's work
+    /// is bounded however rarely the filter matches. `scanned_to` says where the next call
+    /// continues.
+    pub fn events_matching(
+        &self,
+        after: Option<LamportStamp>,
+        matches: impl Fn(&Event) -> bool,
+        limit: usize,
+        max_bytes: usize,
+        max_examined: usize,
+    ) -> Result<ScanPage, StoreError> {
+        let view = self.db.reader_view()?;
+        let as_of = bookkeeping::read_meta(&self.db, &view)?.last_applied;
+        let from = match after {
+            None => 0,
+            Some(LamportStamp(u64::MAX)) => {
+                return Ok(ScanPage {
+                    as_of,
+                    scanned_to: after,
+                    ..ScanPage::default()
+                })
+            }
+            Some(LamportStamp(a)) => a + 1,
+        };
+        let mut it = view.raw_iterator_cf(self.db.cf(CF_EVENTS)?);
+        it.seek(keys::lamport_key(LamportStamp(from)));
+        let mut page = ScanPage {
+            as_of,
+            ..ScanPage::default()
+        };
+        let (mut bytes, mut examined) = (0usize, 0usize);
+        while let Some((key, value)) = it.item() {
+            if examined >= max_examined || page.events.len() >= limit || bytes >= max_bytes {
+                page.more = true;
+                break;
+            }
+            let stamp = keys::decode_u64(key)
+                .map(LamportStamp)
+                .ok_or_else(|| StoreError::corrupt("events", "key is not a stamp"))?;
+            let event: StoredEvent = codec::decode("stored event", value)?;
+            examined += 1;
+            page.scanned_to = Some(stamp);
+            if matches(&event.event) {
+                bytes = bytes.saturating_add(event.event.approx_bytes());
+                page.events.push(event);
+            }
+            it.next();
+        }
+        it.status()?;
+        Ok(page)
     }
 
     /// The stored event with this key, if any. An apply records its events in the index just

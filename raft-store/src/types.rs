@@ -245,6 +245,31 @@ pub struct StoreStats {
     pub last_applied: Option<openraft::LogId<NodeId>>,
 }
 
+/// How far the state machine has applied, as readers see it: the last applied log index
+/// and the highest stamp assigned (the clock). Events are visible in stamp order, every stamp
+/// up to `clock` at once, because one apply is one write.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct AppliedPosition {
+    /// Last log index applied (0 before any).
+    pub index: u64,
+    /// Highest stamp assigned so far (0 before any event was stored).
+    pub clock: LamportStamp,
+}
+
+/// A stretch of the whole store in stamp order, filtered ([`crate::StoreReader::events_matching`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScanPage {
+    /// The events that matched, in increasing stamp order.
+    pub events: Vec<StoredEvent>,
+    /// The last stamp examined, matched or not (`None` when nothing was): the next scan
+    /// starts after it, so events that did not match are not read twice.
+    pub scanned_to: Option<LamportStamp>,
+    /// Whether the view holds events after `scanned_to` (the scan stopped at a bound).
+    pub more: bool,
+    /// Last log id applied to the state the page was read from (the same RocksDB view).
+    pub as_of: Option<openraft::LogId<NodeId>>,
+}
+
 /// One page of events in Lamport order.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventPage {

@@ -264,6 +264,20 @@ pub(crate) async fn forward_read(
         .await
 }
 
+/// Relays a stream (a linearizable subscription) from the leader, one hop.
+pub(crate) async fn forward_stream(
+    st: &AppState,
+    id: NodeId,
+    addr: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let pq = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    st.forwarder
+        .forward_stream(LeaderAddr { id, addr }, pq, headers)
+        .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -101,6 +101,56 @@ impl Forwarder {
         *response.headers_mut() = out_headers;
         Ok(response)
     }
+
+    /// Forwards a `GET` whose answer is a stream (a linearizable subscription) and relays the
+    /// leader's body chunk by chunk as it arrives, for as long as it lasts: no total timeout,
+    /// only the connect timeout of the client. `Last-Event-ID` goes along, so a reconnect
+    /// through a follower resumes where it should.
+    pub async fn forward_stream(
+        &self,
+        to: LeaderAddr<'_>,
+        path_and_query: &str,
+        headers: &HeaderMap,
+    ) -> Result<Response, ApiError> {
+        let LeaderAddr { id: leader, addr } = to;
+        let url = format!("http://{addr}{path_and_query}");
+        let mut rb = self
+            .client
+            .get(url)
+            .header(HOP_HEADER, self.id.to_string());
+        for name in PASS_REQUEST
+            .iter()
+            .chain([&HeaderName::from_static("last-event-id")])
+        {
+            if let Some(v) = headers.get(name) {
+                rb = rb.header(name, v);
+            }
+        }
+        let resp = rb.send().await.map_err(|e| {
+            tracing::debug!(leader, addr, error = %e, "forwarding a stream to the leader failed");
+            ApiError::unavailable(format!("leader {leader} at {addr} did not answer: {e}"))
+        })?;
+        let status = resp.status();
+        let mut out_headers = HeaderMap::new();
+        for (name, value) in resp.headers() {
+            if passes_back(name.as_str()) {
+                out_headers.insert(name.clone(), value.clone());
+            }
+        }
+        // The leader's connection failing mid-stream just ends the body: the client resumes
+        // from the last `id:` it received, like after any other cut.
+        let chunks = futures::stream::unfold(Some(resp), |resp| async move {
+            let mut resp = resp?;
+            match resp.chunk().await {
+                Ok(Some(chunk)) => Some((Ok::<_, std::io::Error>(chunk), Some(resp))),
+                Ok(None) | Err(_) => None,
+            }
+        });
+        let mut response = Response::new(Body::from_stream(chunks));
+        *response.status_mut() = status;
+        *response.headers_mut() = out_headers;
+        Ok(response)
+    }
 }
 
 /// Whether a leader's answer header is relayed to the client.

@@ -18,6 +18,7 @@ pub mod raft_rpc;
 pub mod read;
 pub mod snapshot_intake;
 pub mod state;
+pub mod subscribe;
 pub mod validate;
 
 use std::time::Instant;
@@ -67,6 +68,11 @@ pub fn router(state: AppState) -> Router {
         .route("/cluster", get(admin::cluster))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_read))
         .route_layer(middleware::from_fn_with_state(client_limits, limits::admit));
+    // Streams last as long as their subscribers: outside the client routes' total time and
+    // count, under their own limit (`--max-subscriptions`, subscribe/mod.rs).
+    let streams = Router::new()
+        .route("/subscribe", get(subscribe::subscribe))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_read));
     let admin = Router::new()
         .route("/cluster/learners", post(admin::add_learner))
         .route("/cluster/membership", post(admin::change_membership))
@@ -81,6 +87,7 @@ pub fn router(state: AppState) -> Router {
         .merge(raft)
         .merge(publish)
         .merge(client)
+        .merge(streams)
         .merge(admin)
         .merge(open)
         .fallback(|| async { ApiError::not_found("no such endpoint") })

@@ -107,27 +107,7 @@ fn render_events(page: &raft_store::EventPage, p: &Provenance) -> Vec<u8> {
         if i > 0 {
             out.push(b',');
         }
-        let e = &se.event;
-        out.extend_from_slice(b"{\"topic\":");
-        push_json(&mut out, &e.topic);
-        out.extend_from_slice(b",\"event_id\":");
-        push_json(&mut out, &e.event_id);
-        out.extend_from_slice(b",\"timestamp\":");
-        push_json(&mut out, &e.timestamp);
-        out.extend_from_slice(b",\"source\":");
-        push_json(&mut out, &e.source);
-        out.extend_from_slice(b",\"payload\":");
-        // Validated JSON text at publish time, stored verbatim.
-        out.extend_from_slice(e.payload.as_bytes());
-        out.extend_from_slice(b",\"seq\":");
-        push_json(&mut out, &e.seq);
-        out.extend_from_slice(b",\"producer_lamport\":");
-        push_json(&mut out, &e.lamport);
-        out.extend_from_slice(b",\"lamport\":");
-        push_json(&mut out, &se.lamport.0);
-        out.extend_from_slice(b",\"log_index\":");
-        push_json(&mut out, &se.log_index);
-        out.push(b'}');
+        push_event(&mut out, se);
     }
     out.extend_from_slice(b"],\"next\":");
     push_json(&mut out, &page.next.map(|n| n.0.to_string()));
@@ -135,6 +115,32 @@ fn render_events(page: &raft_store::EventPage, p: &Provenance) -> Vec<u8> {
     push_json(&mut out, &p.marker);
     out.push(b'}');
     out
+}
+
+/// Appends one stored event as `/events` returns it ([`api_types::StoredEvent`]); also the
+/// `data:` of a subscription's messages, so both speak the same shape.
+pub(crate) fn push_event(out: &mut Vec<u8>, se: &raft_store::StoredEvent) {
+    let e = &se.event;
+    out.extend_from_slice(b"{\"topic\":");
+    push_json(out, &e.topic);
+    out.extend_from_slice(b",\"event_id\":");
+    push_json(out, &e.event_id);
+    out.extend_from_slice(b",\"timestamp\":");
+    push_json(out, &e.timestamp);
+    out.extend_from_slice(b",\"source\":");
+    push_json(out, &e.source);
+    out.extend_from_slice(b",\"payload\":");
+    // Validated JSON text at publish time, stored verbatim.
+    out.extend_from_slice(e.payload.as_bytes());
+    out.extend_from_slice(b",\"seq\":");
+    push_json(out, &e.seq);
+    out.extend_from_slice(b",\"producer_lamport\":");
+    push_json(out, &e.lamport);
+    out.extend_from_slice(b",\"lamport\":");
+    push_json(out, &se.lamport.0);
+    out.extend_from_slice(b",\"log_index\":");
+    push_json(out, &se.log_index);
+    out.push(b'}');
 }
 
 fn push_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {

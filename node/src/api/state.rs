@@ -10,6 +10,7 @@ use raft_store::{NodeId, StoreReader};
 
 use super::forward::Forwarder;
 use super::snapshot_intake::SnapshotIntake;
+use super::subscribe::Subscriptions;
 use crate::batcher::Batcher;
 use crate::config::{Limits, NodeConfig, RaftTiming};
 use crate::metrics::Metrics;
@@ -57,6 +58,8 @@ pub struct Shared {
     pub max_snapshot_bytes: u64,
     /// Permits of the Raft RPC streams open at once.
     pub raft_streams: Arc<tokio::sync::Semaphore>,
+    /// Live subscriptions: their limit and the stop signal.
+    pub subscriptions: Subscriptions,
     /// Process start, for `uptime_seconds`.
     pub started: Instant,
 }
@@ -108,6 +111,7 @@ impl Shared {
             read_token: cfg.read_token.clone(),
             max_snapshot_bytes: cfg.max_snapshot_bytes,
             raft_streams: Arc::new(tokio::sync::Semaphore::new(cfg.max_raft_streams)),
+            subscriptions: Subscriptions::new(cfg.subscribe),
             started: Instant::now(),
         }
     }

@@ -12,7 +12,9 @@ use crate::codec;
 use crate::db::{Db, CF_PRODUCERS, CF_SM_META, CF_TOPICS};
 use crate::error::StoreError;
 use crate::keys;
-use crate::types::{Counters, Digest, LamportStamp, Node, NodeId, ProducerStats};
+use crate::types::{
+    AppliedPosition, Counters, Digest, LamportStamp, Node, NodeId, ProducerStats,
+};
 
 /// The one record of the `sm_meta` column family (key [`keys::STATE_MACHINE_META`]),
 /// rewritten by every apply. Its encoding, the column family's name and the key are on disk in
@@ -46,6 +48,14 @@ pub(crate) struct Bookkeeping {
 }
 
 impl Bookkeeping {
+    /// What this state has applied, as live readers are told ([`AppliedPosition`]).
+    pub(crate) fn position(&self) -> AppliedPosition {
+        AppliedPosition {
+            index: self.meta.last_applied.map_or(0, |id| id.index),
+            clock: self.meta.clock,
+        }
+    }
+
     /// Reads the whole bookkeeping from one consistent view.
     pub(crate) fn load(db: &Db, view: &Snapshot<'_>) -> Result<Bookkeeping, StoreError> {
         let mut state = Bookkeeping::load_without_producers(db, view)?;

@@ -1,7 +1,7 @@
 //! The node's RocksDB as the state machine's handles share it (its store, the snapshot
 //! builder, the reader, a restore): the database plus what the state machine keeps beside it:
-//! the snapshot folder, the install flag, and the durable-applied watermark that the log's
-//! purges wait on (`coverage.rs`).
+//! the snapshot folder, the install flag, the durable-applied watermark that the log's
+//! purges wait on (`coverage.rs`), and the applied position that live readers wait on.
 
 use std::ops::Deref;
 use std::path::Path;
@@ -16,6 +16,7 @@ use crate::db::Db;
 use crate::error::StoreError;
 use crate::sm::bookkeeping;
 use crate::sm::snapshot::dir::SnapshotDir;
+use crate::types::AppliedPosition;
 
 /// The database and the state machine's own shared state. Dereferences to [`Db`], through
 /// which the state machine reads and writes RocksDB.
@@ -30,6 +31,9 @@ pub(crate) struct StateMachineDb {
     /// What the state machine on disk is known to cover, watched by purges that must not run
     /// ahead of it (`LogStore::purge`).
     durable: watch::Sender<Durable>,
+    /// What the state machine has applied and readers can see: raised after each apply's
+    /// write and each install, watched by live subscriptions instead of polling the store.
+    applied: watch::Sender<AppliedPosition>,
 }
 
 impl Deref for StateMachineDb {
@@ -49,6 +53,7 @@ impl StateMachineDb {
             snapshots: SnapshotDir::open(dir)?,
             installing: AtomicBool::new(false),
             durable: watch::channel(Durable::default()).0,
+            applied: watch::channel(AppliedPosition::default()).0,
         })
     }
 
@@ -60,6 +65,22 @@ impl StateMachineDb {
             d.applied = d.applied.max(index);
             raised
         });
+    }
+
+    /// Publishes what readers can now see (called after the write that made it visible).
+    /// Only a change wakes the watchers, so an apply of duplicates alone (no new stamp, a new
+    /// index) wakes them once for the index, which they check cheaply.
+    pub(crate) fn note_applied(&self, position: AppliedPosition) {
+        self.applied.send_if_modified(|p| {
+            let changed = *p != position;
+            *p = position;
+            changed
+        });
+    }
+
+    /// A receiver of the applied position ([`note_applied`](Self::note_applied)).
+    pub(crate) fn watch_applied(&self) -> watch::Receiver<AppliedPosition> {
+        self.applied.subscribe()
     }
 
     /// Records that a snapshot is about to be received and installed.

@@ -92,6 +92,7 @@ impl StateMachineStore {
         let state = Bookkeeping::load_live(&db, &db.rocks.snapshot())?;
         // Freshly opened, the state machine is exactly what is on disk.
         db.note_durable_applied(state.meta.last_applied.map_or(0, |id| id.index));
+        db.note_applied(state.position());
         Ok(StateMachineStore {
             db,
             state: Some(state),
@@ -189,6 +190,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         };
         match joined {
             Ok((state, Ok(replies))) => {
+                // Written: readers see it now, so the live ones may be woken.
+                self.db.note_applied(state.position());
                 self.state = Some(state);
                 Ok(replies)
             }
@@ -252,6 +255,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 // The install ended with a synced write; a purge waiting for it may go on.
                 self.db
                     .note_installed(state.meta.last_applied.map_or(0, |id| id.index));
+                self.db.note_applied(state.position());
                 let mut state = state;
                 // The snapshot's producers are all on disk now: read back when needed.
                 state.trim_producers(0, |_| false);

@@ -1,0 +1,276 @@
+//! One live subscription's feeder: a task that reads the selected events after the stream's
+//! cursor from this node's store, renders them as SSE messages into the stream's bounded
+//! buffer, and, once caught up, sleeps until the apply path reports new events (the store's
+//! applied-position watch; no polling). It ends the stream with one last `end` message saying
+//! why and where to resume: the subscriber left the buffer full for too long, the node is
+//! stopping, a linearizable stream lost its leadership, or the store could not be read.
+//!
+//! The buffer is bounded in bytes: every message holds permits of a semaphore (KiB of its
+//! text) until the response body hands it to the connection, so what one stream makes the node
+//! hold is the buffer, the connection's write buffer and its socket, whatever the subscriber
+//! does.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use api_types::{Cursor, EndReason, StreamEnd};
+use axum::response::sse::Event;
+use chrono::{DateTime, FixedOffset};
+use raft_store::{AppliedPosition, StoreError, StoreReader, StoredEvent};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::select::{to_wire, Batch, Selection};
+use crate::api::read::push_event;
+use crate::metrics::Metrics;
+use crate::raft::Raft;
+
+/// Buffer permits are KiB.
+const UNIT: u64 = 1024;
+
+/// One message of the stream's body, and the buffer space it holds until it is sent.
+pub enum Item {
+    /// A message that holds part of the budget.
+    Counted(Event, OwnedSemaphorePermit),
+    /// A message outside it: the first (the consistency marker) and the last (`end`).
+    Free(Event),
+}
+
+/// Where a stream starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    /// Right after this cursor.
+    After(Cursor),
+    /// At the first selected event (in commit order, from the beginning) whose producer
+    /// timestamp is at or after this time.
+    Time(DateTime<FixedOffset>),
+}
+
+/// What a feeder needs.
+pub struct Feeder {
+    /// The store.
+    pub reader: StoreReader,
+    /// Linearizable streams confirm a read point with it before each read.
+    pub raft: Option<Raft>,
+    /// How long a read point may take to confirm.
+    pub confirm_timeout: Duration,
+    /// What to read.
+    pub selection: Selection,
+    /// Where to start.
+    pub start: Start,
+    /// The stream's buffer budget (KiB permits) and its size.
+    pub budget: Arc<Semaphore>,
+    /// All of `budget`'s permits.
+    pub budget_kib: u32,
+    /// How long the buffer may stay full.
+    pub stall: Duration,
+    /// Cancelled when the node stops.
+    pub shutdown: CancellationToken,
+    /// Where messages go.
+    pub out: mpsc::UnboundedSender<Item>,
+    /// Counters.
+    pub metrics: Metrics,
+}
+
+/// Why the feeding stopped.
+enum Stop {
+    /// The subscriber is gone: nobody to tell.
+    Gone,
+    /// End the stream with this.
+    End(EndReason, String),
+}
+
+impl Feeder {
+    /// Feeds the stream until it ends; the last message says why, unless the subscriber left.
+    pub async fn run(self) {
+        let mut applied = self.reader.watch_applied();
+        let mut position = match self.start {
+            Start::After(c) => c,
+            Start::Time(_) => Cursor::START,
+        };
+        let mut seeking = match self.start {
+            Start::Time(t) => Some(t),
+            Start::After(_) => None,
+        };
+        let stop = self
+            .feed(&mut applied, &mut position, &mut seeking)
+            .await;
+        if let Stop::End(reason, error) = stop {
+            if let Ok(label) = serde_json::to_value(reason) {
+                self.metrics
+                    .subscriptions_ended
+                    .with_label_values(&[label.as_str().unwrap_or("other")])
+                    .inc();
+            }
+            let end = StreamEnd {
+                reason,
+                error,
+                resume_from: position,
+                earliest: None,
+            };
+            // No budget: one small message, and the subscriber must learn why it ends.
+            let event = Event::default()
+                .event("end")
+                .json_data(&end)
+                .unwrap_or_else(|_| Event::default().event("end").data("{}"));
+            let _ = self.out.send(Item::Free(event));
+        }
+    }
+
+    async fn feed(
+        &self,
+        applied: &mut watch::Receiver<AppliedPosition>,
+        position: &mut Cursor,
+        seeking: &mut Option<DateTime<FixedOffset>>,
+    ) -> Stop {
+        loop {
+            // Everything up to this clock is visible to a read that starts after this line
+            // (the watch is raised after the write), so once a read finds nothing more, the
+            // stream is caught up to it and sleeps until the clock moves past it.
+            let seen = applied.borrow_and_update().clock;
+            loop {
+                if let Some(stop) = self.confirm().await {
+                    return stop;
+                }
+                let batch = match self.read(*position).await {
+                    Ok(b) => b,
+                    Err(stop) => return stop,
+                };
+                let more = batch.more;
+                for event in batch.events {
+                    if let Some(t) = *seeking {
+                        if !at_or_after(&event, t) {
+                            *position = Cursor::at(to_wire(event.lamport));
+                            continue;
+                        }
+                        *seeking = None;
+                    }
+                    let cursor = Cursor::at(to_wire(event.lamport));
+                    if let Some(stop) = self.push(render(&event, cursor)).await {
+                        return stop;
+                    }
+                    *position = cursor;
+                }
+                // Past events that were read but not selected (or skipped while seeking).
+                *position = (*position).max(batch.position);
+                if !more {
+                    break;
+                }
+            }
+            loop {
+                tokio::select! {
+                    changed = applied.changed() => {
+                        if changed.is_err() {
+                            return Stop::End(EndReason::Unavailable, "the store closed".into());
+                        }
+                        if applied.borrow().clock > seen {
+                            break;
+                        }
+                    }
+                    () = self.shutdown.cancelled() => {
+                        return Stop::End(EndReason::ShuttingDown, "the node is stopping".into());
+                    }
+                    () = self.out.closed() => return Stop::Gone,
+                }
+            }
+        }
+    }
+
+    /// A linearizable stream reads only after its node confirmed, with a quorum, that it
+    /// still leads and has applied everything committed so far.
+    async fn confirm(&self) -> Option<Stop> {
+        let raft = self.raft.as_ref()?;
+        let lost = |why: String| {
+            Some(Stop::End(
+                EndReason::LeadershipLost,
+                format!("cannot confirm a linearizable read point: {why}; resume on the leader"),
+            ))
+        };
+        tokio::select! {
+            confirmed = tokio::time::timeout(self.confirm_timeout, raft.ensure_linearizable()) => {
+                match confirmed {
+                    Ok(Ok(_)) => None,
+                    Ok(Err(e)) => lost(e.to_string()),
+                    Err(_) => lost("no quorum answered in time".into()),
+                }
+            }
+            () = self.shutdown.cancelled() => {
+                Some(Stop::End(EndReason::ShuttingDown, "the node is stopping".into()))
+            }
+        }
+    }
+
+    async fn read(&self, after: Cursor) -> Result<Batch, Stop> {
+        let reader = self.reader.clone();
+        let selection = self.selection.clone();
+        match tokio::task::spawn_blocking(move || selection.read(&reader, after)).await {
+            Ok(Ok(batch)) => Ok(batch),
+            Ok(Err(e @ StoreError::Installing)) => {
+                Err(Stop::End(EndReason::Unavailable, e.to_string()))
+            }
+            Ok(Err(e)) => Err(Stop::End(
+                EndReason::Unavailable,
+                format!("store read failed: {e}"),
+            )),
+            Err(e) => Err(Stop::End(
+                EndReason::Unavailable,
+                format!("store read task failed: {e}"),
+            )),
+        }
+    }
+
+    /// Puts one message in the buffer, waiting for room at most `stall`.
+    async fn push(&self, (event, bytes): (Event, usize)) -> Option<Stop> {
+        let kib = u64::try_from(bytes).unwrap_or(u64::MAX).div_ceil(UNIT);
+        // A message larger than the whole buffer waits for all of it.
+        let kib = u32::try_from(kib).unwrap_or(u32::MAX).min(self.budget_kib);
+        let permit = tokio::select! {
+            permit = tokio::time::timeout(self.stall, self.budget.clone().acquire_many_owned(kib)) => {
+                match permit {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(_)) => return Some(Stop::Gone),
+                    Err(_) => {
+                        return Some(Stop::End(
+                            EndReason::SlowSubscriber,
+                            format!(
+                                "the subscriber took nothing for {} ms while its buffer of {} KiB \
+                                 was full",
+                                self.stall.as_millis(),
+                                self.budget_kib
+                            ),
+                        ))
+                    }
+                }
+            }
+            () = self.shutdown.cancelled() => {
+                return Some(Stop::End(EndReason::ShuttingDown, "the node is stopping".into()));
+            }
+            () = self.out.closed() => return Some(Stop::Gone),
+        };
+        match self.out.send(Item::Counted(event, permit)) {
+            Ok(()) => {
+                self.metrics.subscription_events.inc();
+                None
+            }
+            Err(_) => Some(Stop::Gone),
+        }
+    }
+}
+
+/// An event as its SSE message (`id:` its cursor, `data:` the event as `/events` renders it)
+/// and the bytes it counts against the buffer.
+fn render(event: &StoredEvent, cursor: Cursor) -> (Event, usize) {
+    let mut json = Vec::with_capacity(event.event.approx_bytes() + 160);
+    push_event(&mut json, event);
+    // Every part is a Rust string or JSON text validated at publish time.
+    let text = String::from_utf8(json)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+    let bytes = text.len() + 32;
+    (Event::default().id(cursor.to_string()).data(text), bytes)
+}
+
+/// Whether the event's producer timestamp is at or after `t` (an unreadable one is not:
+/// publish accepts only RFC 3339, so this is an event from before that check, if any).
+fn at_or_after(event: &StoredEvent, t: DateTime<FixedOffset>) -> bool {
+    DateTime::parse_from_rfc3339(&event.event.timestamp).is_ok_and(|ts| ts >= t)
+}
