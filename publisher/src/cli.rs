@@ -1,4 +1,4 @@
-//! The command line: subcommands `send`, `verify`, `stats`, `bench`, their flags (each also an
+//! The command line: subcommands `send`, `verify`, `stats`, `bench`, `subscribe`, their flags (each also an
 //! environment variable where scripts benefit), and the parsers for targets and durations.
 
 use std::path::PathBuf;
@@ -58,6 +58,17 @@ pub enum Command {
     Stats(StatsArgs),
     /// Run the benchmark scenarios against an existing cluster and print a markdown table.
     Bench(BenchArgs),
+    /// Follow a topic pattern live (Server-Sent Events), resuming on another node when one fails.
+    #[command(long_about = "Follow a topic pattern live (GET /subscribe, Server-Sent Events).\n\n\
+        Prints one line per event (`CURSOR TOPIC SOURCE EVENT_ID`, or the event's JSON with \
+        --json). When a node fails, ends the stream or goes silent for --stall, reconnects to the \
+        next target with Last-Event-ID set to the last cursor received, so the stream continues \
+        right after it on any node. With --verify-history, checks on exit that every acknowledged \
+        event of a matching topic in that `send --history` file arrived exactly once, in commit \
+        order, and prints ack-to-delivery latency.\n\n\
+        Exit status: 0 when done (and the check holds), 1 when the check fails, 2 on a usage error \
+        or a request every node refuses (a bad pattern or cursor).")]
+    Subscribe(SubscribeArgs),
 }
 
 /// Where the cluster is.
@@ -188,6 +199,48 @@ pub struct BenchArgs {
     /// into this directory, to find where a slow request fell.
     #[arg(long)]
     pub history_dir: Option<PathBuf>,
+}
+
+/// `publisher subscribe`.
+#[derive(Debug, Args)]
+pub struct SubscribeArgs {
+    #[command(flatten)]
+    pub conn: TargetArgs,
+    /// Topic pattern: `.` or `/` separated segments, `*` one segment, `>` the rest (e.g. `logs.>`).
+    #[arg(long)]
+    pub topic: String,
+    /// Only this producer's events.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Where to start: `earliest`, `latest`, a cursor, or an RFC 3339 time.
+    #[arg(long, default_value = "latest")]
+    pub from: String,
+    /// `linearizable` (the leader confirms each read point) or `eventual` (any node's own state).
+    #[arg(long)]
+    pub consistency: Option<String>,
+    /// Print each event's JSON on one line (NDJSON) instead of a summary line.
+    #[arg(long)]
+    pub json: bool,
+    /// Print nothing per event (for checks and benchmarks).
+    #[arg(long, conflicts_with = "json")]
+    pub quiet: bool,
+    /// Stop after this many events.
+    #[arg(long)]
+    pub max_events: Option<u64>,
+    /// Stop once no event arrived for this long (e.g. 5s).
+    #[arg(long, value_parser = parse_duration)]
+    pub idle_exit: Option<Duration>,
+    /// Stop after this long in all (always bounded: default one hour).
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// A stream with no byte (not even a heartbeat) for this long is taken as dead and
+    /// reconnected elsewhere; keep it above the nodes' --subscribe-heartbeat-ms.
+    #[arg(long, default_value = "45s", value_parser = parse_duration)]
+    pub stall: Duration,
+    /// When stopped, check against this `send --history` file that every acknowledged event of
+    /// a matching topic arrived exactly once, in commit order; exit 1 otherwise.
+    #[arg(long)]
+    pub verify_history: Option<PathBuf>,
 }
 
 /// Normalizes a target to a base URL without a trailing slash, adding `http://` when missing.

@@ -11,6 +11,7 @@ mod progress;
 mod report;
 mod send;
 mod stats;
+mod subscribe;
 mod verify;
 
 use std::process::ExitCode;
@@ -44,6 +45,7 @@ fn main() -> ExitCode {
             Command::Verify(a) => verify::command(a).await,
             Command::Stats(a) => stats::command(a).await,
             Command::Bench(a) => bench::command(a).await,
+            Command::Subscribe(a) => subscribe::command(a).await,
         }
     });
     match verdict {

@@ -9,6 +9,7 @@
 
 mod leader;
 mod retry;
+pub mod sse;
 mod targets;
 
 use std::time::{Duration, Instant};
