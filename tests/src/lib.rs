@@ -20,6 +20,7 @@ pub mod process;
 pub mod proxy;
 pub mod publisher;
 pub mod raw_http;
+pub mod sse;
 pub mod wait;
 
 pub use client::{ApiClient, PublishReply};
