@@ -531,3 +531,89 @@ fn the_current_snapshot_is_one_file_and_stray_or_damaged_files_are_caught() {
     let mut s = raft_store::open(dir.path()).unwrap();
     assert!(rt.block_on(s.state_machine.get_current_snapshot()).is_err());
 }
+
+/// A filtered walk of the whole store (what a subscription to a wildcard pattern reads):
+/// matching events in stamp order, bounded by count, bytes and events examined, and each call
+/// continuing after the last event it examined, so walking it returns every match once even
+/// when a call examined only events that did not match.
+#[test]
+fn filtered_walks_are_bounded_and_continue_after_what_they_examined() {
+    let rt = rt();
+    let (_dir, mut s) = fresh();
+    let events: Vec<_> = (0..40)
+        .map(|i| {
+            let topic = if i % 4 == 0 { "logs.a" } else { "other" };
+            ev(topic, &format!("e{i}"), "src", None, None)
+        })
+        .collect();
+    apply(&rt, &mut s.state_machine, vec![normal(1, events)]);
+    let r = &s.reader;
+    let wanted = |e: &raft_store::Event| e.topic.starts_with("logs.");
+    // Everything at once.
+    let all = r
+        .events_matching(None, wanted, 1000, usize::MAX, 1000)
+        .unwrap();
+    let stamps_all: Vec<u64> = all.events.iter().map(|e| e.lamport.0).collect();
+    assert_eq!(stamps_all, (0..10).map(|k| 4 * k + 1).collect::<Vec<_>>());
+    assert_eq!(all.scanned_to, Some(LamportStamp(40)));
+    assert!(!all.more);
+    assert_eq!(all.as_of, Some(log_id(1)));
+    // Three examined per call: some calls match nothing yet still move on.
+    let mut after = None;
+    let mut walked = Vec::new();
+    for _ in 0..100 {
+        let page = r.events_matching(after, wanted, 1000, usize::MAX, 3).unwrap();
+        walked.extend(page.events.iter().map(|e| e.lamport.0));
+        assert!(page.scanned_to > after, "each call moves on");
+        after = page.scanned_to;
+        if !page.more {
+            break;
+        }
+    }
+    assert_eq!(walked, stamps_all);
+    // By count: the page stops after the limit and continues after its last match.
+    let two = r.events_matching(None, wanted, 2, usize::MAX, 1000).unwrap();
+    assert_eq!(two.events.len(), 2);
+    assert_eq!(two.scanned_to, Some(LamportStamp(5)));
+    assert!(two.more);
+    // By bytes: at least one event.
+    let one = r.events_matching(None, wanted, 1000, 1, 1000).unwrap();
+    assert_eq!(one.events.len(), 1);
+    // Past the end, and from the last stamp there is.
+    let end = r
+        .events_matching(Some(LamportStamp(40)), wanted, 10, usize::MAX, 10)
+        .unwrap();
+    assert!(end.events.is_empty() && !end.more && end.scanned_to.is_none());
+    let max = r
+        .events_matching(Some(LamportStamp(u64::MAX)), wanted, 10, usize::MAX, 10)
+        .unwrap();
+    assert!(max.events.is_empty() && !max.more);
+}
+
+/// The applied position live readers wait on: raised by each apply with the new clock, and
+/// only when something changed.
+#[test]
+fn the_applied_position_is_raised_by_every_apply() {
+    let rt = rt();
+    let (_dir, mut s) = fresh();
+    let mut watch = s.reader.watch_applied();
+    assert_eq!(watch.borrow_and_update().clock, LamportStamp(0));
+    apply(
+        &rt,
+        &mut s.state_machine,
+        vec![normal(1, vec![ev("t", "a", "s", None, None)])],
+    );
+    assert!(watch.has_changed().unwrap());
+    let p = *watch.borrow_and_update();
+    assert_eq!((p.index, p.clock), (1, LamportStamp(1)));
+    // A duplicate: a new index, no new stamp; still a change (the index moved).
+    apply(
+        &rt,
+        &mut s.state_machine,
+        vec![normal(2, vec![ev("t", "a", "s", None, None)])],
+    );
+    let p = *watch.borrow_and_update();
+    assert_eq!((p.index, p.clock), (2, LamportStamp(1)));
+    // Reopened, the position is what is on disk.
+    assert!(!watch.has_changed().unwrap());
+}
