@@ -37,7 +37,11 @@ const SHOWN_VIOLATIONS: usize = 10;
 /// What was received, for the checks.
 #[derive(Default)]
 struct Received {
-    /// Per event in arrival order: key, cursor, arrival (ms since the epoch, fractional).
+    /// Events received.
+    count: u64,
+    /// Whether to keep `events` (only a check needs them: a long run would fill memory).
+    keep: bool,
+    /// Per event in arrival order, with `keep`: key, cursor, arrival (ms since the epoch).
     events: Vec<(EventKey, Cursor, f64)>,
     /// Reconnections made (not counting the first connection).
     reconnects: u64,
@@ -57,10 +61,13 @@ pub async fn command(args: SubscribeArgs) -> anyhow::Result<bool> {
         .tcp_nodelay(true)
         .build()
         .context("building the HTTP client")?;
+    let started = Instant::now();
     let received = follow(&client, &args).await?;
+    let secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "subscribe: {} events, {} reconnects{}",
-        received.events.len(),
+        "subscribe: {} events in {secs:.2} s ({:.0} events/s), {} reconnects{}",
+        received.count,
+        received.count as f64 / secs.max(1e-9),
         received.reconnects,
         if received.ends.is_empty() {
             String::new()
@@ -78,7 +85,10 @@ pub async fn command(args: SubscribeArgs) -> anyhow::Result<bool> {
 async fn follow(client: &reqwest::Client, args: &SubscribeArgs) -> anyhow::Result<Received> {
     let started = Instant::now();
     let deadline = started + args.duration;
-    let mut received = Received::default();
+    let mut received = Received {
+        keep: args.verify_history.is_some(),
+        ..Received::default()
+    };
     let mut cursor: Option<Cursor> = None;
     let mut last_event = Instant::now();
     let mut target = 0usize;
@@ -247,7 +257,7 @@ async fn stream_once(
                     *last_event = Instant::now();
                     if args
                         .max_events
-                        .is_some_and(|n| received.events.len() as u64 >= n)
+                        .is_some_and(|n| received.count >= n)
                     {
                         return Ok(Ended::Stop);
                     }
@@ -287,6 +297,7 @@ fn handle(
         tracing::warn!(data = m.data, "an event without a cursor; skipped");
         return Handled::Other;
     };
+    // The payload is skipped unread (`IgnoredAny`): only the key and the header are needed.
     let event: StoredEvent = match serde_json::from_str(&m.data) {
         Ok(e) => e,
         Err(e) => {
@@ -307,7 +318,10 @@ fn handle(
             event.topic, event.source, event.event_id
         );
     }
-    received.events.push((event.key(), id, at));
+    received.count += 1;
+    if received.keep {
+        received.events.push((event.key(), id, at));
+    }
     Handled::Event
 }
 

@@ -614,6 +614,6 @@ fn the_applied_position_is_raised_by_every_apply() {
     );
     let p = *watch.borrow_and_update();
     assert_eq!((p.index, p.clock), (2, LamportStamp(1)));
-    // Reopened, the position is what is on disk.
+    // Nothing since.
     assert!(!watch.has_changed().unwrap());
 }
