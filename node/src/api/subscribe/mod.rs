@@ -111,7 +111,7 @@ pub async fn subscribe(
     };
     let position = *st.reader.watch_applied().borrow();
     let start = match start {
-        Requested::Latest => Start::After(Cursor::at(select::to_wire(position.clock))),
+        Requested::Latest => Start::After(select::cursor_of(position.clock)),
         Requested::At(s) => s,
     };
     let provenance = provenance(&st, linearizable, position.index).await;

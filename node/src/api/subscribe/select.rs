@@ -43,7 +43,7 @@ impl Selection {
 
     /// Reads the next events after `after` (a blocking call: run it off the async threads).
     pub fn read(&self, reader: &StoreReader, after: Cursor) -> Result<Batch, StoreError> {
-        let stamp = Some(after.stamp());
+        let stamp = Some(LamportStamp(after.0));
         let page = match (self.pattern.exact_topic(), &self.source) {
             (Some(topic), _) => {
                 reader.events_by_topic_within(topic, stamp, BATCH_EVENTS, BATCH_BYTES)?
@@ -61,7 +61,7 @@ impl Selection {
                 )?;
                 return Ok(Batch {
                     events: scan.events,
-                    position: scan.scanned_to.map_or(after, Cursor::at),
+                    position: scan.scanned_to.map_or(after, cursor_of),
                     more: scan.more,
                 });
             }
@@ -71,7 +71,7 @@ impl Selection {
         let position = page
             .events
             .last()
-            .map_or(after, |e| Cursor::at(to_wire(e.lamport)));
+            .map_or(after, |e| cursor_of(e.lamport));
         let more = page.next.is_some();
         let mut events = page.events;
         events.retain(|e| self.wants(&e.event.topic, &e.event.source));
@@ -83,7 +83,7 @@ impl Selection {
     }
 }
 
-/// The store's stamp as the API's.
-pub fn to_wire(stamp: LamportStamp) -> api_types::LamportStamp {
-    api_types::LamportStamp(stamp.0)
+/// The cursor right after the event stored under `stamp`.
+pub fn cursor_of(stamp: LamportStamp) -> Cursor {
+    Cursor(stamp.0)
 }

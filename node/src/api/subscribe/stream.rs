@@ -20,7 +20,7 @@ use raft_store::{AppliedPosition, StoreError, StoreReader, StoredEvent};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::select::{to_wire, Batch, Selection};
+use super::select::{cursor_of, Batch, Selection};
 use crate::api::read::push_event;
 use crate::metrics::Metrics;
 use crate::raft::Raft;
@@ -140,12 +140,12 @@ impl Feeder {
                 for event in batch.events {
                     if let Some(t) = *seeking {
                         if !at_or_after(&event, t) {
-                            *position = Cursor::at(to_wire(event.lamport));
+                            *position = cursor_of(event.lamport);
                             continue;
                         }
                         *seeking = None;
                     }
-                    let cursor = Cursor::at(to_wire(event.lamport));
+                    let cursor = cursor_of(event.lamport);
                     if let Some(stop) = self.push(render(&event, cursor)).await {
                         return stop;
                     }
