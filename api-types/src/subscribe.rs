@@ -344,10 +344,7 @@ mod tests {
     fn cursors_are_plain_decimal() {
         assert_eq!("0".parse::<Cursor>(), Ok(Cursor(0)));
         assert_eq!("1785".parse::<Cursor>(), Ok(Cursor(1785)));
-        assert_eq!(
-            u64::MAX.to_string().parse::<Cursor>(),
-            Ok(Cursor(u64::MAX))
-        );
+        assert_eq!(u64::MAX.to_string().parse::<Cursor>(), Ok(Cursor(u64::MAX)));
         for bad in [
             "",
             "-1",

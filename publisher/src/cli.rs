@@ -59,7 +59,8 @@ pub enum Command {
     /// Run the benchmark scenarios against an existing cluster and print a markdown table.
     Bench(BenchArgs),
     /// Follow a topic pattern live (Server-Sent Events), resuming on another node when one fails.
-    #[command(long_about = "Follow a topic pattern live (GET /subscribe, Server-Sent Events).\n\n\
+    #[command(
+        long_about = "Follow a topic pattern live (GET /subscribe, Server-Sent Events).\n\n\
         Prints one line per event (`CURSOR TOPIC SOURCE EVENT_ID`, or the event's JSON with \
         --json). When a node fails, ends the stream or goes silent for --stall, reconnects to the \
         next target with Last-Event-ID set to the last cursor received, so the stream continues \
@@ -67,7 +68,8 @@ pub enum Command {
         event of a matching topic in that `send --history` file arrived exactly once, in commit \
         order, and prints ack-to-delivery latency.\n\n\
         Exit status: 0 when done (and the check holds), 1 when the check fails, 2 on a usage error \
-        or a request every node refuses (a bad pattern or cursor).")]
+        or a request every node refuses (a bad pattern or cursor)."
+    )]
     Subscribe(SubscribeArgs),
 }
 

@@ -15,8 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use api_types::{
-    ConsistencyMarker, Cursor, EndReason, ErrorBody, EventKey, StoredEvent, StreamEnd,
-    TopicPattern,
+    ConsistencyMarker, Cursor, EndReason, ErrorBody, EventKey, StoredEvent, StreamEnd, TopicPattern,
 };
 use reqwest::header::{ACCEPT, AUTHORIZATION};
 use reqwest::StatusCode;
@@ -254,10 +253,7 @@ async fn stream_once(
             match handle(m, args, cursor, received, out) {
                 Handled::Event => {
                     *last_event = Instant::now();
-                    if args
-                        .max_events
-                        .is_some_and(|n| received.count >= n)
-                    {
+                    if args.max_events.is_some_and(|n| received.count >= n) {
                         return Ok(Ended::Stop);
                     }
                 }
@@ -356,7 +352,9 @@ fn verify(
         }
         last = Some(*cursor);
         if let Some(first) = seen.insert(key, *cursor) {
-            problems.push(format!("{key}: arrived twice (cursors {first} and {cursor})"));
+            problems.push(format!(
+                "{key}: arrived twice (cursors {first} and {cursor})"
+            ));
         }
     }
     let mut expected = 0u64;

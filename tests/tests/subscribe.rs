@@ -289,7 +289,8 @@ async fn a_stalled_subscriber_is_bounded_and_told_where_to_resume() {
     // Past the stall time the node gave up on the stream; it had queued only a bounded part.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let page = cluster.metrics_page(follower).await;
-    let queued = metric_value(&page, "aggregator_subscription_events_total").unwrap() - queued_before;
+    let queued =
+        metric_value(&page, "aggregator_subscription_events_total").unwrap() - queued_before;
     assert!(
         queued < 1000.0,
         "the node queued {queued} of {EVENTS} events (16 KiB each) for a subscriber that reads nothing"
@@ -301,7 +302,10 @@ async fn a_stalled_subscriber_is_bounded_and_told_where_to_resume() {
         ),
         Some(1.0)
     );
-    assert_eq!(metric_value(&page, "aggregator_subscriptions_open"), Some(0.0));
+    assert_eq!(
+        metric_value(&page, "aggregator_subscriptions_open"),
+        Some(0.0)
+    );
     // Now read what was queued: the events, then the end message naming the last one.
     let mut seen = Vec::new();
     let end = loop {
@@ -314,7 +318,10 @@ async fn a_stalled_subscriber_is_bounded_and_told_where_to_resume() {
     let end: Value = serde_json::from_str(&end.data).unwrap();
     assert_eq!(end["reason"], "slow_subscriber", "{end}");
     assert_eq!(end["resume_from"], seen.last().map_or(0, |s| s.0), "{end}");
-    assert!(stalled.next(STEP).await.unwrap().is_none(), "nothing after the end");
+    assert!(
+        stalled.next(STEP).await.unwrap().is_none(),
+        "nothing after the end"
+    );
     // Resume from there: the rest, once each, in order.
     let resume = end["resume_from"].to_string();
     let mut rest = open(

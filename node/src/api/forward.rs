@@ -114,10 +114,7 @@ impl Forwarder {
     ) -> Result<Response, ApiError> {
         let LeaderAddr { id: leader, addr } = to;
         let url = format!("http://{addr}{path_and_query}");
-        let mut rb = self
-            .client
-            .get(url)
-            .header(HOP_HEADER, self.id.to_string());
+        let mut rb = self.client.get(url).header(HOP_HEADER, self.id.to_string());
         for name in PASS_REQUEST
             .iter()
             .chain([&HeaderName::from_static("last-event-id")])

@@ -12,9 +12,7 @@ use crate::codec;
 use crate::db::{Db, CF_PRODUCERS, CF_SM_META, CF_TOPICS};
 use crate::error::StoreError;
 use crate::keys;
-use crate::types::{
-    AppliedPosition, Counters, Digest, LamportStamp, Node, NodeId, ProducerStats,
-};
+use crate::types::{AppliedPosition, Counters, Digest, LamportStamp, Node, NodeId, ProducerStats};
 
 /// The one record of the `sm_meta` column family (key [`keys::STATE_MACHINE_META`]),
 /// rewritten by every apply. Its encoding, the column family's name and the key are on disk in

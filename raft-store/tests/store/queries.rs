@@ -562,7 +562,9 @@ fn filtered_walks_are_bounded_and_continue_after_what_they_examined() {
     let mut after = None;
     let mut walked = Vec::new();
     for _ in 0..100 {
-        let page = r.events_matching(after, wanted, 1000, usize::MAX, 3).unwrap();
+        let page = r
+            .events_matching(after, wanted, 1000, usize::MAX, 3)
+            .unwrap();
         walked.extend(page.events.iter().map(|e| e.lamport.0));
         assert!(page.scanned_to > after, "each call moves on");
         after = page.scanned_to;
@@ -572,7 +574,9 @@ fn filtered_walks_are_bounded_and_continue_after_what_they_examined() {
     }
     assert_eq!(walked, stamps_all);
     // By count: the page stops after the limit and continues after its last match.
-    let two = r.events_matching(None, wanted, 2, usize::MAX, 1000).unwrap();
+    let two = r
+        .events_matching(None, wanted, 2, usize::MAX, 1000)
+        .unwrap();
     assert_eq!(two.events.len(), 2);
     assert_eq!(two.scanned_to, Some(LamportStamp(5)));
     assert!(two.more);

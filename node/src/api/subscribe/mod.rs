@@ -81,7 +81,9 @@ pub async fn subscribe(
     };
     let source = match q.source {
         Some(s) if s.is_empty() => {
-            return Err(ApiError::bad_request("source= must not be empty when given"))
+            return Err(ApiError::bad_request(
+                "source= must not be empty when given",
+            ))
         }
         s => s,
     };
@@ -239,13 +241,10 @@ fn hold_while_open(response: Response, slot: tokio::sync::OwnedSemaphorePermit) 
     use futures::StreamExt;
     let (parts, body) = response.into_parts();
     let stream = body.into_data_stream();
-    let held = futures::stream::unfold(
-        (stream, Some(slot)),
-        |(mut stream, slot)| async move {
-            let next = stream.next().await?;
-            Some((next, (stream, slot)))
-        },
-    );
+    let held = futures::stream::unfold((stream, Some(slot)), |(mut stream, slot)| async move {
+        let next = stream.next().await?;
+        Some((next, (stream, slot)))
+    });
     Response::from_parts(parts, axum::body::Body::from_stream(held))
 }
 
@@ -289,7 +288,12 @@ mod tests {
             start(None, Some("2024-05-01T12:00:00+02:00")).unwrap(),
             Some(Start::Time(t))
         );
-        for bad in ["-1", "yesterday", "18446744073709551616", "2024-13-01T00:00:00Z"] {
+        for bad in [
+            "-1",
+            "yesterday",
+            "18446744073709551616",
+            "2024-13-01T00:00:00Z",
+        ] {
             let e = start(None, Some(bad)).err().unwrap();
             assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST, "{bad}");
         }

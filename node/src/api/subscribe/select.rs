@@ -68,10 +68,7 @@ impl Selection {
         };
         // An index page holds only its topic's (or producer's) events: its last one is as far
         // as it read, whether the other half of the selection keeps it or not.
-        let position = page
-            .events
-            .last()
-            .map_or(after, |e| cursor_of(e.lamport));
+        let position = page.events.last().map_or(after, |e| cursor_of(e.lamport));
         let more = page.next.is_some();
         let mut events = page.events;
         events.retain(|e| self.wants(&e.event.topic, &e.event.source));

@@ -92,9 +92,7 @@ impl Feeder {
             Start::Time(t) => Some(t),
             Start::After(_) => None,
         };
-        let stop = self
-            .feed(&mut applied, &mut position, &mut seeking)
-            .await;
+        let stop = self.feed(&mut applied, &mut position, &mut seeking).await;
         if let Stop::End(reason, error) = stop {
             if let Ok(label) = serde_json::to_value(reason) {
                 self.metrics
