@@ -292,29 +292,36 @@ fn handle(
         tracing::warn!(data = m.data, "an event without a cursor; skipped");
         return Handled::Other;
     };
+    *cursor = Some(id);
+    received.count += 1;
+    if args.json {
+        // As the node sent it: no need to parse.
+        let _ = writeln!(out, "{}", m.data);
+    }
+    let summary = !args.json && !args.quiet;
+    if !summary && !received.keep {
+        // Counting only (a benchmark): the cursor is all that is needed.
+        return Handled::Event;
+    }
     // The payload is skipped unread (`IgnoredAny`): only the key and the header are needed.
     let event: StoredEvent = match serde_json::from_str(&m.data) {
         Ok(e) => e,
         Err(e) => {
-            tracing::warn!(error = %e, "an event that does not parse; skipped");
-            return Handled::Other;
+            tracing::warn!(error = %e, "an event that does not parse");
+            return Handled::Event;
         }
     };
-    let at = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
-    *cursor = Some(id);
-    if args.json {
-        let _ = writeln!(out, "{}", m.data);
-    } else if !args.quiet {
+    if summary {
         let _ = writeln!(
             out,
             "{id} {} {} {}",
             event.topic, event.source, event.event_id
         );
     }
-    received.count += 1;
     if received.keep {
+        let at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
         received.events.push((event.key(), id, at));
     }
     Handled::Event

@@ -252,6 +252,23 @@ async fn cursors_continue_on_any_node_and_patterns_select() {
     let got = read_events(&mut latest, 1).await;
     assert_eq!(got[0].1["event_id"], "x-2");
     assert_eq!(got[0].1["source"], "svc-b");
+    // Linearizable on a follower: the leader's stream, relayed, with the leader's marker.
+    let mut lin = open(
+        &cluster.url(follower),
+        &format!("topic={run}.*.error&from=earliest&consistency=linearizable"),
+        None,
+    )
+    .await;
+    assert_eq!(lin.headers()["x-served-by"], leader.to_string());
+    assert_eq!(lin.headers()["x-consistency"], "linearizable");
+    let marker = lin.next(STEP).await.unwrap().unwrap();
+    let marker: Value = serde_json::from_str(&marker.data).unwrap();
+    assert_eq!(
+        (marker["level"].as_str(), marker["served_by"].as_u64()),
+        (Some("linearizable"), Some(leader))
+    );
+    let relayed = read_events(&mut lin, 21).await;
+    assert_eq!(relayed.last().unwrap().1["event_id"], "live-1");
 }
 
 /// A subscriber that stops reading: the node queues at most its buffer (plus what the
