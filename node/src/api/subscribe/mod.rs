@@ -7,16 +7,16 @@
 //! part: the stream limit, the buffer size, and the stop signal that ends every stream cleanly.
 
 pub mod select;
+pub mod sse;
 pub mod stream;
 
-use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use api_types::{Cursor, TopicPattern};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Uri};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use chrono::DateTime;
 use futures::stream::Stream;
@@ -120,12 +120,12 @@ pub async fn subscribe(
     let limits = st.subscriptions.limits;
     let budget_kib = u32::try_from(limits.buffer_bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
     let (tx, rx) = mpsc::unbounded_channel();
-    let marker = Event::default()
-        .event("consistency")
-        .json_data(&provenance.marker)
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let json =
+        serde_json::to_vec(&provenance.marker).map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut marker = Vec::with_capacity(json.len() + 32);
+    sse::message(&mut marker, Some("consistency"), None, &json);
     // The receiver is still here, so the first message cannot fail to queue.
-    let _ = tx.send(Item::Free(marker));
+    let _ = tx.send(Item::Free(marker.into()));
     let feeder = Feeder {
         reader: st.reader.clone(),
         raft: linearizable.then(|| st.raft.clone()),
@@ -147,13 +147,17 @@ pub async fn subscribe(
         open.dec();
         drop(slot);
     });
-    let body = Sse::new(messages(rx)).keep_alive(
-        KeepAlive::new()
-            .interval(limits.heartbeat)
-            .text("heartbeat"),
-    );
-    let mut response = body.into_response();
+    let mut response =
+        axum::body::Body::from_stream(messages(rx, limits.heartbeat)).into_response();
     let h = response.headers_mut();
+    h.insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        axum::http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
     let m = &provenance.marker;
     h.insert(
         HeaderName::from_static("x-served-by"),
@@ -219,21 +223,43 @@ fn parse_start(headers: &HeaderMap, from: Option<&str>) -> Result<Requested, Api
     }
 }
 
-/// The body: the buffered messages in order; each releases its buffer space as it is handed
-/// to the connection. Ends after the feeder's last message (or when it is gone).
+/// Largest HTTP chunk the body gathers from messages that are ready at once.
+const CHUNK_BYTES: usize = 64 * 1024;
+
+/// The body: the buffered messages in order, every message that is ready gathered into one
+/// chunk (up to [`CHUNK_BYTES`] past the first), each releasing its buffer space as it is
+/// copied into the chunk; a heartbeat comment after `heartbeat` without a message. Ends after
+/// the feeder's last message (or when it is gone).
 fn messages(
     rx: mpsc::UnboundedReceiver<Item>,
-) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
-    futures::stream::unfold(rx, |mut rx| async move {
-        let event = match rx.recv().await? {
-            Item::Counted(event, permit) => {
-                drop(permit);
-                event
-            }
-            Item::Free(event) => event,
+    heartbeat: Duration,
+) -> impl Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static {
+    futures::stream::unfold(rx, move |mut rx| async move {
+        let first = match tokio::time::timeout(heartbeat, rx.recv()).await {
+            Err(_) => return Some((Ok(bytes::Bytes::from_static(sse::HEARTBEAT)), rx)),
+            Ok(item) => item?,
         };
-        Some((Ok(event), rx))
+        let mut chunk = Vec::new();
+        add(&mut chunk, first);
+        while chunk.len() < CHUNK_BYTES {
+            match rx.try_recv() {
+                Ok(item) => add(&mut chunk, item),
+                Err(_) => break,
+            }
+        }
+        Some((Ok(chunk.into()), rx))
     })
+}
+
+/// Copies a message into the chunk; its buffer space is free from here on.
+fn add(chunk: &mut Vec<u8>, item: Item) {
+    match item {
+        Item::Counted(bytes, permit) => {
+            chunk.extend_from_slice(&bytes);
+            drop(permit);
+        }
+        Item::Free(bytes) => chunk.extend_from_slice(&bytes),
+    }
 }
 
 /// A relayed stream keeps its slot on this node until its body ends.

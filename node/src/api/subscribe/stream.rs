@@ -14,13 +14,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use api_types::{Cursor, EndReason, StreamEnd};
-use axum::response::sse::Event;
+use bytes::Bytes;
 use chrono::{DateTime, FixedOffset};
 use raft_store::{AppliedPosition, StoreError, StoreReader, StoredEvent};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::select::{cursor_of, Batch, Selection};
+use super::sse;
 use crate::api::read::push_event;
 use crate::metrics::Metrics;
 use crate::raft::Raft;
@@ -31,9 +32,9 @@ const UNIT: u64 = 1024;
 /// One message of the stream's body, and the buffer space it holds until it is sent.
 pub enum Item {
     /// A message that holds part of the budget.
-    Counted(Event, OwnedSemaphorePermit),
+    Counted(Bytes, OwnedSemaphorePermit),
     /// A message outside it: the first (the consistency marker) and the last (`end`).
-    Free(Event),
+    Free(Bytes),
 }
 
 /// Where a stream starts.
@@ -107,11 +108,10 @@ impl Feeder {
                 earliest: None,
             };
             // No budget: one small message, and the subscriber must learn why it ends.
-            let event = Event::default()
-                .event("end")
-                .json_data(&end)
-                .unwrap_or_else(|_| Event::default().event("end").data("{}"));
-            let _ = self.out.send(Item::Free(event));
+            let json = serde_json::to_vec(&end).unwrap_or_else(|_| b"{}".to_vec());
+            let mut text = Vec::with_capacity(json.len() + 32);
+            sse::message(&mut text, Some("end"), None, &json);
+            let _ = self.out.send(Item::Free(text.into()));
         }
     }
 
@@ -218,8 +218,10 @@ impl Feeder {
     }
 
     /// Puts one message in the buffer, waiting for room at most `stall`.
-    async fn push(&self, (event, bytes): (Event, usize)) -> Option<Stop> {
-        let kib = u64::try_from(bytes).unwrap_or(u64::MAX).div_ceil(UNIT);
+    async fn push(&self, message: Bytes) -> Option<Stop> {
+        let kib = u64::try_from(message.len())
+            .unwrap_or(u64::MAX)
+            .div_ceil(UNIT);
         // A message larger than the whole buffer waits for all of it.
         let kib = u32::try_from(kib).unwrap_or(u32::MAX).min(self.budget_kib);
         let permit = tokio::select! {
@@ -245,7 +247,7 @@ impl Feeder {
             }
             () = self.out.closed() => return Some(Stop::Gone),
         };
-        match self.out.send(Item::Counted(event, permit)) {
+        match self.out.send(Item::Counted(message, permit)) {
             Ok(()) => {
                 self.metrics.subscription_events.inc();
                 None
@@ -255,16 +257,13 @@ impl Feeder {
     }
 }
 
-/// An event as its SSE message (`id:` its cursor, `data:` the event as `/events` renders it)
-/// and the bytes it counts against the buffer.
-fn render(event: &StoredEvent, cursor: Cursor) -> (Event, usize) {
+/// An event as its SSE message: `id:` its cursor, `data:` the event as `/events` renders it.
+fn render(event: &StoredEvent, cursor: Cursor) -> Bytes {
     let mut json = Vec::with_capacity(event.event.approx_bytes() + 160);
     push_event(&mut json, event);
-    // Every part is a Rust string or JSON text validated at publish time.
-    let text = String::from_utf8(json)
-        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-    let bytes = text.len() + 32;
-    (Event::default().id(cursor.to_string()).data(text), bytes)
+    let mut text = Vec::with_capacity(json.len() + 40);
+    sse::message(&mut text, None, Some(&cursor.to_string()), &json);
+    text.into()
 }
 
 /// Whether the event's producer timestamp is at or after `t` (an unreadable one is not:
