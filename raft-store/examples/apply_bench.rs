@@ -133,7 +133,7 @@ fn generate(total: usize) -> (Vec<Entry>, usize) {
         events.shuffle(&mut rng);
         entries.push(Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 0), entries.len() as u64 + 1),
-            payload: EntryPayload::Normal(EventBatch::new(events)),
+            payload: EntryPayload::Normal(EventBatch::new(events).into()),
         });
         generated += size;
     }

@@ -73,7 +73,7 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
     let reader = st.reader.clone();
     // The counters record only: a scrape costs the same however many topics and producers
     // the store tracks (reading `stats()` walked every one of them).
-    let store = tokio::task::spawn_blocking(move || reader.counters())
+    let store = tokio::task::spawn_blocking(move || Ok::<_, raft_store::StoreError>((reader.counters()?, reader.trimmed()?)))
         .await
         .ok()
         .and_then(Result::ok);

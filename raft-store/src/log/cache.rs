@@ -89,7 +89,7 @@ impl Tail {
 /// Estimated memory held by an entry: its events' text and their structs.
 fn cost(e: &Entry) -> usize {
     let structs = match &e.payload {
-        EntryPayload::Normal(batch) => batch.events.len() * std::mem::size_of::<Event>(),
+        EntryPayload::Normal(command) => command.events().len() * std::mem::size_of::<Event>(),
         _ => 0,
     };
     entry_approx_bytes(e) + structs
