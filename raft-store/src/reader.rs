@@ -15,6 +15,7 @@ use rocksdb::Snapshot;
 
 use crate::backup::{self, BackupSource};
 use crate::codec;
+use crate::command::Trim;
 use crate::db::{Db, CF_BY_SOURCE, CF_BY_TOPIC, CF_EVENTS};
 use crate::error::StoreError;
 use crate::keys;
@@ -25,7 +26,6 @@ use crate::sm::index_runs;
 use crate::sm::machine_db::StateMachineDb;
 use crate::sm::retention;
 use crate::sm::snapshot::dir::SnapshotStats;
-use crate::command::Trim;
 use crate::types::{
     Digest, EventKey, EventPage, LamportStamp, NodeId, RetentionView, StoreStats, StoredEvent,
     TrimCounters,

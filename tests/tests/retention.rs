@@ -95,7 +95,10 @@ async fn wait_trimmed_to(cluster: &TestCluster, ids: &[NodeId], topic: &str, kee
             if seen.iter().any(|d| d.applied_index != first.applied_index) {
                 return Err(format!("not at one index yet: {seen:?}"));
             }
-            if seen.iter().any(|d| (d.count, &d.digest) != (first.count, &first.digest)) {
+            if seen
+                .iter()
+                .any(|d| (d.count, &d.digest) != (first.count, &first.digest))
+            {
                 panic!("replicas DIVERGED at the same applied index: {seen:?}");
             }
             Ok(())
@@ -110,7 +113,11 @@ async fn wait_trimmed_to(cluster: &TestCluster, ids: &[NodeId], topic: &str, kee
             n("unique_processed") + n("duplicate_dropped"),
             "{s}"
         );
-        assert_eq!(n("stored"), n("unique_processed") - n("trimmed_events"), "{s}");
+        assert_eq!(
+            n("stored"),
+            n("unique_processed") - n("trimmed_events"),
+            "{s}"
+        );
     }
 }
 
@@ -183,7 +190,10 @@ async fn a_trimmed_cursor_is_refused_with_the_earliest_cursor_and_bad_policies_c
     // Refused, each with a JSON error, before anything is proposed.
     let before = cluster.client.get(&url, "/retention").await.unwrap();
     for (path, body) in [
-        (format!("/retention/topics/{topic}"), json!({"max_events": 0})),
+        (
+            format!("/retention/topics/{topic}"),
+            json!({"max_events": 0}),
+        ),
         (format!("/retention/topics/{topic}"), json!({"max_age": 5})),
         (format!("/retention/topics/{topic}"), json!([1])),
         ("/retention/topics/a b".to_owned(), json!({"max_events": 5})),
@@ -207,7 +217,10 @@ async fn a_trimmed_cursor_is_refused_with_the_earliest_cursor_and_bad_policies_c
         let base = cluster.url(id);
         let gone = cluster
             .client
-            .get(&base, &format!("/events?topic={topic}&after=0&consistency=eventual"))
+            .get(
+                &base,
+                &format!("/events?topic={topic}&after=0&consistency=eventual"),
+            )
             .await
             .unwrap();
         assert_eq!(gone.status, 410, "node {id}: {}", gone.body);
@@ -223,8 +236,15 @@ async fn a_trimmed_cursor_is_refused_with_the_earliest_cursor_and_bad_policies_c
         assert_eq!(page.status, 200, "node {id}: {}", page.body);
         assert_eq!(page.body["events"].as_array().unwrap().len(), 10);
         assert_eq!(page.body["events"][0]["event_id"], "e-20");
-        let retention = cluster.client.get(&base, "/retention?consistency=eventual").await.unwrap();
-        assert_eq!(retention.body["earliest_cursors"][&topic], earliest.as_str());
+        let retention = cluster
+            .client
+            .get(&base, "/retention?consistency=eventual")
+            .await
+            .unwrap();
+        assert_eq!(
+            retention.body["earliest_cursors"][&topic],
+            earliest.as_str()
+        );
     }
 
     // A held event's copy is a duplicate; a trimmed one's is stored again (docs/api.md).

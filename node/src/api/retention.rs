@@ -16,7 +16,9 @@ use axum::response::{IntoResponse, Response};
 use raft_store::{Command, Control, RetentionChange, RetentionView};
 
 use super::admin::on_leader;
-use super::consistency::{blocking, forward_read, parse_level, plan, provenance, with_provenance, Plan};
+use super::consistency::{
+    blocking, forward_read, parse_level, plan, provenance, with_provenance, Plan,
+};
 use super::error::ApiError;
 use super::read::LevelQuery;
 use super::state::AppState;
@@ -37,8 +39,7 @@ pub async fn get(
         Plan::Forward { id, addr } => return forward_read(&st, id, &addr, &uri, &headers).await,
         Plan::Local { linearizable } => linearizable,
     };
-    let (view, applied) =
-        blocking(&st.reader, |r| Ok((r.retention()?, r.last_applied()?))).await?;
+    let (view, applied) = blocking(&st.reader, |r| Ok((r.retention()?, r.last_applied()?))).await?;
     let p = provenance(&st, linearizable, applied.map_or(0, |l| l.index)).await;
     Ok(with_provenance(render(view)?, &p))
 }

@@ -57,7 +57,10 @@ pub async fn propose_trims(
             };
             let cuts = trim.cuts.len();
             // Waits until the entry is applied here, so the next plan sees its effect.
-            match raft.client_write(Command::Control(Control::Trim(trim))).await {
+            match raft
+                .client_write(Command::Control(Control::Trim(trim)))
+                .await
+            {
                 Ok(resp) => {
                     metrics.trim_entries.inc();
                     tracing::debug!(log_index = resp.log_id.index, cuts, "trim applied");

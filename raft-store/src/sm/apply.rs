@@ -16,8 +16,8 @@ use crate::sm::bookkeeping::Bookkeeping;
 use crate::sm::dedup_index::{self, DedupIndex, KeyHash, SharedDedupIndex};
 use crate::sm::index_runs::IndexRuns;
 use crate::types::{
-    entry_events, ApplyStatus, BatchOutcome, Event, EventOutcome, LamportStamp, StoredEvent, StoredEventRef,
-    TypeConfig, MAX_PRODUCER_LAMPORT,
+    entry_events, ApplyStatus, BatchOutcome, Event, EventOutcome, LamportStamp, StoredEvent,
+    StoredEventRef, TypeConfig, MAX_PRODUCER_LAMPORT,
 };
 
 type Entry = openraft::Entry<TypeConfig>;

@@ -175,7 +175,11 @@ pub(crate) fn read(db: &Db, view: &rocksdb::Snapshot<'_>) -> Result<RetentionSta
 }
 
 /// Queues the retention record into `batch`.
-pub(crate) fn put(db: &Db, batch: &mut WriteBatch, state: &RetentionState) -> Result<(), StoreError> {
+pub(crate) fn put(
+    db: &Db,
+    batch: &mut WriteBatch,
+    state: &RetentionState,
+) -> Result<(), StoreError> {
     batch.put_cf(
         db.cf(db::CF_SM_META)?,
         keys::RETENTION,
@@ -218,8 +222,11 @@ pub(crate) fn apply_trim(
     index: &SharedDedupIndex,
     trim: &Trim,
 ) -> Result<TrimCounters, StoreError> {
-    let (events_cf, hashes_cf, topic_cf) =
-        (db.cf(CF_EVENTS)?, db.cf(CF_KEY_HASHES)?, db.cf(CF_BY_TOPIC)?);
+    let (events_cf, hashes_cf, topic_cf) = (
+        db.cf(CF_EVENTS)?,
+        db.cf(CF_KEY_HASHES)?,
+        db.cf(CF_BY_TOPIC)?,
+    );
     let mut batch = WriteBatch::default();
     let mut gone_all = Vec::new();
     let mut forget = Vec::new();
@@ -242,9 +249,10 @@ pub(crate) fn apply_trim(
         index_runs::put_run(&mut batch, topic_cf, topic, &kept)?;
         let mut bytes = 0u64;
         for chunk in gone.chunks(READ_CHUNK) {
-            let values =
-                db.rocks
-                    .batched_multi_get_cf(events_cf, chunk.iter().map(|s| keys::lamport_key(*s)), true);
+            let lookup: Vec<[u8; 8]> = chunk.iter().map(|s| keys::lamport_key(*s)).collect();
+            let values = db
+                .rocks
+                .batched_multi_get_cf(events_cf, lookup.iter(), true);
             for (stamp, value) in chunk.iter().zip(values) {
                 let value = value?.ok_or_else(|| {
                     StoreError::corrupt("trim", format!("stamp {stamp} indexed but missing"))
@@ -509,7 +517,11 @@ mod tests {
         let a: Vec<u64> = node.held("a").iter().map(|(_, s)| s.0).collect();
         let b: Vec<u64> = node.held("b").iter().map(|(_, s)| s.0).collect();
         assert_eq!(a, [7, 9]);
-        assert_eq!(b, [2, 4, 6, 8, 10], "another topic's events in the range stay");
+        assert_eq!(
+            b,
+            [2, 4, 6, 8, 10],
+            "another topic's events in the range stay"
+        );
         let stats = node.stores.reader.stats().unwrap();
         assert_eq!(stats.digest, node.recomputed(&["a", "b"]));
         assert_eq!(stats.digest.count, 7);
@@ -518,7 +530,10 @@ mod tests {
         assert!(stats.trimmed.bytes > 0);
         let c = stats.counters;
         assert_eq!(c.received, c.unique_processed + c.duplicate_dropped);
-        assert_eq!(c.unique_processed - stats.trimmed.events, stats.digest.count);
+        assert_eq!(
+            c.unique_processed - stats.trimmed.events,
+            stats.digest.count
+        );
         // The dedup records went too: a reopened store loads no stamp without its event.
         assert_eq!(node.stores.reader.dedup_index_size().0, 7);
     }
@@ -545,12 +560,22 @@ mod tests {
             Err(StoreError::Trimmed { earliest, .. }) => assert_eq!(earliest, 3),
             other => panic!("expected Trimmed, got {other:?}"),
         }
-        let page = reader.events_by_topic("a", Some(LamportStamp(3)), 10).unwrap();
+        let page = reader
+            .events_by_topic("a", Some(LamportStamp(3)), 10)
+            .unwrap();
         assert_eq!(page.events.len(), 1);
         // From the start is what is held; another topic is not affected.
-        assert_eq!(reader.events_by_topic("a", None, 10).unwrap().events.len(), 1);
-        assert!(reader.events_by_topic("b", Some(LamportStamp(0)), 10).is_ok());
-        assert_eq!(reader.retention().unwrap().earliest_cursors["a"], LamportStamp(3));
+        assert_eq!(
+            reader.events_by_topic("a", None, 10).unwrap().events.len(),
+            1
+        );
+        assert!(reader
+            .events_by_topic("b", Some(LamportStamp(0)), 10)
+            .is_ok());
+        assert_eq!(
+            reader.retention().unwrap().earliest_cursors["a"],
+            LamportStamp(3)
+        );
         // A producer's page skips the trimmed events and still ends.
         let by_source = reader.events_by_source("s", None, 2).unwrap();
         assert_eq!(by_source.events.len(), 1);
@@ -579,7 +604,10 @@ mod tests {
             next_index: 4,
         };
         let y = node.publish("a", "y");
-        assert_eq!((y.status, y.lamport), (ApplyStatus::Duplicate, LamportStamp(2)));
+        assert_eq!(
+            (y.status, y.lamport),
+            (ApplyStatus::Duplicate, LamportStamp(2))
+        );
         let x = node.publish("a", "x");
         assert_eq!(x.status, ApplyStatus::Stored);
         assert_eq!(x.lamport, LamportStamp(3));
@@ -590,14 +618,17 @@ mod tests {
         let mut node = Node::new();
         node.publish("a", "x"); // stamp 1
         let entries = vec![
-            control_entry(2, Control::Trim(Trim {
-                at_ms: 0,
-                clock: LamportStamp(1),
-                cuts: vec![TrimCut {
-                    topic: "a".into(),
-                    below: LamportStamp(2),
-                }],
-            })),
+            control_entry(
+                2,
+                Control::Trim(Trim {
+                    at_ms: 0,
+                    clock: LamportStamp(1),
+                    cuts: vec![TrimCut {
+                        topic: "a".into(),
+                        below: LamportStamp(2),
+                    }],
+                }),
+            ),
             event_entry(3, "a", "x", 20),
         ];
         let out = node.apply(entries);
@@ -674,14 +705,19 @@ mod tests {
         let state = Bookkeeping::load_live(&node.stores.reader.db, &view).unwrap();
         let per_event = state.topic_bytes["a"] / 10;
         drop(view);
-        node.control(Control::Retention(RetentionChange::SetDefault(RetentionPolicy {
-            max_bytes: Some(per_event * 4),
-            ..RetentionPolicy::default()
-        })));
+        node.control(Control::Retention(RetentionChange::SetDefault(
+            RetentionPolicy {
+                max_bytes: Some(per_event * 4),
+                ..RetentionPolicy::default()
+            },
+        )));
         let trim = node.stores.reader.plan_trim(100).unwrap().unwrap();
         node.control(Control::Trim(trim));
         assert_eq!(node.held("a").len(), 4);
-        assert_eq!(node.stores.reader.stats().unwrap().trimmed.bytes, per_event * 6);
+        assert_eq!(
+            node.stores.reader.stats().unwrap().trimmed.bytes,
+            per_event * 6
+        );
     }
 
     #[test]
@@ -703,7 +739,10 @@ mod tests {
         assert_eq!(r.aged_out(15_000, 10_000), Some(LamportStamp(9)));
         // Marks older than the longest age's horizon go, but the newest of them stays.
         r.record_mark(30_000, LamportStamp(20));
-        assert_eq!(r.marks, vec![(5_000, LamportStamp(9)), (30_000, LamportStamp(20))]);
+        assert_eq!(
+            r.marks,
+            vec![(5_000, LamportStamp(9)), (30_000, LamportStamp(20))]
+        );
         // Closer than the spacing (1 s here) to the one before: the newest is replaced.
         r.record_mark(30_500, LamportStamp(21));
         r.record_mark(30_700, LamportStamp(22));

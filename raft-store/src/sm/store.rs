@@ -25,16 +25,16 @@ use openraft::{
 };
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
+use crate::command::{Command, Control};
 use crate::error::StoreError;
 use crate::sm::apply::apply_entries;
 use crate::sm::bookkeeping::Bookkeeping;
 use crate::sm::dedup_index::SharedDedupIndex;
 use crate::sm::machine_db::StateMachineDb;
+use crate::sm::retention;
 use crate::sm::snapshot::build::SnapshotBuilder;
 use crate::sm::snapshot::file::SnapshotFile;
 use crate::sm::snapshot::{self, install};
-use crate::command::{Command, Control};
-use crate::sm::retention;
 use crate::types::{entry_events, BatchOutcome, Node, NodeId, TypeConfig};
 
 type Entry = openraft::Entry<TypeConfig>;
@@ -191,7 +191,6 @@ impl StateMachineStore {
             }
         }
     }
-
 
     /// Applies one control command (`retention.rs`), always on the blocking pool: a trim
     /// reads and deletes up to a plan's budget of events.
