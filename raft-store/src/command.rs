@@ -8,19 +8,20 @@
 //! postcard-encoded [`Control`]. No batch of events can claim that length: a log record is at
 //! most 4 GiB and every event takes more than one byte, so an old record never reads as a
 //! control command and a control command never reads as events. (The encoding leans on
-//! postcard's sequences, a length then the elements; postcard is the only codec of the log,
-//! the snapshots and the Raft RPCs.)
+//! postcard: a sequence is a varint length then the elements, a tuple its elements alone, and
+//! a `u64` the same varint as a length. postcard is the only codec of the log, the snapshots
+//! and the Raft RPCs.)
 
 use std::fmt;
 
 use serde::de::{self, SeqAccess, Visitor};
-use serde::ser::SerializeSeq;
+use serde::ser::SerializeTuple;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::types::{Event, EventBatch, LamportStamp};
 
 /// Sequence length that marks a control command (see the module header).
-const CONTROL_MARK: usize = u32::MAX as usize;
+const CONTROL_MARK: u64 = u32::MAX as u64;
 
 /// The application data of one Raft entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -150,9 +151,12 @@ impl Serialize for Command {
         match self {
             Command::Events(batch) => batch.serialize(serializer),
             Command::Control(control) => {
-                let mut seq = serializer.serialize_seq(Some(CONTROL_MARK))?;
-                seq.serialize_element(control)?;
-                seq.end()
+                // A tuple is its elements back to back: the mark's varint, where the events'
+                // length would be, then the command.
+                let mut tuple = serializer.serialize_tuple(2)?;
+                tuple.serialize_element(&CONTROL_MARK)?;
+                tuple.serialize_element(control)?;
+                tuple.end()
             }
         }
     }
@@ -160,7 +164,9 @@ impl Serialize for Command {
 
 impl<'de> Deserialize<'de> for Command {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Command, D::Error> {
-        deserializer.deserialize_seq(CommandVisitor)
+        // Read as an open-ended tuple: the leading varint first (a length or the mark), then as
+        // many elements as it says. postcard reads a `u64` exactly as it reads a length.
+        deserializer.deserialize_tuple(usize::MAX, CommandVisitor)
     }
 }
 
@@ -174,16 +180,16 @@ impl<'de> Visitor<'de> for CommandVisitor {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Command, A::Error> {
-        if seq.size_hint() == Some(CONTROL_MARK) {
-            let control = seq
-                .next_element::<Control>()?
-                .ok_or_else(|| de::Error::custom("control command missing"))?;
+        let missing = || de::Error::custom("entry ends early");
+        let lead: u64 = seq.next_element()?.ok_or_else(missing)?;
+        if lead == CONTROL_MARK {
+            let control = seq.next_element::<Control>()?.ok_or_else(missing)?;
             return Ok(Command::Control(control));
         }
         // Never trust the claimed length for the allocation: it comes off the disk or the wire.
-        let mut events = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
-        while let Some(event) = seq.next_element::<Event>()? {
-            events.push(event);
+        let mut events = Vec::with_capacity(usize::try_from(lead).unwrap_or(0).min(4096));
+        for _ in 0..lead {
+            events.push(seq.next_element::<Event>()?.ok_or_else(missing)?);
         }
         Ok(Command::Events(EventBatch::new(events)))
     }
