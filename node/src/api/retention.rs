@@ -97,12 +97,17 @@ fn check_topic(topic: &str) -> Result<(), ApiError> {
 
 /// The body as a policy: JSON, no unknown field, every limit at least 1.
 fn parse_policy(body: &[u8]) -> Result<raft_store::RetentionPolicy, ApiError> {
-    let p: RetentionPolicy = serde_json::from_slice(body).map_err(|e| {
+    let bad = |e: serde_json::Error| {
         ApiError::bad_request(format!(
             "the body must be a retention policy like {{\"max_age_ms\": 86400000, \
              \"max_events\": 1000000, \"max_bytes\": 1073741824}} (any subset): {e}"
         ))
-    })?;
+    };
+    // An object first: serde would also read a struct from an array of its fields in order.
+    let object: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(body).map_err(bad)?;
+    let p: RetentionPolicy =
+        serde_json::from_value(serde_json::Value::Object(object)).map_err(bad)?;
     for (name, value) in [
         ("max_age_ms", p.max_age_ms),
         ("max_events", p.max_events),
@@ -185,4 +190,29 @@ fn render(view: RetentionView) -> Result<Vec<u8>, ApiError> {
         trimmed_bytes: view.trimmed.bytes,
     };
     serde_json::to_vec(&body).map_err(|e| ApiError::internal(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_object_of_known_positive_limits_is_a_policy() {
+        let p = parse_policy(br#"{"max_events": 5, "max_bytes": 9}"#).unwrap();
+        assert_eq!((p.max_events, p.max_bytes, p.max_age_ms), (Some(5), Some(9), None));
+        assert!(parse_policy(b"{}").unwrap().is_unlimited());
+        for bad in [
+            &b"[1]"[..],
+            b"[1, 2, 3]",
+            br#"{"max_age": 5}"#,
+            br#"{"max_events": 0}"#,
+            br#"{"max_bytes": -1}"#,
+            br#"{"max_events": 1.5}"#,
+            b"null",
+            b"",
+        ] {
+            let e = parse_policy(bad).unwrap_err();
+            assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST, "{bad:?}");
+        }
+    }
 }
