@@ -199,7 +199,10 @@ mod tests {
     #[test]
     fn only_an_object_of_known_positive_limits_is_a_policy() {
         let p = parse_policy(br#"{"max_events": 5, "max_bytes": 9}"#).unwrap();
-        assert_eq!((p.max_events, p.max_bytes, p.max_age_ms), (Some(5), Some(9), None));
+        assert_eq!(
+            (p.max_events, p.max_bytes, p.max_age_ms),
+            (Some(5), Some(9), None)
+        );
         assert!(parse_policy(b"{}").unwrap().is_unlimited());
         for bad in [
             &b"[1]"[..],
