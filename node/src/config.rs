@@ -161,8 +161,9 @@ pub struct RunArgs {
     pub trim_interval_ms: u64,
 
     /// Most events one trim entry deletes: every replica applies it in one write, between the
-    /// writes around it, so this bounds how long a trim holds up apply.
-    #[arg(long, env = "AGG_TRIM_BATCH_EVENTS", default_value_t = 10_000,
+    /// writes around it, so this bounds how long a trim holds up apply (about 2.5 times as long
+    /// as applying a batch of as many events: docs/performance.md, "Retention").
+    #[arg(long, env = "AGG_TRIM_BATCH_EVENTS", default_value_t = 2_000,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub trim_batch_events: u64,
 

@@ -1,9 +1,10 @@
 //! Apply throughput of the state machine: 1,000,000 events, 30% duplicates, batches of
 //! 1,000, each batch one Raft entry applied through `RaftStateMachine::apply`. Then a
-//! retention policy keeping half of each topic, enforced by trim entries of 10,000 events as
+//! retention policy keeping half of each topic, enforced by trim entries of 2,000 events as
 //! the leader plans them: how long one trim entry holds up apply.
 //!
-//! Run: `cargo run --release -p raft-store --example apply_bench [-- EVENTS]`
+//! Run: `cargo run --release -p raft-store --example apply_bench [-- EVENTS [TRIM_BATCH]]`
+//! (TRIM_BATCH: events per trim entry, default 2,000 like `--trim-batch-events`)
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -23,8 +24,8 @@ const BATCH: usize = 1_000;
 const DUPLICATE_SHARE: f64 = 0.30;
 const TOPICS: usize = 10;
 const PRODUCERS: usize = 20;
-/// Events per trim entry: the node's default `--trim-batch-events`.
-const TRIM_BUDGET: usize = 10_000;
+/// Events per trim entry unless given: the node's default `--trim-batch-events`.
+const TRIM_BUDGET: usize = 2_000;
 
 type Entry = openraft::Entry<TypeConfig>;
 
@@ -32,6 +33,10 @@ fn main() -> anyhow::Result<()> {
     let total: usize = match std::env::args().nth(1) {
         Some(n) => n.parse().context("EVENTS must be a number")?,
         None => 1_000_000,
+    };
+    let trim_budget: usize = match std::env::args().nth(2) {
+        Some(n) => n.parse().context("TRIM_BATCH must be a number")?,
+        None => TRIM_BUDGET,
     };
     let dir = tempfile::tempdir()?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -98,7 +103,7 @@ fn main() -> anyhow::Result<()> {
     }));
     rt.block_on(stores.state_machine.apply([control(index, policy)]))?;
     let mut trims = Vec::new();
-    while let Some(trim) = stores.reader.plan_trim(TRIM_BUDGET)? {
+    while let Some(trim) = stores.reader.plan_trim(trim_budget)? {
         index += 1;
         let started = Instant::now();
         rt.block_on(
@@ -117,7 +122,7 @@ fn main() -> anyhow::Result<()> {
     let trim_total: f64 = trims.iter().sum();
     let trim_max = trims.iter().copied().fold(0.0, f64::max);
     println!(
-        "trims:               {} events in {} entries of at most {TRIM_BUDGET}: {:.1} ms mean, {:.1} ms max per entry ({:.0} events/s)",
+        "trims:               {} events in {} entries of at most {trim_budget}: {:.1} ms mean, {:.1} ms max per entry ({:.0} events/s)",
         after.trimmed.events,
         trims.len(),
         1000.0 * trim_total / trims.len().max(1) as f64,

@@ -30,7 +30,7 @@ use crate::keys;
 use crate::sm::bookkeeping::Bookkeeping;
 use crate::sm::dedup_index::SharedDedupIndex;
 use crate::sm::index_runs;
-use crate::types::{LamportStamp, RetentionView, StoredEvent, TrimCounters, TypeConfig};
+use crate::types::{LamportStamp, RetentionView, TrimCounters, TypeConfig};
 
 /// Most marks kept, whatever the policies ask.
 const MAX_MARKS: usize = 4096;
@@ -40,6 +40,15 @@ const MARKS_PER_AGE: u64 = 256;
 const MIN_MARK_SPACING_MS: u64 = 1000;
 /// Events read back at once while a trim collects what it deletes.
 const READ_CHUNK: usize = 1024;
+
+/// The leading fields of a stored event's record (`StoredEvent` starts with its `Event`, which
+/// starts with these two; postcard writes a struct as its fields back to back): all a trim
+/// needs, read without copying or decoding the payload.
+#[derive(Deserialize)]
+struct StoredKey<'a> {
+    topic: &'a str,
+    event_id: &'a str,
+}
 
 /// The retention record. Stores written before retention have none: the default (keep
 /// everything, nothing trimmed).
@@ -257,19 +266,16 @@ pub(crate) fn apply_trim(
                 let value = value?.ok_or_else(|| {
                     StoreError::corrupt("trim", format!("stamp {stamp} indexed but missing"))
                 })?;
-                let stored: StoredEvent = codec::decode("stored event", &value)?;
-                if stored.event.topic != *topic || stored.lamport != *stamp {
+                let key: StoredKey<'_> = codec::decode_borrowed("stored event's key", &value)?;
+                if key.topic != topic {
                     return Err(StoreError::corrupt(
                         "trim",
-                        format!("stamp {stamp} of topic {topic:?} holds another event"),
+                        format!("stamp {stamp} of topic {topic:?} holds another topic's event"),
                     ));
                 }
                 bytes += value.len() as u64;
-                state
-                    .meta
-                    .digest
-                    .remove(&stored.event.topic, &stored.event.event_id, *stamp);
-                forget.push((hash_of(&stored.event.topic, &stored.event.event_id), *stamp));
+                state.meta.digest.remove(key.topic, key.event_id, *stamp);
+                forget.push((hash_of(key.topic, key.event_id), *stamp));
             }
         }
         let n = gone.len() as u64;
@@ -421,7 +427,7 @@ mod tests {
     use super::*;
     use crate::sm::bookkeeping::digest_hash;
     use crate::test_entries::{control_entry, event_entry, rt};
-    use crate::types::{ApplyStatus, Digest, EventOutcome};
+    use crate::types::{ApplyStatus, Digest, EventOutcome, StoredEvent};
 
     type Entry = openraft::Entry<TypeConfig>;
 
@@ -754,6 +760,26 @@ mod tests {
         r.record_mark(40_000, LamportStamp(30));
         assert_eq!(r.marks, vec![(40_000, LamportStamp(30))]);
         assert!(!r.mark_due(99_000, LamportStamp(99)));
+    }
+
+    #[test]
+    fn the_key_read_from_a_stored_record_is_its_events_key() {
+        let stored = StoredEvent {
+            event: crate::types::Event {
+                topic: "orders".into(),
+                event_id: "e-7".into(),
+                timestamp: "t".into(),
+                source: "s".into(),
+                payload: "{}".into(),
+                seq: Some(1),
+                lamport: None,
+            },
+            lamport: LamportStamp(3),
+            log_index: 9,
+        };
+        let bytes = codec::encode("t", &stored).unwrap();
+        let key: StoredKey<'_> = codec::decode_borrowed("t", &bytes).unwrap();
+        assert_eq!((key.topic, key.event_id), ("orders", "e-7"));
     }
 
     #[test]
