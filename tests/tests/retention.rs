@@ -302,3 +302,42 @@ async fn trims_replayed_from_the_log_after_a_restart_change_nothing() {
         assert_eq!(stats(&cluster, id).await["trimmed_events"], trimmed_before);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_live_at_least_their_max_age_and_are_trimmed_after_it_on_every_node() {
+    let cluster = TestCluster::start_with(options(&[])).await;
+    let all = cluster.ids();
+    let topic = unique("age");
+    let max_age = Duration::from_secs(4);
+    set_topic_policy(
+        &cluster,
+        3,
+        &topic,
+        json!({"max_age_ms": max_age.as_millis() as u64}),
+    )
+    .await;
+    publish(&cluster, &all, &topic, 0, 20).await;
+    // Every node trims the first batch once it is older than its age (marks are 1 s apart).
+    wait_trimmed_to(&cluster, &all, &topic, 0).await;
+    let published = std::time::Instant::now();
+    publish(&cluster, &all, &topic, 20, 30).await;
+    // Younger than the age: held everywhere, whatever the trims in between.
+    tokio::time::sleep(max_age - Duration::from_secs(1)).await;
+    assert!(
+        published.elapsed() < max_age,
+        "the machine is too slow for this check"
+    );
+    for &id in &all {
+        let held = held_ids(&cluster, id, &topic).await;
+        assert_eq!(
+            held.len(),
+            10,
+            "node {id} trimmed events younger than their age: {held:?}"
+        );
+    }
+    wait_trimmed_to(&cluster, &all, &topic, 0).await;
+    assert!(published.elapsed() >= max_age);
+    for &id in &all {
+        assert_eq!(stats(&cluster, id).await["trimmed_events"], 30, "node {id}");
+    }
+}
