@@ -14,6 +14,7 @@ mod error;
 mod event;
 mod publish;
 mod read;
+mod retention;
 
 pub use error::{ErrorBody, FieldError};
 pub use event::{EventKey, LamportStamp, NodeId};
@@ -22,3 +23,4 @@ pub use read::{
     ConsistencyLevel, ConsistencyMarker, DigestResponse, EventsPage, ProducerStats, RaftStats,
     StatsResponse, StoredEvent,
 };
+pub use retention::{RetentionPolicy, RetentionResponse};
