@@ -15,6 +15,7 @@ mod event;
 mod publish;
 mod read;
 mod subscribe;
+mod retention;
 
 pub use error::{ErrorBody, FieldError};
 pub use event::{EventKey, LamportStamp, NodeId};
@@ -26,3 +27,4 @@ pub use read::{
 pub use subscribe::{
     Cursor, CursorError, EndReason, PatternError, StreamEnd, TopicPattern, MAX_PATTERN_BYTES,
 };
+pub use retention::{RetentionPolicy, RetentionResponse};

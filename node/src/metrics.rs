@@ -8,7 +8,7 @@ use prometheus::{
     exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use raft_store::{Counters, NodeId, StoreReader};
+use raft_store::{Counters, NodeId, StoreReader, TrimCounters};
 
 use crate::raft::Raft;
 
@@ -43,6 +43,10 @@ pub struct Inner {
     pub subscription_events: IntCounter,
     /// Live subscriptions ended by the node, by reason (`slow_subscriber`, `shutting_down`, ...).
     pub subscriptions_ended: IntCounterVec,
+    /// Open connections by listener (client, peer).
+    pub connections_open: IntGaugeVec,
+    /// Connections closed at accept because the listener was at its limit, by listener.
+    pub connections_rejected: IntCounterVec,
     term: IntGauge,
     applied_index: IntGauge,
     last_log_index: IntGauge,
@@ -59,6 +63,9 @@ pub struct Inner {
     snapshot_bytes: IntGauge,
     dedup_index_entries: IntGauge,
     dedup_index_bytes: IntGauge,
+    trimmed_bytes: IntGauge,
+    /// Trim entries this node proposed and saw applied (as leader).
+    pub trim_entries: IntCounter,
 }
 
 impl std::ops::Deref for Metrics {
@@ -124,6 +131,20 @@ impl Metrics {
             "store_idle_flushes_total",
             "Memtable flushes made because writes paused (--idle-flush-secs)",
         )?;
+        let connections_open = IntGaugeVec::new(
+            Opts::new(
+                "connections_open",
+                "Open connections by listener (client, peer)",
+            ),
+            &["listener"],
+        )?;
+        let connections_rejected = IntCounterVec::new(
+            Opts::new(
+                "connections_rejected_total",
+                "Connections closed at accept because the listener had --max-connections open",
+            ),
+            &["listener"],
+        )?;
         let term = IntGauge::new("raft_term", "Current Raft term")?;
         let applied_index = IntGauge::new("raft_applied_index", "Last applied log index")?;
         let last_log_index = IntGauge::new("raft_last_log_index", "Last log index")?;
@@ -142,7 +163,7 @@ impl Metrics {
         let store_counters = IntGaugeVec::new(
             Opts::new(
                 "store_events",
-                "State machine counters (received, unique_processed, duplicate_dropped)",
+                "State machine counters (received, unique_processed, duplicate_dropped; trimmed: events deleted by retention, out of unique_processed)",
             ),
             &["counter"],
         )?;
@@ -199,6 +220,16 @@ impl Metrics {
         registry.register(Box::new(subscriptions_open.clone()))?;
         registry.register(Box::new(subscription_events.clone()))?;
         registry.register(Box::new(subscriptions_ended.clone()))?;
+        let trimmed_bytes = IntGauge::new(
+            "store_trimmed_bytes",
+            "Bytes of events deleted by retention trims (as stored), over the store's life",
+        )?;
+        let trim_entries = IntCounter::new(
+            "retention_trim_entries_total",
+            "Trim entries this node proposed as leader and saw applied",
+        )?;
+        registry.register(Box::new(trimmed_bytes.clone()))?;
+        registry.register(Box::new(trim_entries.clone()))?;
         registry.register(Box::new(dedup_index_entries.clone()))?;
         registry.register(Box::new(dedup_index_bytes.clone()))?;
         registry.register(Box::new(log_cache_reads.clone()))?;
@@ -212,6 +243,8 @@ impl Metrics {
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(stream_rpc_seconds.clone()))?;
         registry.register(Box::new(idle_flushes.clone()))?;
+        registry.register(Box::new(connections_open.clone()))?;
+        registry.register(Box::new(connections_rejected.clone()))?;
         registry.register(Box::new(publish_events.clone()))?;
         registry.register(Box::new(publish_rejected.clone()))?;
         registry.register(Box::new(entry_events.clone()))?;
@@ -238,6 +271,8 @@ impl Metrics {
             subscriptions_open,
             subscription_events,
             subscriptions_ended,
+            connections_open,
+            connections_rejected,
             term,
             applied_index,
             last_log_index,
@@ -254,6 +289,8 @@ impl Metrics {
             snapshot_bytes,
             dedup_index_entries,
             dedup_index_bytes,
+            trimmed_bytes,
+            trim_entries,
         })))
     }
 
@@ -262,7 +299,7 @@ impl Metrics {
         &self,
         raft: &Raft,
         queued: usize,
-        store: Option<&Counters>,
+        store: Option<&(Counters, TrimCounters)>,
         reader: &StoreReader,
     ) -> Vec<u8> {
         // Only this function moves these counters, so catching up to the store's totals
@@ -319,7 +356,12 @@ impl Metrics {
             }
         }
         self.queued_events.set(queued as i64);
-        if let Some(c) = store {
+        if let Some((c, trimmed)) = store {
+            self.store_counters
+                .with_label_values(&["trimmed"])
+                .set(i64::try_from(trimmed.events).unwrap_or(i64::MAX));
+            self.trimmed_bytes
+                .set(i64::try_from(trimmed.bytes).unwrap_or(i64::MAX));
             self.store_counters
                 .with_label_values(&["received"])
                 .set(c.received as i64);

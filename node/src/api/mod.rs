@@ -16,6 +16,7 @@ pub mod limits;
 pub mod publish;
 pub mod raft_rpc;
 pub mod read;
+pub mod retention;
 pub mod snapshot_intake;
 pub mod state;
 pub mod subscribe;
@@ -27,7 +28,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, HeaderMap};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
@@ -36,8 +37,18 @@ use crate::raft::wire::{path, raft_message_limit, SECRET_HEADER};
 use error::ApiError;
 pub use state::{AppState, Handles, Shared};
 
-/// Builds the router with every route and layer.
-pub fn router(state: AppState) -> Router {
+/// Which routes a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Surface {
+    /// Every route: the one listener of a node without `--listen-peer`, and the peer listener
+    /// (Raft RPCs, and the client API for requests followers forward to the leader).
+    All,
+    /// The client listener of a node with `--listen-peer`: everything but `/raft/*`.
+    Client,
+}
+
+/// Builds the router with the routes of `surface` and every layer.
+pub fn router(state: AppState, surface: Surface) -> Router {
     let raft_limit = raft_message_limit(state.limits.max_body_bytes);
     let raft = Router::new()
         .route(path::STREAM, get(raft_rpc::stream))
@@ -66,6 +77,7 @@ pub fn router(state: AppState) -> Router {
         .route("/stats", get(read::stats))
         .route("/digest", get(read::digest))
         .route("/cluster", get(admin::cluster))
+        .route("/retention", get(retention::get))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_read))
         .route_layer(middleware::from_fn_with_state(client_limits, limits::admit));
     // Streams last as long as their subscribers: outside the client routes' total time and
@@ -78,14 +90,21 @@ pub fn router(state: AppState) -> Router {
         .route("/cluster/membership", post(admin::change_membership))
         .route("/cluster/snapshot", post(admin::build_snapshot))
         .route("/backup", get(backup::backup))
+        .route("/retention/default", put(retention::put_default))
+        .route(
+            "/retention/topics/{*topic}",
+            put(retention::put_topic).delete(retention::delete_topic),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     let open = Router::new()
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/metrics", get(health::metrics));
-    Router::new()
-        .merge(raft)
-        .merge(publish)
+    let base = match surface {
+        Surface::All => Router::new().merge(raft),
+        Surface::Client => Router::new(),
+    };
+    base.merge(publish)
         .merge(client)
         .merge(streams)
         .merge(admin)
