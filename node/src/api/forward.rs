@@ -116,7 +116,7 @@ impl Forwarder {
         headers: &HeaderMap,
     ) -> Result<Response, ApiError> {
         let LeaderAddr { id: leader, addr } = to;
-        let url = format!("http://{addr}{path_and_query}");
+        let url = format!("{}://{addr}{path_and_query}", self.scheme);
         let mut rb = self.client.get(url).header(HOP_HEADER, self.id.to_string());
         for name in PASS_REQUEST
             .iter()

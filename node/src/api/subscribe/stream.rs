@@ -79,6 +79,9 @@ enum Stop {
     Gone,
     /// End the stream with this.
     End(EndReason, String),
+    /// End the stream: retention trimmed events after its position (it would skip them); it
+    /// may resume from the earliest cursor still held.
+    Trimmed(String, Cursor),
 }
 
 impl Feeder {
@@ -94,6 +97,12 @@ impl Feeder {
             Start::After(_) => None,
         };
         let stop = self.feed(&mut applied, &mut position, &mut seeking).await;
+        let (stop, earliest) = match stop {
+            Stop::Trimmed(error, earliest) => {
+                (Stop::End(EndReason::CursorTrimmed, error), Some(earliest))
+            }
+            other => (other, None),
+        };
         if let Stop::End(reason, error) = stop {
             if let Ok(label) = serde_json::to_value(reason) {
                 self.metrics
@@ -105,7 +114,7 @@ impl Feeder {
                 reason,
                 error,
                 resume_from: position,
-                earliest: None,
+                earliest,
             };
             // No budget: one small message, and the subscriber must learn why it ends.
             let json = serde_json::to_vec(&end).unwrap_or_else(|_| b"{}".to_vec());
@@ -205,6 +214,9 @@ impl Feeder {
             Ok(Ok(batch)) => Ok(batch),
             Ok(Err(e @ StoreError::Installing)) => {
                 Err(Stop::End(EndReason::Unavailable, e.to_string()))
+            }
+            Ok(Err(e @ StoreError::Trimmed { earliest, .. })) => {
+                Err(Stop::Trimmed(e.to_string(), Cursor(earliest)))
             }
             Ok(Err(e)) => Err(Stop::End(
                 EndReason::Unavailable,
