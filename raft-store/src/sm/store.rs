@@ -161,6 +161,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
         };
         let events: usize = entries.iter().map(entry_events).sum();
+        let started = std::time::Instant::now();
         let joined = if events <= INLINE_APPLY_EVENTS {
             // A few events are tens of microseconds of work: less than handing them to
             // another thread and waking this task again, which is on every small write's
@@ -189,6 +190,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         };
         match joined {
             Ok((state, Ok(replies))) => {
+                // Successful calls only: a failed apply stops Raft, its time means nothing.
+                self.db.apply_times.record(started.elapsed());
                 self.state = Some(state);
                 Ok(replies)
             }
