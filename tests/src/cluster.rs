@@ -302,15 +302,9 @@ impl TestCluster {
     /// Starts node `id` (not an initial member) with the original `--peers`, and adds it as a
     /// learner through the leader's admin API; returns the admin answer.
     pub async fn add_node(&mut self, id: NodeId) -> JsonReply {
-        assert!(!self.members.contains_key(&id), "node {id} exists");
-        assert!(
-            id <= self.options.nodes + 1,
-            "ports are reserved for one extra node"
-        );
         // The leader is asked before the new node runs: until added, it knows no leader.
         let leader = self.wait_for_leader(Duration::from_secs(10)).await;
-        let peers = self.peers.clone();
-        self.launch(id, peers).await;
+        self.start_extra_node(id).await;
         let addr = self.advertise(id).to_string();
         self.client
             .post(
@@ -320,6 +314,19 @@ impl TestCluster {
             )
             .await
             .expect("POST /cluster/learners answered")
+    }
+
+    /// Starts node `id` (not an initial member) with the original `--peers` and leaves it
+    /// waiting to be added (at [`advertise`](Self::advertise)), for a test that adds it by
+    /// other means than [`add_node`](Self::add_node), such as `aggregator admin`.
+    pub async fn start_extra_node(&mut self, id: NodeId) {
+        assert!(!self.members.contains_key(&id), "node {id} exists");
+        assert!(
+            id <= self.options.nodes + 1,
+            "ports are reserved for one extra node"
+        );
+        let peers = self.peers.clone();
+        self.launch(id, peers).await;
     }
 
     /// Sets the voters through the leader's admin API; returns the admin answer.

@@ -17,6 +17,7 @@ pub mod model;
 pub mod observe;
 pub mod ports;
 pub mod process;
+pub mod prom;
 pub mod proxy;
 pub mod publisher;
 pub mod raw_http;
