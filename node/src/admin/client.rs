@@ -258,7 +258,11 @@ impl AdminClient {
                 .map(|m| format!("http://{}", m.addr))
         });
         let mut urls: Vec<String> = leader.into_iter().collect();
-        urls.extend(self.urls.iter().filter(|u| !urls.contains(u)).cloned());
+        for u in &self.urls {
+            if !urls.contains(u) {
+                urls.push(u.clone());
+            }
+        }
         urls
     }
 }

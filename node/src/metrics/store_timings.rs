@@ -43,19 +43,19 @@ fn family((name, help): (&str, &str), reading: &HistogramSnapshot) -> MetricFami
         .cumulative
         .iter()
         .map(|(bound_micros, count)| {
-            let mut b = proto::Bucket::new();
+            let mut b = proto::Bucket::default();
             b.set_upper_bound(*bound_micros as f64 / 1e6);
             b.set_cumulative_count(*count);
             b
         })
         .collect();
-    let mut h = proto::Histogram::new();
+    let mut h = proto::Histogram::default();
     h.set_bucket(buckets);
     h.set_sample_count(reading.count);
     h.set_sample_sum(reading.sum_micros as f64 / 1e6);
-    let mut m = proto::Metric::new();
+    let mut m = proto::Metric::default();
     m.set_histogram(h);
-    let mut f = MetricFamily::new();
+    let mut f = MetricFamily::default();
     f.set_name(name.into());
     f.set_help(help.into());
     f.set_field_type(MetricType::HISTOGRAM);
