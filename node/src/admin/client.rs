@@ -245,24 +245,21 @@ impl AdminClient {
         Ok((answer.url, body))
     }
 
-    /// The URLs to try for a change: the leader's (from `cluster`) first, then the others.
-    /// A member's address is the one its peers use, which is also its HTTP address (one
-    /// listener serves both) unless a proxy or NAT stands between; the given URLs follow, so
-    /// such a setup still works through forwarding.
+    /// The given URLs with the leader's first, when one of them is the leader's address (as
+    /// the membership in `cluster` names it); otherwise as given, and the node asked forwards
+    /// the change to the leader. Only addresses the operator gave are contacted: a member's
+    /// Raft address may be a peer listener (`--listen-peer`) that serves no admin endpoint.
     pub fn leader_first(&self, cluster: &ClusterResponse) -> Vec<String> {
-        let leader = cluster.leader_id.and_then(|id| {
-            cluster
-                .members
-                .iter()
-                .find(|m| m.id == id)
-                .map(|m| format!("http://{}", m.addr))
-        });
-        let mut urls: Vec<String> = leader.into_iter().collect();
-        for u in &self.urls {
-            if !urls.contains(u) {
-                urls.push(u.clone());
-            }
-        }
+        let leader_addr = cluster
+            .leader_id
+            .and_then(|id| cluster.members.iter().find(|m| m.id == id))
+            .map(|m| m.addr.to_ascii_lowercase());
+        let is_leader = |url: &String| {
+            let host_port = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+            leader_addr.as_deref() == Some(host_port.to_ascii_lowercase().as_str())
+        };
+        let mut urls: Vec<String> = self.urls.iter().filter(|u| is_leader(u)).cloned().collect();
+        urls.extend(self.urls.iter().filter(|u| !is_leader(u)).cloned());
         urls
     }
 }
@@ -284,5 +281,47 @@ fn brief(e: &reqwest::Error) -> String {
         "connection refused or unreachable".into()
     } else {
         e.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use api_types::ClusterMember;
+
+    #[test]
+    fn the_leaders_url_goes_first_and_no_other_address_is_added() {
+        let client = AdminClient::new(
+            vec![
+                "http://n1:7000".into(),
+                "n2:7000".into(),
+                "http://n3:7000/".into(),
+            ],
+            None,
+            None,
+        )
+        .unwrap();
+        let member = |id, addr: &str| ClusterMember {
+            id,
+            addr: addr.into(),
+            voter: true,
+            matched_index: None,
+        };
+        let mut cluster = ClusterResponse {
+            leader_id: Some(2),
+            members: vec![
+                member(1, "n1:7000"),
+                member(2, "N2:7000"),
+                member(3, "n3:7000"),
+            ],
+            ..ClusterResponse::default()
+        };
+        assert_eq!(
+            client.leader_first(&cluster),
+            vec!["http://n2:7000", "http://n1:7000", "http://n3:7000"]
+        );
+        // A leader reached at an address not given (a peer listener): the order stays.
+        cluster.members[1].addr = "n2:7100".into();
+        assert_eq!(client.leader_first(&cluster), client.urls());
     }
 }
