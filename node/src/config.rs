@@ -12,6 +12,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use raft_store::NodeId;
 
+use crate::server::tls::{CertKeyFiles, PeerTlsFiles};
+
 /// The `aggregator` command line.
 #[derive(Debug, Parser)]
 #[command(
@@ -80,6 +82,9 @@ pub struct HealthcheckArgs {
     /// Give up after this many milliseconds.
     #[arg(long, default_value_t = 2000)]
     pub timeout_ms: u64,
+    /// PEM bundle of the CA that signed the node's --tls-cert, for an https:// --url.
+    #[arg(long, env = "AGG_HEALTHCHECK_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// Log output format.
@@ -98,9 +103,55 @@ pub struct RunArgs {
     #[arg(long, env = "AGG_ID", required = true)]
     pub id: Option<NodeId>,
 
-    /// Address to listen on for clients and peers.
+    /// Address to listen on for clients (and for peers, without --listen-peer).
     #[arg(long, env = "AGG_LISTEN", required = true)]
     pub listen: Option<SocketAddr>,
+
+    /// Separate address for peers (Raft RPCs and requests forwarded to the leader), e.g. on a
+    /// private interface; --listen then serves clients only. --peers and --advertise name
+    /// peer addresses.
+    #[arg(long, env = "AGG_LISTEN_PEER")]
+    pub listen_peer: Option<SocketAddr>,
+
+    /// PEM certificate chain for HTTPS on --listen (with --tls-key).
+    #[arg(long, env = "AGG_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "AGG_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM certificate of this node for mutual TLS between peers, presented to peers as
+    /// server and as client; it must name the address peers dial (--peers/--advertise).
+    /// Needs --listen-peer, --peer-tls-key and --peer-tls-ca.
+    #[arg(long, env = "AGG_PEER_TLS_CERT", requires_all = ["peer_tls_key", "peer_tls_ca"])]
+    pub peer_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --peer-tls-cert.
+    #[arg(long, env = "AGG_PEER_TLS_KEY", requires = "peer_tls_cert")]
+    pub peer_tls_key: Option<PathBuf>,
+
+    /// PEM bundle of the CA that signs every member's peer certificate: the peer listener
+    /// accepts only connections presenting such a certificate.
+    #[arg(long, env = "AGG_PEER_TLS_CA", requires = "peer_tls_cert")]
+    pub peer_tls_ca: Option<PathBuf>,
+
+    /// Connections open at once on the client listener, at most; one more is closed at
+    /// accept (a plain listener first answers it 503).
+    #[arg(long, env = "AGG_MAX_CONNECTIONS", default_value_t = 4096,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
+
+    /// Milliseconds a connection may take to send a request's headers, and may sit idle
+    /// between requests, before the node closes it (both listeners).
+    #[arg(long, env = "AGG_HEADER_READ_TIMEOUT_MS", default_value_t = 30_000,
+          value_parser = clap::value_parser!(u64).range(100..))]
+    pub header_read_timeout_ms: u64,
+
+    /// Connections open at once on the peer listener (--listen-peer), at most.
+    #[arg(long, env = "AGG_MAX_PEER_CONNECTIONS", default_value_t = 512,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_peer_connections: u64,
 
     /// Initial members, the node itself included, e.g. 1=10.0.0.1:7001,2=10.0.0.2:7001
     #[arg(long, env = "AGG_PEERS", required = true)]
@@ -173,7 +224,8 @@ pub struct RunArgs {
     pub admin_token: Option<String>,
 
     /// Shared secret carried by Raft RPCs between nodes; RPCs without it are refused.
-    /// At least 16 bytes. Required when --peers lists other nodes (see --insecure-no-peer-auth).
+    /// At least 16 bytes. When --peers lists other nodes, this or mutual TLS (--peer-tls-*)
+    /// is required (see --insecure-no-peer-auth).
     #[arg(long, env = "AGG_CLUSTER_SECRET", hide_env_values = true)]
     pub cluster_secret: Option<String>,
 
@@ -287,8 +339,20 @@ pub struct RunArgs {
 pub struct NodeConfig {
     /// This node's id.
     pub id: NodeId,
-    /// Listen address.
+    /// Listen address (clients; peers too without `listen_peer`).
     pub listen: SocketAddr,
+    /// The peers' own listen address, if separate.
+    pub listen_peer: Option<SocketAddr>,
+    /// HTTPS on the client listener.
+    pub tls: Option<CertKeyFiles>,
+    /// Mutual TLS between peers.
+    pub peer_tls: Option<PeerTlsFiles>,
+    /// Open connections on the client listener, at most.
+    pub max_connections: usize,
+    /// Open connections on the peer listener, at most.
+    pub max_peer_connections: usize,
+    /// Time to receive a request's headers; idle time between requests.
+    pub header_read_timeout: Duration,
     /// Address others use to reach this node.
     pub advertise: String,
     /// Initial members.
@@ -378,8 +442,29 @@ impl RunArgs {
                 adv
             }
             (None, Some(addr)) => addr.to_string(),
-            (None, None) => listen.to_string(),
+            (None, None) => self.listen_peer.unwrap_or(listen).to_string(),
         };
+        if self.listen_peer == Some(listen) {
+            return Err("--listen-peer must differ from --listen".into());
+        }
+        let tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => Some(CertKeyFiles { cert, key }),
+            _ => None,
+        };
+        let peer_tls = match (self.peer_tls_cert, self.peer_tls_key, self.peer_tls_ca) {
+            (Some(cert), Some(key), Some(ca)) => Some(PeerTlsFiles {
+                own: CertKeyFiles { cert, key },
+                ca,
+            }),
+            _ => None,
+        };
+        if peer_tls.is_some() && self.listen_peer.is_none() {
+            return Err(
+                "--peer-tls-* needs --listen-peer: mutual TLS is for the peer \
+                        listener, which clients do not use"
+                    .into(),
+            );
+        }
         if self.election_timeout_min_ms >= self.election_timeout_max_ms {
             return Err("--election-timeout-min-ms must be below --election-timeout-max-ms".into());
         }
@@ -411,12 +496,14 @@ impl RunArgs {
             }
         }
         let has_other_peers = peers.iter().any(|(peer, _)| peer != id);
-        if has_other_peers && cluster_secret.is_none() && !self.insecure_no_peer_auth {
+        let peers_authenticated = cluster_secret.is_some() || peer_tls.is_some();
+        if has_other_peers && !peers_authenticated && !self.insecure_no_peer_auth {
             return Err(format!(
                 "--peers lists other nodes but no peer authentication is set: give a shared \
                  secret of at least {MIN_SECRET_BYTES} bytes with --cluster-secret \
-                 (AGG_CLUSTER_SECRET) or --cluster-secret-file (AGG_CLUSTER_SECRET_FILE), or run \
-                 without it on a trusted network with --insecure-no-peer-auth"
+                 (AGG_CLUSTER_SECRET) or --cluster-secret-file (AGG_CLUSTER_SECRET_FILE), or \
+                 mutual TLS with --listen-peer and --peer-tls-cert/--peer-tls-key/--peer-tls-ca, \
+                 or run without it on a trusted network with --insecure-no-peer-auth"
             ));
         }
         if self.max_body_bytes == 0 || self.max_batch == 0 {
@@ -433,10 +520,16 @@ impl RunArgs {
                  and a forward"
             ));
         }
-        let insecure_no_peer_auth = has_other_peers && cluster_secret.is_none();
+        let insecure_no_peer_auth = has_other_peers && !peers_authenticated;
         Ok(NodeConfig {
             id,
             listen,
+            listen_peer: self.listen_peer,
+            tls,
+            peer_tls,
+            max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+            max_peer_connections: usize::try_from(self.max_peer_connections).unwrap_or(usize::MAX),
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
             advertise,
             peers,
             data_dir,
@@ -508,10 +601,25 @@ fn read_secret_file(path: &std::path::Path) -> Result<String, String> {
 }
 
 impl NodeConfig {
-    /// The IP outbound connections bind to: the listen IP when it names one interface.
+    /// The IP outbound connections to peers bind to: the peer listen IP (the client one
+    /// without --listen-peer) when it names one interface.
     pub fn outbound_ip(&self) -> Option<IpAddr> {
-        let ip = self.listen.ip();
+        let ip = self.peer_listen().ip();
         (!ip.is_unspecified()).then_some(ip)
+    }
+
+    /// Where peers connect: --listen-peer, or the one listener.
+    pub fn peer_listen(&self) -> SocketAddr {
+        self.listen_peer.unwrap_or(self.listen)
+    }
+
+    /// URL scheme of peer addresses: https under mutual TLS.
+    pub fn peer_scheme(&self) -> &'static str {
+        if self.peer_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 }
 
@@ -750,6 +858,56 @@ mod tests {
         ])
         .unwrap();
         assert!(lone.run.into_config().is_ok());
+    }
+
+    #[test]
+    fn mutual_tls_authenticates_peers_and_needs_a_peer_listener() {
+        let tls = [
+            "--peer-tls-cert",
+            "c.pem",
+            "--peer-tls-key",
+            "k.pem",
+            "--peer-tls-ca",
+            "ca.pem",
+        ];
+        let err = config(&tls).unwrap_err();
+        assert!(err.contains("--listen-peer"), "{err}");
+        let mut with_peer = tls.to_vec();
+        with_peer.extend_from_slice(&["--listen-peer", "127.0.0.1:7101"]);
+        let cfg = config(&with_peer).unwrap();
+        assert!(!cfg.insecure_no_peer_auth, "mTLS is peer authentication");
+        assert_eq!(cfg.peer_scheme(), "https");
+        assert_eq!(cfg.peer_listen().port(), 7101);
+        // All three files or none.
+        assert!(config(&[
+            "--peer-tls-cert",
+            "c.pem",
+            "--listen-peer",
+            "127.0.0.1:7101"
+        ])
+        .is_err());
+        assert!(config(&[
+            "--tls-cert",
+            "c.pem",
+            "--cluster-secret",
+            "sixteen-bytes-ok"
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn the_peer_listener_is_separate_and_where_peers_connect() {
+        let s = ["--cluster-secret", "sixteen-bytes-ok"];
+        let mut same = s.to_vec();
+        same.extend_from_slice(&["--listen-peer", "127.0.0.1:7001"]);
+        assert!(config(&same).unwrap_err().contains("differ"));
+        let mut sep = s.to_vec();
+        sep.extend_from_slice(&["--listen-peer", "127.0.0.9:7101"]);
+        let cfg = config(&sep).unwrap();
+        assert_eq!(cfg.peer_scheme(), "http");
+        assert_eq!(cfg.outbound_ip(), Some("127.0.0.9".parse().unwrap()));
+        assert_eq!(cfg.max_connections, 4096);
+        assert_eq!(cfg.max_peer_connections, 512);
     }
 
     #[test]

@@ -13,18 +13,19 @@ mod idle_flush;
 mod metrics;
 mod raft;
 mod restore;
+mod server;
 
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use clap::Parser;
+use tokio_rustls::TlsAcceptor;
 use tracing_subscriber::EnvFilter;
 
 use crate::api::forward::Forwarder;
-use crate::api::{AppState, Handles, Shared};
+use crate::api::{AppState, Handles, Shared, Surface};
 use crate::batcher::Batcher;
 use crate::config::{Cli, Command, HealthcheckArgs, LogFormat, NodeConfig};
 use crate::metrics::Metrics;
@@ -124,9 +125,34 @@ async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             "crash points armed: this node will abort when it reaches one"
         );
     }
+    // TLS material is checked before anything else starts: a bad file is a start-up error.
+    let client_tls = cfg
+        .tls
+        .as_ref()
+        .map(server::tls::client_listener)
+        .transpose()
+        .context("client TLS (--tls-cert, --tls-key)")?
+        .map(TlsAcceptor::from);
+    let (peer_tls, peer_client_tls) = match &cfg.peer_tls {
+        Some(files) => (
+            Some(TlsAcceptor::from(
+                server::tls::peer_listener(files).context("peer TLS (--peer-tls-*)")?,
+            )),
+            Some(server::tls::peer_client(files).context("peer TLS (--peer-tls-*)")?),
+        ),
+        None => (None, None),
+    };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
+    let peer_listener = match cfg.listen_peer {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding --listen-peer {addr}"))?,
+        ),
+        None => None,
+    };
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
     let options = raft_store::StoreOptions {
@@ -136,14 +162,19 @@ async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     };
     let stores = raft_store::open_with(&cfg.data_dir, &options)
         .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?;
-    let raft_client = network::build_client(cfg.outbound_ip(), Duration::from_millis(500))
-        .context("building the Raft HTTP client")?;
+    let raft_client = network::build_client(
+        cfg.outbound_ip(),
+        Duration::from_millis(500),
+        peer_client_tls.clone(),
+    )
+    .context("building the Raft HTTP client")?;
     let net = HttpNetwork::new(
         cfg.id,
         raft_client,
         cfg.cluster_secret.clone(),
         raft_message_limit(cfg.limits.max_body_bytes),
-    );
+    )
+    .with_scheme(cfg.peer_scheme());
     let (raft, reader) = raft::start(&cfg, stores, net.clone()).await?;
     let metrics = Metrics::new(&reader).context("registering metrics")?;
     let batcher = Batcher::spawn(
@@ -155,8 +186,9 @@ async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         metrics.clone(),
     );
     // Client forwarding gets its own pool so it never queues behind Raft traffic.
-    let fwd_client = network::build_client(cfg.outbound_ip(), Duration::from_secs(1))
-        .context("building the forwarding HTTP client")?;
+    let fwd_client =
+        network::build_client(cfg.outbound_ip(), Duration::from_secs(1), peer_client_tls)
+            .context("building the forwarding HTTP client")?;
     let election_hold = Arc::new(election_hold::ElectionHold::new(Duration::from_millis(
         2 * cfg.timing.election_max_ms,
     )));
@@ -171,7 +203,7 @@ async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             raft: raft.clone(),
             reader,
             batcher,
-            forwarder: Forwarder::new(fwd_client, cfg.id),
+            forwarder: Forwarder::new(fwd_client, cfg.id, cfg.peer_scheme()),
             election_hold: election_hold.clone(),
             metrics: metrics.clone(),
         },
@@ -209,60 +241,82 @@ async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     if cfg.insecure_no_peer_auth {
         tracing::warn!(
             "--insecure-no-peer-auth: Raft RPCs are NOT authenticated; anyone who reaches \
-             {} can forge votes, appends and snapshots. Set --cluster-secret(-file) instead.",
-            cfg.listen
+             {} can forge votes, appends and snapshots. Set --cluster-secret(-file) or \
+             --peer-tls-* instead.",
+            cfg.peer_listen()
         );
     }
     tracing::info!(
         node_id = cfg.id,
         listen = %cfg.listen,
+        listen_peer = ?cfg.listen_peer,
+        client_tls = cfg.tls.is_some(),
+        peer_tls = cfg.peer_tls.is_some(),
         advertise = %cfg.advertise,
         peers = %cfg.peers,
         data_dir = %cfg.data_dir.display(),
         "aggregator started"
     );
 
-    let app = api::router(state);
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let listener = listener.tap_io(|tcp| {
-        // Small request/response exchanges: Nagle would add delayed-ACK stalls.
-        let _ = tcp.set_nodelay(true);
-    });
-    let mut server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.changed().await;
-            })
-            .await
-    });
-    let served = tokio::select! {
-        res = &mut server => Some(res),
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut servers = tokio::task::JoinSet::new();
+    let client_surface = match peer_listener {
+        Some(peer_listener) => {
+            servers.spawn(server::serve(
+                peer_listener,
+                api::router(state.clone(), Surface::All),
+                server::Listener {
+                    name: "peer",
+                    max_connections: cfg.max_peer_connections,
+                    tls: peer_tls,
+                    header_read_timeout: cfg.header_read_timeout,
+                },
+                metrics.clone(),
+                stop_rx.clone(),
+            ));
+            Surface::Client
+        }
+        None => Surface::All,
+    };
+    servers.spawn(server::serve(
+        listener,
+        api::router(state, client_surface),
+        server::Listener {
+            name: "client",
+            max_connections: cfg.max_connections,
+            tls: client_tls,
+            header_read_timeout: cfg.header_read_timeout,
+        },
+        metrics.clone(),
+        stop_rx,
+    ));
+    let ended_early = tokio::select! {
         sig = stop_signal() => {
-            tracing::info!(signal = sig, "stopping: no new connections, finishing in-flight requests");
-            None
+            tracing::info!(
+                signal = sig,
+                "stopping: no new connections, finishing in-flight requests"
+            );
+            false
         }
+        // A listener stops only when told to; one that ends on its own (a panic) stops the node.
+        _ = servers.join_next() => true,
     };
-    let served = match served {
-        Some(res) => res,
-        None => {
-            let _ = stop_tx.send(true);
-            match tokio::time::timeout(DRAIN_TIMEOUT, &mut server).await {
-                Ok(res) => res,
-                Err(_) => {
-                    tracing::warn!(
-                        "requests still running after {DRAIN_TIMEOUT:?}; stopping anyway"
-                    );
-                    server.abort();
-                    Ok(Ok(()))
-                }
-            }
-        }
-    };
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while servers.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("requests still running after {DRAIN_TIMEOUT:?}; stopping anyway");
+        servers.abort_all();
+    }
     tracing::info!("shutting Raft down");
     if let Err(e) = raft.shutdown().await {
         tracing::warn!(error = %e, "Raft shutdown");
     }
-    served.context("HTTP server task")?.context("HTTP server")?;
+    if ended_early {
+        anyhow::bail!("a listener stopped unexpectedly");
+    }
     tracing::info!("stopped");
     Ok(())
 }
@@ -290,12 +344,18 @@ async fn stop_signal() -> &'static str {
 fn healthcheck(args: &HealthcheckArgs) -> ExitCode {
     let url = format!("{}/ready", args.url.trim_end_matches('/'));
     let check = async {
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .no_proxy()
-            .timeout(Duration::from_millis(args.timeout_ms))
-            .build()?;
-        let resp = client.get(&url).send().await?;
-        Ok::<_, reqwest::Error>((resp.status(), resp.text().await.unwrap_or_default()))
+            .timeout(Duration::from_millis(args.timeout_ms));
+        if let Some(path) = &args.ca_cert {
+            let pem = std::fs::read(path)
+                .map_err(|e| anyhow::anyhow!("--ca-cert {}: {e}", path.display()))?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let resp = builder.build()?.get(&url).send().await?;
+        Ok::<_, anyhow::Error>((resp.status(), resp.text().await.unwrap_or_default()))
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -120,6 +120,7 @@ pub async fn command(args: BenchArgs) -> anyhow::Result<bool> {
     let plan_for = |s: &Scenario, events: u64| SendPlan {
         targets: args.conn.targets.clone(),
         token: args.conn.token.clone(),
+        ca_cert: args.conn.ca_cert.clone(),
         workload: GeneratorConfig {
             events,
             duplicates: s.duplicates,

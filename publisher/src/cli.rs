@@ -63,12 +63,17 @@ pub enum Command {
 /// Where the cluster is.
 #[derive(Debug, Args)]
 pub struct TargetArgs {
-    /// Node base URLs, comma separated (`http://` is added when missing).
+    /// Node base URLs, comma separated (`http://` is added when missing; `https://` for a
+    /// node with --tls-cert, see --ca-cert).
     #[arg(long, env = "PUBLISHER_TARGETS", value_delimiter = ',', required = true, value_parser = parse_target)]
     pub targets: Vec<String>,
     /// API token, sent as `Authorization: Bearer TOKEN`.
     #[arg(long, env = "PUBLISHER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// PEM bundle of the CA(s) that signed the nodes' --tls-cert, for https:// targets. The
+    /// publisher trusts no other certificate authority.
+    #[arg(long, env = "PUBLISHER_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 /// How progress is shown while sending.
@@ -202,9 +207,9 @@ pub fn parse_target(s: &str) -> Result<String, String> {
         format!("http://{s}")
     };
     let url = reqwest::Url::parse(&with_scheme).map_err(|e| format!("bad target {s:?}: {e}"))?;
-    if url.scheme() != "http" {
+    if url.scheme() != "http" && url.scheme() != "https" {
         return Err(format!(
-            "bad target {s:?}: only http:// is supported (no TLS compiled in)"
+            "bad target {s:?}: only http:// and https:// are supported"
         ));
     }
     if url.host_str().is_none() {
@@ -274,7 +279,11 @@ mod tests {
             "http://h:1/prefix"
         );
         assert!(parse_target("").is_err());
-        assert!(parse_target("https://127.0.0.1:7001").is_err());
+        assert_eq!(
+            parse_target("https://127.0.0.1:7001/").unwrap(),
+            "https://127.0.0.1:7001"
+        );
+        assert!(parse_target("ftp://127.0.0.1:7001").is_err());
         assert!(parse_target("http://").is_err());
     }
 

@@ -29,6 +29,8 @@ pub struct SendPlan {
     pub targets: Vec<String>,
     /// Bearer token.
     pub token: Option<String>,
+    /// CA bundle for https:// targets.
+    pub ca_cert: Option<PathBuf>,
     /// The workload.
     pub workload: GeneratorConfig,
     /// Requests in flight at most.
@@ -51,6 +53,7 @@ impl SendPlan {
         SendPlan {
             targets: a.conn.targets.clone(),
             token: a.conn.token.clone(),
+            ca_cert: a.conn.ca_cert.clone(),
             workload: GeneratorConfig {
                 events: a.events,
                 duplicates: a.duplicates,
@@ -108,6 +111,7 @@ pub async fn run(plan: SendPlan) -> anyhow::Result<Report> {
     let client = ApiClient::new(
         plan.targets.clone(),
         plan.token.as_deref(),
+        plan.ca_cert.as_deref(),
         plan.concurrency,
         connect_timeout,
     )

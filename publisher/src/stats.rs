@@ -16,6 +16,7 @@ pub async fn command(args: StatsArgs) -> anyhow::Result<bool> {
     let client = ApiClient::new(
         args.conn.targets.clone(),
         args.conn.token.as_deref(),
+        args.conn.ca_cert.as_deref(),
         2,
         args.timeout,
     )
@@ -132,6 +133,7 @@ mod tests {
         };
         let client = ApiClient::new(
             vec![format!("http://127.0.0.1:{port}")],
+            None,
             None,
             1,
             Duration::from_secs(1),

@@ -104,6 +104,7 @@ pub async fn command(args: VerifyArgs) -> anyhow::Result<bool> {
     let client = ApiClient::new(
         args.conn.targets.clone(),
         args.conn.token.as_deref(),
+        args.conn.ca_cert.as_deref(),
         4,
         Duration::from_secs(2),
     )

@@ -87,18 +87,27 @@ impl ApiClient {
 
     /// A client sending `Authorization: Bearer TOKEN` on every request (when given).
     pub fn with_token_opt(timeout: Duration, token: Option<&str>) -> Self {
+        Self::with_tls(timeout, token, None)
+    }
+
+    /// [`ApiClient::with_token_opt`] trusting the CA in the PEM file `ca` (for https:// nodes).
+    pub fn with_tls(timeout: Duration, token: Option<&str>, ca: Option<&std::path::Path>) -> Self {
         let mut headers = HeaderMap::new();
         if let Some(token) = token {
             let value =
                 HeaderValue::from_str(&format!("Bearer {token}")).expect("token is a header value");
             headers.insert(AUTHORIZATION, value);
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .pool_max_idle_per_host(0)
             .connect_timeout(Duration::from_secs(1))
-            .default_headers(headers)
-            .build()
-            .expect("build reqwest client");
+            .default_headers(headers);
+        if let Some(ca) = ca {
+            let pem = std::fs::read(ca).expect("read CA file");
+            let cert = reqwest::Certificate::from_pem(&pem).expect("CA certificate");
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder.build().expect("build reqwest client");
         Self { http, timeout }
     }
 

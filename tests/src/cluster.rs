@@ -46,8 +46,15 @@ pub struct ClusterOptions {
     /// restart's own variables come after them.
     pub env: Vec<(String, String)>,
     /// `--cluster-secret` of every node: a random one per cluster by default. `None` starts
-    /// the nodes with `--insecure-no-peer-auth` (a test that forges Raft RPCs without it).
+    /// the nodes with `--insecure-no-peer-auth` (a test that forges Raft RPCs without it),
+    /// unless `pki` authenticates the peers.
     pub cluster_secret: Option<String>,
+    /// Give every node a separate peer listener (`--listen-peer` on 127.0.0.i:P+2, behind
+    /// the node's proxy); the client listener (`url`) then has no `/raft/*`.
+    pub peer_listener: bool,
+    /// HTTPS for clients and mutual TLS between peers with these certificates (implies
+    /// `peer_listener`); the harness's clients trust its CA.
+    pub pki: Option<std::sync::Arc<crate::pki::TestPki>>,
 }
 
 impl ClusterOptions {
@@ -62,7 +69,13 @@ impl ClusterOptions {
             restore_from: None,
             env: Vec::new(),
             cluster_secret: Some(random_secret()),
+            peer_listener: false,
+            pki: None,
         }
+    }
+
+    fn separate_peer_listener(&self) -> bool {
+        self.peer_listener || self.pki.is_some()
     }
 }
 
@@ -77,6 +90,7 @@ pub(crate) struct Member {
     pub(crate) data_dir: PathBuf,
     pub(crate) log: PathBuf,
     pub(crate) listen: SocketAddr,
+    pub(crate) listen_peer: Option<SocketAddr>,
     pub(crate) advertise: SocketAddr,
     pub(crate) peers: String,
     pub(crate) process: Option<ChildProcess>,
@@ -116,8 +130,12 @@ impl TestCluster {
             .map(|id| format!("{id}={}", SocketAddr::from((node_ip(id), port + 1))))
             .collect::<Vec<_>>()
             .join(",");
-        let client =
-            ApiClient::with_token_opt(Duration::from_secs(10), options.api_token.as_deref());
+        let ca = options.pki.as_ref().map(|p| p.ca_path());
+        let client = ApiClient::with_tls(
+            Duration::from_secs(10),
+            options.api_token.as_deref(),
+            ca.as_deref(),
+        );
         let probe = client.with_timeout(Duration::from_secs(2));
         let mut cluster = Self {
             root: Some(root),
@@ -147,9 +165,19 @@ impl TestCluster {
         self.options.cluster_secret.as_deref()
     }
 
-    /// Base URL of node `id`'s real listen address (not its proxy).
+    /// Base URL of node `id`'s real (client) listen address (not its proxy).
     pub fn url(&self, id: NodeId) -> String {
-        format!("http://{}", self.member(id).listen)
+        let scheme = if self.options.pki.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.member(id).listen)
+    }
+
+    /// Node `id`'s peer listener, when it has one of its own.
+    pub fn peer_listen(&self, id: NodeId) -> Option<SocketAddr> {
+        self.member(id).listen_peer
     }
 
     /// Base URLs of the given nodes, comma-separated (for `publisher --targets`).
@@ -302,10 +330,14 @@ impl TestCluster {
     /// Starts node `id` (not an initial member) with the original `--peers`, and adds it as a
     /// learner through the leader's admin API; returns the admin answer.
     pub async fn add_node(&mut self, id: NodeId) -> JsonReply {
+        assert!(!self.members.contains_key(&id), "node {id} exists");
+        assert!(
+            id <= self.options.nodes + 1,
+            "ports are reserved for one extra node"
+        );
         // The leader is asked before the new node runs: until added, it knows no leader.
         let leader = self.wait_for_leader(Duration::from_secs(10)).await;
-        self.start_extra_node(id).await;
-        let addr = self.advertise(id).to_string();
+        let addr = self.start_extra(id).await;
         self.client
             .post(
                 &self.url(leader),
@@ -316,10 +348,9 @@ impl TestCluster {
             .expect("POST /cluster/learners answered")
     }
 
-    /// Starts node `id` (not an initial member) with the original `--peers` and leaves it
-    /// waiting to be added (at [`advertise`](Self::advertise)), for a test that adds it by
-    /// other means than [`add_node`](Self::add_node), such as `aggregator admin`.
-    pub async fn start_extra_node(&mut self, id: NodeId) {
+    /// Starts node `id` (not an initial member) with the original `--peers` without adding
+    /// it to the cluster; returns the address peers reach it at.
+    pub async fn start_extra(&mut self, id: NodeId) -> String {
         assert!(!self.members.contains_key(&id), "node {id} exists");
         assert!(
             id <= self.options.nodes + 1,
@@ -327,6 +358,7 @@ impl TestCluster {
         );
         let peers = self.peers.clone();
         self.launch(id, peers).await;
+        self.advertise(id).to_string()
     }
 
     /// Sets the voters through the leader's admin API; returns the admin answer.
@@ -382,13 +414,19 @@ impl TestCluster {
         std::fs::create_dir_all(&data_dir).expect("create data dir");
         let listen = SocketAddr::from((node_ip(id), self.port));
         let advertise = SocketAddr::from((node_ip(id), self.port + 1));
-        let proxy = Proxy::start(id, advertise, listen, &self.links).await;
+        let listen_peer = self
+            .options
+            .separate_peer_listener()
+            .then(|| SocketAddr::from((node_ip(id), self.port + 2)));
+        // Peers reach a node through its proxy, which leads to where peers are served.
+        let proxy = Proxy::start(id, advertise, listen_peer.unwrap_or(listen), &self.links).await;
         self.members.insert(
             id,
             Member {
                 data_dir,
                 log: node_dir.join("node.log"),
                 listen,
+                listen_peer,
                 advertise,
                 peers,
                 process: None,
@@ -436,9 +474,16 @@ impl TestCluster {
         if let Some(token) = &self.options.api_token {
             args.extend(["--api-token".into(), token.clone()]);
         }
-        match &self.options.cluster_secret {
-            Some(secret) => args.extend(["--cluster-secret".into(), secret.clone()]),
-            None => args.push("--insecure-no-peer-auth".into()),
+        if let Some(addr) = m.listen_peer {
+            args.extend(["--listen-peer".into(), addr.to_string()]);
+        }
+        if let Some(pki) = &self.options.pki {
+            args.extend(pki.node_args(id));
+        }
+        match (&self.options.cluster_secret, &self.options.pki) {
+            (Some(secret), _) => args.extend(["--cluster-secret".into(), secret.clone()]),
+            (None, Some(_)) => {}
+            (None, None) => args.push("--insecure-no-peer-auth".into()),
         }
         args.extend(self.options.extra_args.iter().cloned());
         let mut all_env: Vec<(&str, &str)> = self

@@ -15,6 +15,7 @@ pub mod event;
 pub mod load;
 pub mod model;
 pub mod observe;
+pub mod pki;
 pub mod ports;
 pub mod process;
 pub mod prom;

@@ -24,7 +24,8 @@ pub fn node_ip(id: u64) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, last)
 }
 
-/// A port P such that P and P+1 are free on 127.0.0.1 ..= 127.0.0.`max_nodes`.
+/// A port P such that P, P+1 and P+2 (a node's client listener, its proxy, its peer
+/// listener) are free on 127.0.0.1 ..= 127.0.0.`max_nodes`.
 pub fn allocate(max_nodes: u64) -> u16 {
     let slots = (LIMIT - FIRST) / STRIDE;
     let _ = NEXT.compare_exchange(
@@ -37,7 +38,7 @@ pub fn allocate(max_nodes: u64) -> u16 {
         let slot = NEXT.fetch_add(1, Ordering::SeqCst) % slots;
         let port = FIRST + slot * STRIDE;
         let port = u16::try_from(port).expect("port below 65536");
-        if (1..=max_nodes).all(|id| free(node_ip(id), port) && free(node_ip(id), port + 1)) {
+        if (1..=max_nodes).all(|id| (port..=port + 2).all(|p| free(node_ip(id), p))) {
             return port;
         }
     }

@@ -116,8 +116,7 @@ async fn admin_commands_operate_a_running_cluster() {
     );
 
     // A fourth node: added as a learner, promoted, removed.
-    cluster.start_extra_node(4).await;
-    let addr = cluster.advertise(4).to_string();
+    let addr = cluster.start_extra(4).await;
     let mut add = base(&["add-learner", "4"]);
     add.push(addr.clone());
     let out = run(add).await;

@@ -213,3 +213,72 @@ async fn event_pages_are_bounded_by_bytes_and_lose_nothing() {
         );
     }
 }
+
+/// The client listener holds at most `--max-connections` connections: one more is answered a
+/// JSON 503 and closed at once (the open ones keep working), and a place freed is taken again.
+/// A connection that sends no complete request head within `--header-read-timeout-ms` is
+/// closed, so idle or trickling clients cannot keep places forever.
+#[tokio::test]
+async fn connections_are_bounded_and_idle_ones_are_closed() {
+    let mut options = ClusterOptions::new(1);
+    options.extra_args = vec![
+        "--max-connections".into(),
+        "4".into(),
+        "--header-read-timeout-ms".into(),
+        "1500".into(),
+    ];
+    let cluster = TestCluster::start_with(options).await;
+    let base = cluster.url(1);
+    let addr = base.trim_start_matches("http://").to_string();
+    // The harness's own probes may hold places for a moment: let them go.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        // Half a request head: the connection is open and counted, and the request is not done.
+        s.write_all(b"GET /health HTTP/1.1\r\n").await.unwrap();
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut extra = TcpStream::connect(&addr).await.unwrap();
+    let _ = extra
+        .write_all(format!("GET /health HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await;
+    let (status, body) = answer(&mut extra, Duration::from_secs(3)).await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"error\""), "{body}");
+
+    // The held ones are still served once their heads are complete.
+    let first = &mut held[0];
+    first
+        .write_all(format!("Host: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (status, _) = answer(first, Duration::from_secs(3)).await.unwrap();
+    assert_eq!(status, 200);
+
+    // The rest never finish their heads: the node closes them after the header timeout.
+    let started = Instant::now();
+    for s in &mut held[1..] {
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("an idle connection was not closed within 10 s");
+        // Closed (0 bytes or a reset), or a 408 before closing: either way not held open.
+        if let Ok(n) = n {
+            let text = String::from_utf8_lossy(&buf[..n]);
+            assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // Places are free again.
+    let r = cluster.client.get(&base, "/health").await.unwrap();
+    assert_eq!(r.status, 200);
+    let metrics = cluster.metrics_page(1).await;
+    let rejected = tests::metric_value(
+        &metrics,
+        "aggregator_connections_rejected_total{listener=\"client\"}",
+    );
+    assert!(rejected >= Some(1.0), "rejections not counted:\n{metrics}");
+}

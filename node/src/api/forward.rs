@@ -49,12 +49,15 @@ pub struct LeaderAddr<'a> {
 pub struct Forwarder {
     client: reqwest::Client,
     id: NodeId,
+    scheme: &'static str,
 }
 
 impl Forwarder {
-    /// A forwarder for node `id` using `client` (pooled, bound like the Raft client).
-    pub fn new(client: reqwest::Client, id: NodeId) -> Self {
-        Self { client, id }
+    /// A forwarder for node `id` using `client` (pooled, bound like the Raft client), reaching
+    /// the leader at its membership address (a peer address: with `--listen-peer` requests
+    /// are forwarded over the peer network) with URL `scheme`.
+    pub fn new(client: reqwest::Client, id: NodeId, scheme: &'static str) -> Self {
+        Self { client, id, scheme }
     }
 
     /// Forwards one request to the leader and relays its answer.
@@ -68,7 +71,7 @@ impl Forwarder {
         timeout: Duration,
     ) -> Result<Response, ApiError> {
         let LeaderAddr { id: leader, addr } = to;
-        let url = format!("http://{addr}{path_and_query}");
+        let url = format!("{}://{addr}{path_and_query}", self.scheme);
         let mut rb = self
             .client
             .request(method, url)

@@ -111,7 +111,7 @@ async fn start_node(dir: &std::path::Path) -> Router {
         ..raft_store::StoreOptions::default()
     };
     let stores = raft_store::open_with(&cfg.data_dir, &options).unwrap();
-    let client = network::build_client(None, Duration::from_millis(500)).unwrap();
+    let client = network::build_client(None, Duration::from_millis(500), None).unwrap();
     let net = HttpNetwork::new(
         cfg.id,
         client.clone(),
@@ -140,14 +140,14 @@ async fn start_node(dir: &std::path::Path) -> Router {
             raft,
             reader,
             batcher,
-            forwarder: Forwarder::new(client, cfg.id),
+            forwarder: Forwarder::new(client, cfg.id, "http"),
             election_hold: Arc::new(ElectionHold::new(Duration::from_millis(
                 2 * cfg.timing.election_max_ms,
             ))),
             metrics,
         },
     ));
-    router(state)
+    router(state, super::Surface::All)
 }
 
 // ---------------------------------------------------------------------------------------------

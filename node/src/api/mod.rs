@@ -35,8 +35,18 @@ use crate::raft::wire::{path, raft_message_limit, SECRET_HEADER};
 use error::ApiError;
 pub use state::{AppState, Handles, Shared};
 
-/// Builds the router with every route and layer.
-pub fn router(state: AppState) -> Router {
+/// Which routes a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Surface {
+    /// Every route: the one listener of a node without `--listen-peer`, and the peer listener
+    /// (Raft RPCs, and the client API for requests followers forward to the leader).
+    All,
+    /// The client listener of a node with `--listen-peer`: everything but `/raft/*`.
+    Client,
+}
+
+/// Builds the router with the routes of `surface` and every layer.
+pub fn router(state: AppState, surface: Surface) -> Router {
     let raft_limit = raft_message_limit(state.limits.max_body_bytes);
     let raft = Router::new()
         .route(path::STREAM, get(raft_rpc::stream))
@@ -77,9 +87,11 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/metrics", get(health::metrics));
-    Router::new()
-        .merge(raft)
-        .merge(publish)
+    let base = match surface {
+        Surface::All => Router::new().merge(raft),
+        Surface::Client => Router::new(),
+    };
+    base.merge(publish)
         .merge(client)
         .merge(admin)
         .merge(open)

@@ -47,6 +47,10 @@ pub struct Inner {
     pub leader_changes: IntCounter,
     /// Memtable flushes made because writes paused.
     pub idle_flushes: IntCounter,
+    /// Open connections by listener (client, peer).
+    pub connections_open: IntGaugeVec,
+    /// Connections closed at accept because the listener was at its limit, by listener.
+    pub connections_rejected: IntCounterVec,
     term: IntGauge,
     applied_index: IntGauge,
     last_log_index: IntGauge,
@@ -169,6 +173,20 @@ impl Metrics {
             "store_idle_flushes_total",
             "Memtable flushes made because writes paused (--idle-flush-secs)",
         )?;
+        let connections_open = IntGaugeVec::new(
+            Opts::new(
+                "connections_open",
+                "Open connections by listener (client, peer)",
+            ),
+            &["listener"],
+        )?;
+        let connections_rejected = IntCounterVec::new(
+            Opts::new(
+                "connections_rejected_total",
+                "Connections closed at accept because the listener had --max-connections open",
+            ),
+            &["listener"],
+        )?;
         let term = IntGauge::new("raft_term", "Current Raft term")?;
         let applied_index = IntGauge::new("raft_applied_index", "Last applied log index")?;
         let last_log_index = IntGauge::new("raft_last_log_index", "Last log index")?;
@@ -261,6 +279,8 @@ impl Metrics {
         registry.register(Box::new(latency.clone()))?;
         registry.register(Box::new(stream_rpc_seconds.clone()))?;
         registry.register(Box::new(idle_flushes.clone()))?;
+        registry.register(Box::new(connections_open.clone()))?;
+        registry.register(Box::new(connections_rejected.clone()))?;
         registry.register(Box::new(publish_events.clone()))?;
         registry.register(Box::new(publish_rejected.clone()))?;
         registry.register(Box::new(entry_events.clone()))?;
@@ -290,6 +310,8 @@ impl Metrics {
             entry_seconds,
             leader_changes,
             idle_flushes,
+            connections_open,
+            connections_rejected,
             term,
             applied_index,
             last_log_index,

@@ -35,25 +35,33 @@ const APPEND_BUDGET_BYTES: usize = 2 * 1024 * 1024;
 const STATUS_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Builds an HTTP client for node-to-node traffic: pooled keep-alive connections, no proxy,
-/// Nagle off (latency matters more than packet count), bound to `local_ip` when given.
+/// Nagle off (latency matters more than packet count), bound to `local_ip` when given, and
+/// speaking mutual TLS when `tls` is given (https:// peer addresses).
 pub fn build_client(
     local_ip: Option<IpAddr>,
     connect_timeout: Duration,
+    tls: Option<rustls::ClientConfig>,
 ) -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .no_proxy()
         .tcp_nodelay(true)
         .connect_timeout(connect_timeout)
-        .pool_idle_timeout(Duration::from_secs(60))
+        // Shorter than the peer listener's idle limit (--header-read-timeout-ms, 30 s by
+        // default), so a pooled connection is mostly dropped here before the server closes it.
+        .pool_idle_timeout(Duration::from_secs(20))
         .pool_max_idle_per_host(64)
-        .local_address(local_ip)
-        .build()
+        .local_address(local_ip);
+    match tls {
+        Some(config) => builder.use_preconfigured_tls(config).build(),
+        None => builder.build(),
+    }
 }
 
 /// The openraft network factory: hands out one [`PeerClient`] per target.
 #[derive(Clone)]
 pub struct HttpNetwork {
     id: NodeId,
+    scheme: &'static str,
     client: reqwest::Client,
     secret: Option<Arc<str>>,
     max_message: usize,
@@ -70,10 +78,18 @@ impl HttpNetwork {
     ) -> Self {
         Self {
             id,
+            scheme: "http",
             client,
             secret: secret.map(Arc::from),
             max_message,
         }
+    }
+
+    /// Peers' addresses are reached with this URL scheme (`https` under mutual TLS; the
+    /// client must then have been built with the TLS configuration).
+    pub fn with_scheme(mut self, scheme: &'static str) -> Self {
+        self.scheme = scheme;
+        self
     }
 
     /// A client for the peer `target` at `addr`.
@@ -81,7 +97,7 @@ impl HttpNetwork {
         PeerClient {
             id: self.id,
             target,
-            base: format!("http://{addr}"),
+            base: format!("{}://{addr}", self.scheme),
             client: self.client.clone(),
             secret: self.secret.clone(),
             max_message: self.max_message,
@@ -478,7 +494,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
 
-        let client = build_client(None, Duration::from_secs(1)).unwrap();
+        let client = build_client(None, Duration::from_secs(1), None).unwrap();
         let net = HttpNetwork::new(1, client, None, 1 << 20);
         let mut peer = net.peer(2, &addr.to_string());
         for term in [3, 4] {
@@ -510,7 +526,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
 
-        let client = build_client(None, Duration::from_secs(1)).unwrap();
+        let client = build_client(None, Duration::from_secs(1), None).unwrap();
         let mut peer = HttpNetwork::new(1, client, None, 1 << 20).peer(2, &addr.to_string());
         let answer = peer
             .vote(
@@ -571,7 +587,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
 
-        let client = build_client(None, Duration::from_secs(1)).unwrap();
+        let client = build_client(None, Duration::from_secs(1), None).unwrap();
         let mut peer = HttpNetwork::new(1, client, None, 1 << 20).peer(2, &addr.to_string());
         let vote = |term| VoteRequest::new(openraft::Vote::new(term, 1), None);
         let first = peer

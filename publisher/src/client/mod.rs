@@ -117,17 +117,31 @@ pub struct ApiClient {
 
 impl ApiClient {
     /// A client over `targets` with a pool sized for `concurrency` requests in flight.
+    /// `ca_cert` is the PEM bundle https:// targets' certificates must chain to.
     pub fn new(
         targets: Vec<String>,
         token: Option<&str>,
+        ca_cert: Option<&std::path::Path>,
         concurrency: usize,
         connect_timeout: Duration,
-    ) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
+    ) -> anyhow::Result<Self> {
+        let mut builder = reqwest::Client::builder()
             .pool_max_idle_per_host(concurrency.max(1))
             .tcp_nodelay(true)
-            .connect_timeout(connect_timeout)
-            .build()?;
+            .connect_timeout(connect_timeout);
+        if let Some(path) = ca_cert {
+            let pem = std::fs::read(path)
+                .map_err(|e| anyhow::anyhow!("--ca-cert {}: {e}", path.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| anyhow::anyhow!("--ca-cert {}: {e}", path.display()))?;
+            if certs.is_empty() {
+                anyhow::bail!("--ca-cert {}: no certificate in the file", path.display());
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build()?;
         Ok(ApiClient {
             http,
             routing: None,
@@ -485,8 +499,14 @@ mod tests {
             l.local_addr().unwrap().port()
         };
         let base = format!("http://127.0.0.1:{port}");
-        let client =
-            ApiClient::new(vec![base.clone()], None, 1, Duration::from_millis(200)).unwrap();
+        let client = ApiClient::new(
+            vec![base.clone()],
+            None,
+            None,
+            1,
+            Duration::from_millis(200),
+        )
+        .unwrap();
         // The transport error itself classifies as retryable.
         let err = client.http.get(&base).send().await.unwrap_err();
         assert!(err.is_connect() && transport_error_retries(&err));
