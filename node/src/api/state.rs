@@ -59,6 +59,8 @@ pub struct Shared {
     pub raft_streams: Arc<tokio::sync::Semaphore>,
     /// Process start, for `uptime_seconds`.
     pub started: Instant,
+    /// The node's data directory (its filesystem's free space is a metric).
+    pub data_dir: std::path::PathBuf,
 }
 
 /// The running parts a node builds before its handlers' state; everything else in [`Shared`]
@@ -109,6 +111,7 @@ impl Shared {
             max_snapshot_bytes: cfg.max_snapshot_bytes,
             raft_streams: Arc::new(tokio::sync::Semaphore::new(cfg.max_raft_streams)),
             started: Instant::now(),
+            data_dir: cfg.data_dir.clone(),
         }
     }
 }

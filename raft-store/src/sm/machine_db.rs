@@ -1,7 +1,7 @@
 //! The node's RocksDB as the state machine's handles share it (its store, the snapshot
 //! builder, the reader, a restore): the database plus what the state machine keeps beside it:
-//! the snapshot folder, the install flag, and the durable-applied watermark that the log's
-//! purges wait on (`coverage.rs`).
+//! the snapshot folder, the install flag, the durable-applied watermark that the log's
+//! purges wait on (`coverage.rs`), and the apply-time histogram.
 
 use std::ops::Deref;
 use std::path::Path;
@@ -16,6 +16,7 @@ use crate::db::Db;
 use crate::error::StoreError;
 use crate::sm::bookkeeping;
 use crate::sm::snapshot::dir::SnapshotDir;
+use crate::timings::DurationHistogram;
 
 /// The database and the state machine's own shared state. Dereferences to [`Db`], through
 /// which the state machine reads and writes RocksDB.
@@ -30,6 +31,8 @@ pub(crate) struct StateMachineDb {
     /// What the state machine on disk is known to cover, watched by purges that must not run
     /// ahead of it (`LogStore::purge`).
     durable: watch::Sender<Durable>,
+    /// How long each apply call took (the state machine records, the reader exports).
+    pub(crate) apply_times: DurationHistogram,
 }
 
 impl Deref for StateMachineDb {
@@ -49,6 +52,7 @@ impl StateMachineDb {
             snapshots: SnapshotDir::open(dir)?,
             installing: AtomicBool::new(false),
             durable: watch::channel(Durable::default()).0,
+            apply_times: DurationHistogram::default(),
         })
     }
 
