@@ -1,8 +1,8 @@
 //! The JSON vocabulary of the aggregator's client API (docs/api.md): every request and answer
 //! body a client sends or reads, with one name each. The server (`node`) renders its answers
 //! with these types, or, where it writes the bytes by hand for speed, has a test that parses
-//! them into these types; the publisher reads them with the same types. Server-only shapes
-//! (`/raft/*`, `/cluster`, `/health`, `/ready`) are not here.
+//! them into these types; the publisher and `aggregator admin` read them with the same types.
+//! Server-only shapes (`/raft/*`, `/health`, `/ready`) are not here.
 //!
 //! Parsing is lenient: every answer type defaults its missing fields (`#[serde(default)]`) and
 //! ignores unknown ones, so a field the server adds or leaves out never breaks a client.
@@ -10,6 +10,7 @@
 //!
 //! Depends on serde alone: a client that links it links no server code.
 
+mod cluster;
 mod error;
 mod event;
 mod publish;
@@ -17,6 +18,9 @@ mod read;
 mod subscribe;
 mod retention;
 
+pub use cluster::{
+    ClusterMember, ClusterResponse, LearnerRequest, MembershipRequest, SnapshotResponse,
+};
 pub use error::{ErrorBody, FieldError};
 pub use event::{EventKey, LamportStamp, NodeId};
 pub use publish::{EventResult, EventStatus, PublishEvent, PublishResponse};

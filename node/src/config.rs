@@ -1,5 +1,6 @@
 //! Command line and environment: the `aggregator` flags (each also an `AGG_*` env var),
-//! the `healthcheck` and `restore` subcommands, and parsing of the `--peers` member list.
+//! the subcommands (`healthcheck`, `restore`, `admin` whose flags are `admin/`'s,
+//! `completions`, `man`), and parsing of the `--peers` member list.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -38,6 +39,15 @@ pub enum Command {
     Healthcheck(HealthcheckArgs),
     /// Write a new node's data directory from a backup (`GET /backup`), with no node running.
     Restore(RestoreArgs),
+    /// Operate a running cluster: status, members, add-learner, promote, remove, snapshot, backup.
+    Admin(crate::admin::AdminArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout, e.g. `aggregator man > aggregator.1`.
+    Man,
 }
 
 /// Flags of `aggregator restore`.

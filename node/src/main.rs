@@ -1,9 +1,11 @@
 //! `aggregator`: one member of a Raft-replicated event log cluster. Parses the command line,
 //! sets up logging, opens the store, starts Raft, the batcher (group commit) and the HTTP server,
 //! and on SIGTERM/SIGINT stops accepting, finishes in-flight requests, shuts Raft down and
-//! exits 0. Also provides `aggregator healthcheck --url` for images without curl, and
-//! `aggregator restore` to write a data directory from a backup.
+//! exits 0. Also provides `aggregator healthcheck --url` for images without curl,
+//! `aggregator restore` to write a data directory from a backup, `aggregator admin` to operate
+//! a running cluster, and `aggregator completions` / `aggregator man` generated from the flags.
 
+mod admin;
 mod api;
 mod batcher;
 mod config;
@@ -44,6 +46,13 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Healthcheck(args)) => return healthcheck(&args),
         Some(Command::Restore(args)) => return restore::run(args),
+        Some(Command::Admin(args)) => return admin::run(args),
+        Some(Command::Completions { shell }) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "aggregator", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Man) => return man_page(),
         None => {}
     }
     let (format, level) = (cli.run.log_format, cli.run.log_level.clone());
@@ -76,6 +85,18 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "aggregator stopped on an error");
             eprintln!("aggregator: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `aggregator man`: the man page of the command and its flags, in roff, on stdout.
+fn man_page() -> ExitCode {
+    let man = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
+    match man.render(&mut std::io::stdout()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("man: {e}");
             ExitCode::FAILURE
         }
     }
@@ -155,7 +176,7 @@ async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     )
     .with_scheme(cfg.peer_scheme());
     let (raft, reader) = raft::start(&cfg, stores, net.clone()).await?;
-    let metrics = Metrics::new().context("registering metrics")?;
+    let metrics = Metrics::new(&reader).context("registering metrics")?;
     let batcher = Batcher::spawn(
         raft.clone(),
         cfg.queue_capacity,

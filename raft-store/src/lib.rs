@@ -8,7 +8,7 @@
 //! This file only names the modules and what the crate exports; nothing in the crate imports
 //! it. The rooms: `log/` (the Raft log), `sm/` (the state machine), the top that uses both
 //! (`open.rs`, `reader.rs`, `backup.rs`), and the bottom both use (`coverage.rs`, `db.rs`,
-//! `codec.rs`, `keys.rs`, `types.rs`, `error.rs`, `failpoints.rs`); docs/architecture.md,
+//! `codec.rs`, `keys.rs`, `types.rs`, `error.rs`, `failpoints.rs`, `timings.rs`); docs/architecture.md,
 //! "Modules of raft-store", has the table.
 
 mod backup;
@@ -25,6 +25,7 @@ mod reader;
 mod sm;
 #[cfg(test)]
 mod test_entries;
+mod timings;
 pub mod types;
 
 pub use backup::restore::{restore, RestoreOptions, Restored};
@@ -35,6 +36,7 @@ pub use log::{LogCacheReads, LogStore};
 pub use open::{open, open_with, StoreOptions, Stores, DEFAULT_PRODUCER_CACHE};
 pub use reader::StoreReader;
 pub use sm::{SnapshotBuilder, SnapshotFile, SnapshotStats, StateMachineStore};
+pub use timings::{DurationHistogram, HistogramSnapshot, BUCKET_BOUNDS_MICROS};
 pub use types::*;
 
 #[cfg(test)]

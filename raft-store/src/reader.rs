@@ -27,6 +27,7 @@ use crate::sm::index_runs;
 use crate::sm::machine_db::StateMachineDb;
 use crate::sm::retention;
 use crate::sm::snapshot::dir::SnapshotStats;
+use crate::timings::DurationHistogram;
 use crate::types::{
     AppliedPosition, Digest, Event, EventKey, EventPage, LamportStamp, NodeId, RetentionView,
     ScanPage, StoreStats, StoredEvent, TrimCounters,
@@ -82,6 +83,18 @@ impl StoreReader {
     /// How the Raft log's reads (replication, apply) were served: memory or segment files.
     pub fn log_cache_reads(&self) -> &LogCacheReads {
         self.log.cache_reads()
+    }
+
+    /// How long the Raft log's syncs took (one per batch of appends), since the store was
+    /// opened: every acknowledged write waited for one.
+    pub fn log_sync_times(&self) -> &DurationHistogram {
+        self.log.sync_times()
+    }
+
+    /// How long the state machine's apply calls took (each applies one or more entries),
+    /// since the store was opened.
+    pub fn apply_times(&self) -> &DurationHistogram {
+        &self.db.apply_times
     }
 
     /// Snapshot builds since the store was opened, and the current snapshot's size.

@@ -18,6 +18,7 @@ pub mod observe;
 pub mod pki;
 pub mod ports;
 pub mod process;
+pub mod prom;
 pub mod proxy;
 pub mod publisher;
 pub mod raw_http;

@@ -91,7 +91,9 @@ impl TestPki {
 
 impl std::fmt::Debug for TestPki {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestPki").field("dir", &self.dir.path()).finish()
+        f.debug_struct("TestPki")
+            .field("dir", &self.dir.path())
+            .finish()
     }
 }
 

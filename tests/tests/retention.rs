@@ -172,7 +172,7 @@ async fn trims_are_the_same_on_every_replica_across_kills_of_node_1_and_the_lead
         assert_eq!(s["topic_counts"][&other], 30, "node {id}: {s}");
         let page = cluster.metrics_page(id).await;
         assert_eq!(
-            tests::metric_value(&page, "aggregator_store_events{counter=\"trimmed\"}"),
+            tests::metric_value(&page, "aggregator_store_trimmed_total"),
             Some(350.0),
             "node {id}"
         );

@@ -6,6 +6,9 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use api_types::{
+    ClusterMember, ClusterResponse, LearnerRequest, MembershipRequest, SnapshotResponse,
+};
 use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
@@ -15,7 +18,6 @@ use axum::Json;
 use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
 use openraft::BasicNode;
 use raft_store::NodeId;
-use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
 use super::forward::{is_forwarded, LeaderAddr};
@@ -25,27 +27,7 @@ use crate::raft::leadership::{await_leadership, leadership, Leadership};
 /// How long a membership change may take before the request gives up waiting.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
 
-#[derive(Serialize)]
-struct Member {
-    id: NodeId,
-    addr: String,
-    voter: bool,
-    matched_index: Option<u64>,
-}
-
-#[derive(Serialize)]
-struct ClusterBody {
-    node_id: NodeId,
-    leader_id: Option<NodeId>,
-    term: u64,
-    voters: Vec<NodeId>,
-    learners: Vec<NodeId>,
-    joint: bool,
-    members: Vec<Member>,
-    membership_log_index: Option<u64>,
-}
-
-fn cluster_body(st: &AppState) -> ClusterBody {
+fn cluster_body(st: &AppState) -> ClusterResponse {
     let m = st.raft.metrics();
     let m = m.borrow();
     let membership = m.membership_config.membership();
@@ -59,14 +41,14 @@ fn cluster_body(st: &AppState) -> ClusterBody {
     };
     let members = membership
         .nodes()
-        .map(|(id, node)| Member {
+        .map(|(id, node)| ClusterMember {
             id: *id,
             addr: node.addr.clone(),
             voter: voters.contains(id),
             matched_index: matched(*id),
         })
         .collect();
-    ClusterBody {
+    ClusterResponse {
         node_id: st.id,
         leader_id: m.current_leader,
         term: m.current_term,
@@ -138,18 +120,11 @@ pub async fn cluster(State(st): State<AppState>, headers: HeaderMap) -> Result<R
     Ok(Json(cluster_body(&st)).into_response())
 }
 
-/// Body of `POST /cluster/learners`.
-#[derive(Debug, Deserialize, Serialize)]
-pub struct LearnerReq {
-    id: NodeId,
-    addr: String,
-}
-
 /// `POST /cluster/learners {"id", "addr"}`
 pub async fn add_learner(
     State(st): State<AppState>,
     headers: HeaderMap,
-    req: Result<Json<LearnerReq>, JsonRejection>,
+    req: Result<Json<LearnerRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(req) = req?;
     crate::config::check_host_port(&req.addr)
@@ -192,17 +167,11 @@ fn clashing_member(st: &AppState, id: NodeId, addr: &str) -> Option<String> {
     clash
 }
 
-/// Body of `POST /cluster/membership`.
-#[derive(Debug, Deserialize, Serialize)]
-pub struct MembershipReq {
-    voters: Vec<NodeId>,
-}
-
 /// `POST /cluster/membership {"voters": [...]}`: members left out are removed.
 pub async fn change_membership(
     State(st): State<AppState>,
     headers: HeaderMap,
-    req: Result<Json<MembershipReq>, JsonRejection>,
+    req: Result<Json<MembershipRequest>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(req) = req?;
     let voters: BTreeSet<NodeId> = req.voters.iter().copied().collect();
@@ -272,17 +241,6 @@ async fn finish(st: &AppState, res: ChangeResult) -> Result<Response, ApiError> 
 /// How long `POST /cluster/snapshot` waits for the build it asked for.
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
 
-#[derive(Serialize)]
-struct SnapshotBody {
-    node_id: NodeId,
-    /// Last log index the current snapshot covers.
-    snapshot_index: Option<u64>,
-    /// Size of the current snapshot's data file.
-    bytes: u64,
-    /// Snapshots this node built since it started.
-    builds: u64,
-}
-
 /// `POST /cluster/snapshot`: this node (never forwarded) builds a snapshot now and answers
 /// once the build is done, with the current snapshot. Before maintenance, a fresh snapshot
 /// makes a node that has to be rebuilt afterwards start from less log; benchmarks use it to
@@ -311,7 +269,7 @@ pub async fn build_snapshot(State(st): State<AppState>) -> Result<Response, ApiE
     // openraft records the built snapshot just after the store finished it.
     tokio::time::sleep(Duration::from_millis(100)).await;
     let snapshot_index = st.raft.metrics().borrow().snapshot.map(|id| id.index);
-    Ok(Json(SnapshotBody {
+    Ok(Json(SnapshotResponse {
         node_id: st.id,
         snapshot_index,
         bytes: stats.bytes,

@@ -126,7 +126,7 @@ async fn start_node(dir: &std::path::Path) -> Router {
         .current_leader(1, "one-node cluster leads")
         .await
         .unwrap();
-    let metrics = Metrics::new().unwrap();
+    let metrics = Metrics::new(&reader).unwrap();
     let batcher = Batcher::spawn(
         raft.clone(),
         cfg.queue_capacity,

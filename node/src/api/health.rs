@@ -70,20 +70,18 @@ pub async fn ready(State(st): State<AppState>) -> Response {
 
 /// `GET /metrics` (Prometheus text format).
 pub async fn metrics(State(st): State<AppState>) -> Response {
-    let reader = st.reader.clone();
-    // The counters record only: a scrape costs the same however many topics and producers
-    // the store tracks (reading `stats()` walked every one of them).
-    let store = tokio::task::spawn_blocking(move || {
-        Ok::<_, raft_store::StoreError>((reader.counters()?, reader.trimmed()?))
-    })
-    .await
-    .ok()
-    .and_then(Result::ok);
-    let text = st.metrics.render(
-        &st.raft,
-        st.batcher.queued_events(),
-        store.as_ref(),
-        &st.reader,
-    );
+    let (reader, dir) = (st.reader.clone(), st.data_dir.clone());
+    // Off the runtime: a RocksDB read (the counters record alone, so a scrape costs the same
+    // however many topics and producers the store tracks) and a statvfs.
+    let sampled = tokio::task::spawn_blocking(move || crate::metrics::sample(&reader, &dir))
+        .await
+        .unwrap_or_default();
+    let text = st.metrics.render(&crate::metrics::Scrape {
+        raft: &st.raft,
+        quorum_silence_ms: st.quorum_silence_ms(),
+        queued: st.batcher.queued_events(),
+        reader: &st.reader,
+        sampled: &sampled,
+    });
     ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], text).into_response()
 }

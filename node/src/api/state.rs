@@ -62,6 +62,8 @@ pub struct Shared {
     pub subscriptions: Subscriptions,
     /// Process start, for `uptime_seconds`.
     pub started: Instant,
+    /// The node's data directory (its filesystem's free space is a metric).
+    pub data_dir: std::path::PathBuf,
 }
 
 /// The running parts a node builds before its handlers' state; everything else in [`Shared`]
@@ -113,6 +115,7 @@ impl Shared {
             raft_streams: Arc::new(tokio::sync::Semaphore::new(cfg.max_raft_streams)),
             subscriptions: Subscriptions::new(cfg.subscribe),
             started: Instant::now(),
+            data_dir: cfg.data_dir.clone(),
         }
     }
 }

@@ -10,6 +10,7 @@ use openraft::storage::LogFlushed;
 
 use crate::error::StoreError;
 use crate::log::segments::SegmentLog;
+use crate::timings::DurationHistogram;
 use crate::types::TypeConfig;
 
 /// A log sync slower than this is logged: it delays every acknowledgement waiting on it.
@@ -33,7 +34,11 @@ pub(crate) struct Flusher {
 }
 
 impl Flusher {
-    pub(crate) fn start(log: Arc<SegmentLog>) -> Result<Flusher, StoreError> {
+    /// Starts the thread; every sync it makes is recorded in `sync_times`.
+    pub(crate) fn start(
+        log: Arc<SegmentLog>,
+        sync_times: Arc<DurationHistogram>,
+    ) -> Result<Flusher, StoreError> {
         let (tx, rx) = mpsc::channel::<LogFlushed<TypeConfig>>();
         let synced = log.clone();
         let thread = std::thread::Builder::new()
@@ -47,6 +52,7 @@ impl Flusher {
                     let started = std::time::Instant::now();
                     let result = synced.sync_timed();
                     let took = started.elapsed();
+                    sync_times.record(took);
                     if took >= SLOW_SYNC {
                         // The parts tell a slow disk (data, dir) from a blocked append (lock).
                         let times = result.as_ref().ok();

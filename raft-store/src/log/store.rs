@@ -34,6 +34,7 @@ use crate::keys;
 use crate::log::cache::{self, LogCache, LogCacheReads};
 use crate::log::flusher::Flusher;
 use crate::log::segments::SegmentLog;
+use crate::timings::DurationHistogram;
 use crate::types::{NodeId, TypeConfig};
 
 type Entry = openraft::Entry<TypeConfig>;
@@ -65,6 +66,8 @@ pub struct LogStore {
     reads: Arc<LogCacheReads>,
     /// Bytes of log entries appended since the store was opened.
     bytes_appended: Arc<AtomicU64>,
+    /// How long each of the flusher's syncs took.
+    sync_times: Arc<DurationHistogram>,
     /// A purge that waits, in the background, for the snapshot install covering it (see
     /// [`LogStore::purge`]); every later operation on the log settles it first.
     deferred: Arc<std::sync::Mutex<Option<DeferredPurge>>>,
@@ -108,7 +111,8 @@ impl LogStore {
             );
         }
         let log = Arc::new(log);
-        let flusher = Arc::new(Flusher::start(log.clone())?);
+        let sync_times = Arc::new(DurationHistogram::default());
+        let flusher = Arc::new(Flusher::start(log.clone(), sync_times.clone())?);
         let cache = Arc::new(LogCache::new(cache::DEFAULT_BUDGET_BYTES));
         Ok(LogStore {
             db,
@@ -118,6 +122,7 @@ impl LogStore {
             cache,
             reads: Arc::default(),
             bytes_appended: Arc::default(),
+            sync_times,
             deferred: Arc::default(),
         })
     }
@@ -128,6 +133,7 @@ impl LogStore {
             segments: self.log.clone(),
             reads: self.reads.clone(),
             bytes_appended: self.bytes_appended.clone(),
+            sync_times: self.sync_times.clone(),
         }
     }
 
@@ -145,6 +151,7 @@ pub(crate) struct LogView {
     segments: Arc<SegmentLog>,
     reads: Arc<LogCacheReads>,
     bytes_appended: Arc<AtomicU64>,
+    sync_times: Arc<DurationHistogram>,
 }
 
 impl LogView {
@@ -166,6 +173,11 @@ impl LogView {
     /// Bytes of log entries appended since the store was opened (a monotonic counter).
     pub(crate) fn bytes_appended(&self) -> u64 {
         self.bytes_appended.load(Ordering::Relaxed)
+    }
+
+    /// How long the flusher's syncs took, since the store was opened.
+    pub(crate) fn sync_times(&self) -> &DurationHistogram {
+        &self.sync_times
     }
 }
 

@@ -1,7 +1,8 @@
 //! The node's RocksDB as the state machine's handles share it (its store, the snapshot
 //! builder, the reader, a restore): the database plus what the state machine keeps beside it:
 //! the snapshot folder, the install flag, the durable-applied watermark that the log's
-//! purges wait on (`coverage.rs`), and the applied position that live readers wait on.
+//! purges wait on (`coverage.rs`), the applied position that live readers wait on, and the
+//! apply-time histogram.
 
 use std::ops::Deref;
 use std::path::Path;
@@ -17,6 +18,7 @@ use crate::error::StoreError;
 use crate::sm::bookkeeping;
 use crate::sm::snapshot::dir::SnapshotDir;
 use crate::types::AppliedPosition;
+use crate::timings::DurationHistogram;
 
 /// The database and the state machine's own shared state. Dereferences to [`Db`], through
 /// which the state machine reads and writes RocksDB.
@@ -34,6 +36,8 @@ pub(crate) struct StateMachineDb {
     /// What the state machine has applied and readers can see: raised after each apply's
     /// write and each install, watched by live subscriptions instead of polling the store.
     applied: watch::Sender<AppliedPosition>,
+    /// How long each apply call took (the state machine records, the reader exports).
+    pub(crate) apply_times: DurationHistogram,
 }
 
 impl Deref for StateMachineDb {
@@ -54,6 +58,7 @@ impl StateMachineDb {
             installing: AtomicBool::new(false),
             durable: watch::channel(Durable::default()).0,
             applied: watch::channel(AppliedPosition::default()).0,
+            apply_times: DurationHistogram::default(),
         })
     }
 

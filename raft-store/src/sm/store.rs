@@ -150,6 +150,7 @@ impl StateMachineStore {
             }
         };
         let events: usize = entries.iter().map(|e| entry_events(e).len()).sum();
+        let started = std::time::Instant::now();
         let joined = if events <= INLINE_APPLY_EVENTS {
             // A few events are tens of microseconds of work: less than handing them to
             // another thread and waking this task again, which is on every small write's
@@ -180,6 +181,8 @@ impl StateMachineStore {
             Ok((state, Ok(replies))) => {
                 // Written: readers see it now, so the live ones may be woken.
                 self.db.note_applied(state.position());
+                // Successful calls only: a failed apply stops Raft, its time means nothing.
+                self.db.apply_times.record(started.elapsed());
                 self.state = Some(state);
                 Ok(replies)
             }

@@ -1,6 +1,12 @@
 //! Prometheus metrics: one registry per node with HTTP request counts and latencies per
-//! route, publish outcomes, group-commit entry sizes, and Raft gauges (term, indexes,
-//! leader changes, per-follower replication lag on the leader) refreshed at scrape time.
+//! route, publish outcomes, group-commit entry sizes, Raft gauges (term, indexes, whether a
+//! leader is known, leader changes, per-follower replication lag on the leader) and the
+//! store's counters, refreshed at scrape time; the store's sync and apply histograms
+//! ([`store_timings`]); build, process and disk metrics ([`host`]). docs/operations.md lists
+//! every metric; deploy/ alerts on them.
+
+pub mod host;
+pub mod store_timings;
 
 use std::sync::Arc;
 
@@ -10,7 +16,9 @@ use prometheus::{
 };
 use raft_store::{Counters, NodeId, StoreReader, TrimCounters};
 
+use crate::raft::leadership::{leadership, Leadership};
 use crate::raft::Raft;
+use host::DiskSpace;
 
 /// All metrics of the node; cheap to clone.
 #[derive(Clone)]
@@ -19,6 +27,8 @@ pub struct Metrics(Arc<Inner>);
 /// The metric handles.
 pub struct Inner {
     registry: Registry,
+    /// Unprefixed: the process collector's standard names.
+    process: Registry,
     /// Requests by route and status code.
     pub requests: IntCounterVec,
     /// Request latency by route.
@@ -51,9 +61,14 @@ pub struct Inner {
     applied_index: IntGauge,
     last_log_index: IntGauge,
     is_leader: IntGauge,
+    has_leader: IntGauge,
     replication_lag: IntGaugeVec,
     queued_events: IntGauge,
-    store_counters: IntGaugeVec,
+    store_received: IntCounter,
+    store_unique: IntCounter,
+    store_duplicates: IntCounter,
+    disk_available: IntGauge,
+    disk_capacity: IntGauge,
     log_cache_reads: IntCounterVec,
     log_bytes: IntCounter,
     log_disk_bytes: IntGauge,
@@ -63,7 +78,8 @@ pub struct Inner {
     snapshot_bytes: IntGauge,
     dedup_index_entries: IntGauge,
     dedup_index_bytes: IntGauge,
-    trimmed_bytes: IntGauge,
+    store_trimmed: IntCounter,
+    trimmed_bytes: IntCounter,
     /// Trim entries this node proposed and saw applied (as leader).
     pub trim_entries: IntCounter,
 }
@@ -83,10 +99,49 @@ fn seconds_by(name: &str, help: &str, label: &str) -> prometheus::Result<Histogr
     )
 }
 
+/// What a scrape reads from disk, off the async runtime ([`sample`]).
+#[derive(Clone, Debug, Default)]
+pub struct Sampled {
+    /// The state machine's counters (`None`: unreadable now, e.g. during an install).
+    pub counters: Option<Counters>,
+    /// What retention trims deleted (`None`: unreadable now).
+    pub trimmed: Option<TrimCounters>,
+    /// The data directory's filesystem space (`None`: `statvfs` failed).
+    pub disk: Option<DiskSpace>,
+}
+
+/// Reads what a scrape needs from disk: the store's counters record (one read, however many
+/// topics and producers the store tracks) and the data directory's filesystem space.
+/// Blocking.
+pub fn sample(reader: &StoreReader, data_dir: &std::path::Path) -> Sampled {
+    Sampled {
+        counters: reader.counters().ok(),
+        trimmed: reader.trimmed().ok(),
+        disk: host::disk_space(data_dir),
+    }
+}
+
+/// What [`Metrics::render`] reads from the running node at scrape time.
+pub struct Scrape<'a> {
+    /// The Raft handle.
+    pub raft: &'a Raft,
+    /// A leader not heard from a quorum for this long does not count as a leader.
+    pub quorum_silence_ms: u64,
+    /// Events accepted by this node and not yet answered.
+    pub queued: usize,
+    /// The store's handle (log and snapshot counters).
+    pub reader: &'a StoreReader,
+    /// What was read from disk for this scrape.
+    pub sampled: &'a Sampled,
+}
+
 impl Metrics {
-    /// Creates and registers every metric.
-    pub fn new() -> prometheus::Result<Self> {
+    /// Creates and registers every metric; the store's histograms are read from `reader`.
+    pub fn new(reader: &StoreReader) -> prometheus::Result<Self> {
         let registry = Registry::new_custom(Some("aggregator".into()), None)?;
+        let process = host::process_registry()?;
+        registry.register(Box::new(store_timings::StoreTimings::new(reader.clone())?))?;
+        registry.register(Box::new(host::build_info()?))?;
         let requests = IntCounterVec::new(
             Opts::new("http_requests_total", "HTTP requests by route and status"),
             &["route", "status"],
@@ -149,6 +204,11 @@ impl Metrics {
         let applied_index = IntGauge::new("raft_applied_index", "Last applied log index")?;
         let last_log_index = IntGauge::new("raft_last_log_index", "Last log index")?;
         let is_leader = IntGauge::new("raft_is_leader", "1 when this node is the leader")?;
+        let has_leader = IntGauge::new(
+            "raft_has_leader",
+            "1 when this node knows a leader that has heard from a quorum lately (what /ready \
+             requires), 0 otherwise",
+        )?;
         let replication_lag = IntGaugeVec::new(
             Opts::new(
                 "raft_replication_lag_entries",
@@ -160,12 +220,27 @@ impl Metrics {
             "publish_queued_events",
             "Events accepted by this node and not yet answered",
         )?;
-        let store_counters = IntGaugeVec::new(
-            Opts::new(
-                "store_events",
-                "State machine counters (received, unique_processed, duplicate_dropped; trimmed: events deleted by retention, out of unique_processed)",
-            ),
-            &["counter"],
+        // The state machine's counters, as /stats shows them: replicated, so equal on every
+        // node that applied the same entries.
+        let store_received = IntCounter::new(
+            "store_received_total",
+            "Events the state machine applied, duplicates included (/stats received)",
+        )?;
+        let store_unique = IntCounter::new(
+            "store_unique_processed_total",
+            "Events the state machine stored (/stats unique_processed)",
+        )?;
+        let store_duplicates = IntCounter::new(
+            "store_duplicate_dropped_total",
+            "Events the state machine dropped as duplicates of stored ones (/stats duplicate_dropped)",
+        )?;
+        let disk_available = IntGauge::new(
+            "data_dir_available_bytes",
+            "Bytes still writable on the data directory's filesystem (root's reserve excluded)",
+        )?;
+        let disk_capacity = IntGauge::new(
+            "data_dir_capacity_bytes",
+            "Size of the data directory's filesystem",
         )?;
         let log_cache_reads = IntCounterVec::new(
             Opts::new(
@@ -220,14 +295,19 @@ impl Metrics {
         registry.register(Box::new(subscriptions_open.clone()))?;
         registry.register(Box::new(subscription_events.clone()))?;
         registry.register(Box::new(subscriptions_ended.clone()))?;
-        let trimmed_bytes = IntGauge::new(
-            "store_trimmed_bytes",
-            "Bytes of events deleted by retention trims (as stored), over the store's life",
+        let store_trimmed = IntCounter::new(
+            "store_trimmed_total",
+            "Events deleted by retention trims, out of unique_processed (/stats trimmed_events)",
+        )?;
+        let trimmed_bytes = IntCounter::new(
+            "store_trimmed_bytes_total",
+            "Bytes of events deleted by retention trims, as stored (/stats trimmed_bytes)",
         )?;
         let trim_entries = IntCounter::new(
             "retention_trim_entries_total",
             "Trim entries this node proposed as leader and saw applied",
         )?;
+        registry.register(Box::new(store_trimmed.clone()))?;
         registry.register(Box::new(trimmed_bytes.clone()))?;
         registry.register(Box::new(trim_entries.clone()))?;
         registry.register(Box::new(dedup_index_entries.clone()))?;
@@ -256,9 +336,15 @@ impl Metrics {
         registry.register(Box::new(is_leader.clone()))?;
         registry.register(Box::new(replication_lag.clone()))?;
         registry.register(Box::new(queued_events.clone()))?;
-        registry.register(Box::new(store_counters.clone()))?;
+        registry.register(Box::new(has_leader.clone()))?;
+        registry.register(Box::new(store_received.clone()))?;
+        registry.register(Box::new(store_unique.clone()))?;
+        registry.register(Box::new(store_duplicates.clone()))?;
+        registry.register(Box::new(disk_available.clone()))?;
+        registry.register(Box::new(disk_capacity.clone()))?;
         Ok(Self(Arc::new(Inner {
             registry,
+            process,
             requests,
             latency,
             stream_rpc_seconds,
@@ -277,9 +363,14 @@ impl Metrics {
             applied_index,
             last_log_index,
             is_leader,
+            has_leader,
             replication_lag,
             queued_events,
-            store_counters,
+            store_received,
+            store_unique,
+            store_duplicates,
+            disk_available,
+            disk_capacity,
             log_cache_reads,
             log_bytes,
             log_disk_bytes,
@@ -289,19 +380,22 @@ impl Metrics {
             snapshot_bytes,
             dedup_index_entries,
             dedup_index_bytes,
+            store_trimmed,
             trimmed_bytes,
             trim_entries,
         })))
     }
 
-    /// Refreshes the sampled gauges and renders the text exposition format.
-    pub fn render(
-        &self,
-        raft: &Raft,
-        queued: usize,
-        store: Option<&(Counters, TrimCounters)>,
-        reader: &StoreReader,
-    ) -> Vec<u8> {
+    /// Refreshes the sampled gauges and renders the text exposition format (this registry's
+    /// metrics, then the process metrics).
+    pub fn render(&self, scrape: &Scrape<'_>) -> Vec<u8> {
+        let Scrape {
+            raft,
+            quorum_silence_ms,
+            queued,
+            reader,
+            sampled,
+        } = *scrape;
         // Only this function moves these counters, so catching up to the store's totals
         // keeps them monotonic.
         let log_reads = reader.log_cache_reads();
@@ -342,6 +436,10 @@ impl Metrics {
             self.is_leader.set(i64::from(
                 m.current_leader == Some(m.id) && m.replication.is_some(),
             ));
+            self.has_leader.set(i64::from(!matches!(
+                leadership(&m, quorum_silence_ms),
+                Leadership::Unknown
+            )));
             self.replication_lag.reset();
             if let Some(repl) = &m.replication {
                 for (id, matched) in repl {
@@ -356,28 +454,37 @@ impl Metrics {
             }
         }
         self.queued_events.set(queued as i64);
-        if let Some((c, trimmed)) = store {
-            self.store_counters
-                .with_label_values(&["trimmed"])
-                .set(i64::try_from(trimmed.events).unwrap_or(i64::MAX));
-            self.trimmed_bytes
-                .set(i64::try_from(trimmed.bytes).unwrap_or(i64::MAX));
-            self.store_counters
-                .with_label_values(&["received"])
-                .set(c.received as i64);
-            self.store_counters
-                .with_label_values(&["unique_processed"])
-                .set(c.unique_processed as i64);
-            self.store_counters
-                .with_label_values(&["duplicate_dropped"])
-                .set(c.duplicate_dropped as i64);
+        if let Some(c) = &sampled.counters {
+            catch_up(&self.store_received, c.received);
+            catch_up(&self.store_unique, c.unique_processed);
+            catch_up(&self.store_duplicates, c.duplicate_dropped);
         }
-        let mut out = Vec::with_capacity(8192);
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+        if let Some(t) = &sampled.trimmed {
+            catch_up(&self.store_trimmed, t.events);
+            catch_up(&self.trimmed_bytes, t.bytes);
+        }
+        if let Some(disk) = sampled.disk {
+            self.disk_available
+                .set(i64::try_from(disk.available).unwrap_or(i64::MAX));
+            self.disk_capacity
+                .set(i64::try_from(disk.capacity).unwrap_or(i64::MAX));
+        }
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
+        let mut out = Vec::with_capacity(16384);
+        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
             tracing::warn!(error = %e, "encoding metrics");
         }
         out
     }
+}
+
+/// Raises `counter` to `total`, a monotonic total kept elsewhere (the store). Only the scrape
+/// moves these counters, so they equal the store's totals after every scrape; a total that went
+/// down (it cannot in one process: a snapshot install only moves a node forward) is ignored
+/// rather than letting a counter decrease.
+fn catch_up(counter: &IntCounter, total: u64) {
+    counter.inc_by(total.saturating_sub(counter.get()));
 }
 
 /// Counts leader changes and logs them, for as long as Raft runs.
@@ -436,7 +543,9 @@ mod tests {
 
     #[test]
     fn registry_builds_and_counts() {
-        let m = Metrics::new().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let stores = raft_store::open(dir.path()).unwrap();
+        let m = Metrics::new(&stores.reader).unwrap();
         m.requests.with_label_values(&["/publish", "200"]).inc();
         m.publish_events.with_label_values(&["stored"]).inc_by(3);
         let text = {
@@ -450,5 +559,15 @@ mod tests {
             text.contains("aggregator_http_requests_total{route=\"/publish\",status=\"200\"} 1")
         );
         assert!(text.contains("aggregator_publish_events_total{status=\"stored\"} 3"));
+        // The store's histograms (empty) and build_info are part of the registry.
+        assert!(
+            text.contains("aggregator_raft_log_sync_seconds_count 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("aggregator_raft_apply_seconds_count 0"),
+            "{text}"
+        );
+        assert!(text.contains("aggregator_build_info{"), "{text}");
     }
 }
