@@ -12,11 +12,13 @@
 
 mod error;
 mod event;
+mod overview;
 mod publish;
 mod read;
 
 pub use error::{ErrorBody, FieldError};
 pub use event::{EventKey, LamportStamp, NodeId};
+pub use overview::{ClusterOverview, ElectionRecord, MemberOverview};
 pub use publish::{EventResult, EventStatus, PublishEvent, PublishResponse};
 pub use read::{
     ConsistencyLevel, ConsistencyMarker, DigestResponse, EventsPage, ProducerStats, RaftStats,

@@ -13,11 +13,13 @@ pub mod forward;
 mod fuzz_tests;
 pub mod health;
 pub mod limits;
+pub mod overview;
 pub mod publish;
 pub mod raft_rpc;
 pub mod read;
 pub mod snapshot_intake;
 pub mod state;
+pub mod ui;
 pub mod validate;
 
 use std::time::Instant;
@@ -75,6 +77,7 @@ pub fn router(state: AppState, surface: Surface) -> Router {
         .route("/stats", get(read::stats))
         .route("/digest", get(read::digest))
         .route("/cluster", get(admin::cluster))
+        .route("/cluster/overview", get(overview::overview))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_read))
         .route_layer(middleware::from_fn_with_state(client_limits, limits::admit));
     let admin = Router::new()
@@ -86,7 +89,9 @@ pub fn router(state: AppState, surface: Surface) -> Router {
     let open = Router::new()
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
-        .route("/metrics", get(health::metrics));
+        .route("/metrics", get(health::metrics))
+        .route("/ui", get(ui::page))
+        .route("/ui/app.js", get(ui::script));
     let base = match surface {
         Surface::All => Router::new().merge(raft),
         Surface::Client => Router::new(),

@@ -84,7 +84,7 @@ pub async fn events(
     .await?;
     // The marker describes the very view the page was read from.
     let applied = page.as_of.map_or(0, |l| l.index);
-    let p = provenance(&st, linearizable, applied).await;
+    let p = provenance(st, linearizable, applied).await;
     Ok(with_provenance(render_events(&page, &p), &p))
 }
 
@@ -181,6 +181,17 @@ pub async fn stats(
         Plan::Forward { id, addr } => return forward_read(&st, id, &addr, &uri, &headers).await,
         Plan::Local { linearizable } => linearizable,
     };
+    let (body, p) = local_stats(&st, linearizable).await?;
+    let bytes = serde_json::to_vec(&body).map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(with_provenance(bytes, &p))
+}
+
+/// This node's own `/stats` answer and its provenance (`linearizable` when the read point was
+/// confirmed by the caller).
+pub(crate) async fn local_stats(
+    st: &AppState,
+    linearizable: bool,
+) -> Result<(StatsResponse, super::consistency::Provenance), ApiError> {
     let s = blocking(&st.reader, |r| r.stats()).await?;
     let applied = s.last_applied.map_or(0, |l| l.index);
     let p = provenance(&st, linearizable, applied).await;
@@ -225,8 +236,7 @@ pub async fn stats(
         digest: s.digest.hex(),
         consistency: p.marker.clone(),
     };
-    let bytes = serde_json::to_vec(&body).map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok(with_provenance(bytes, &p))
+    Ok((body, p))
 }
 
 /// `GET /digest`: this node's own applied state, never forwarded.

@@ -14,6 +14,7 @@ use crate::batcher::Batcher;
 use crate::config::{Limits, NodeConfig, RaftTiming};
 use crate::metrics::Metrics;
 use crate::raft::election_hold::ElectionHold;
+use crate::raft::elections::ElectionLog;
 use crate::raft::leadership::LeaderContact;
 use crate::raft::Raft;
 
@@ -59,6 +60,8 @@ pub struct Shared {
     pub raft_streams: Arc<tokio::sync::Semaphore>,
     /// Process start, for `uptime_seconds`.
     pub started: Instant,
+    /// Recent leader changes (filled by `raft::elections::watch`, which `main` starts).
+    pub elections: ElectionLog,
 }
 
 /// The running parts a node builds before its handlers' state; everything else in [`Shared`]
@@ -109,6 +112,7 @@ impl Shared {
             max_snapshot_bytes: cfg.max_snapshot_bytes,
             raft_streams: Arc::new(tokio::sync::Semaphore::new(cfg.max_raft_streams)),
             started: Instant::now(),
+            elections: ElectionLog::default(),
         }
     }
 }
