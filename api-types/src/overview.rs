@@ -8,6 +8,7 @@ use crate::{NodeId, StatsResponse};
 
 /// `GET /cluster/overview`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct ClusterOverview {
     /// The node that gathered this overview.
@@ -26,6 +27,7 @@ pub struct ClusterOverview {
 
 /// One member as the gathering node could see it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct MemberOverview {
     /// Member id.
@@ -48,6 +50,7 @@ pub struct MemberOverview {
 
 /// A leader change seen by the gathering node.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct ElectionRecord {
     /// When, in milliseconds since the Unix epoch.

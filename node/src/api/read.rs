@@ -84,7 +84,7 @@ pub async fn events(
     .await?;
     // The marker describes the very view the page was read from.
     let applied = page.as_of.map_or(0, |l| l.index);
-    let p = provenance(st, linearizable, applied).await;
+    let p = provenance(&st, linearizable, applied).await;
     Ok(with_provenance(render_events(&page, &p), &p))
 }
 
