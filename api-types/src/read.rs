@@ -10,6 +10,7 @@ use crate::{EventKey, LamportStamp, NodeId};
 
 /// How consistent a read answer is.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ConsistencyLevel {
     /// Served by a leader that confirmed its leadership with a quorum for this read.
@@ -32,6 +33,7 @@ impl ConsistencyLevel {
 
 /// The `consistency` object of every read answer: who served it, from how fresh a state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct ConsistencyMarker {
     /// `linearizable` or `eventual`.
@@ -58,6 +60,8 @@ pub struct ConsistencyMarker {
 /// One stored event as `GET /events` returns it. `P` is the payload's type: any JSON value
 /// on the wire; the default skips it without reading it into memory.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(bound = ""))]
 #[serde(default, bound(deserialize = "P: Deserialize<'de> + Default"))]
 pub struct StoredEvent<P = IgnoredAny> {
     /// Topic.
@@ -69,6 +73,7 @@ pub struct StoredEvent<P = IgnoredAny> {
     /// Producer.
     pub source: String,
     /// The payload, the JSON text the producer sent.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub payload: P,
     /// Producer sequence number, when it sent one.
     pub seq: Option<u64>,
@@ -92,9 +97,12 @@ impl<P> StoredEvent<P> {
 
 /// `GET /events`: one page.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(bound = ""))]
 #[serde(default, bound(deserialize = "P: Deserialize<'de> + Default"))]
 pub struct EventsPage<P = IgnoredAny> {
     /// Events in stamp order.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<StoredEvent>))]
     pub events: Vec<StoredEvent<P>>,
     /// Cursor of the next page (`after=`), `None` on the last one.
     pub next: Option<String>,
@@ -104,6 +112,7 @@ pub struct EventsPage<P = IgnoredAny> {
 
 /// The `raft` object of `GET /stats`: the answering node's Raft progress.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct RaftStats {
     /// Current term.
@@ -122,6 +131,7 @@ pub struct RaftStats {
 
 /// What `GET /stats` reports per producer (`source`), over stored events only.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct ProducerStats {
     /// Events of this producer stored.
@@ -138,6 +148,7 @@ pub struct ProducerStats {
 
 /// `GET /stats`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct StatsResponse {
     /// Every applied event.
@@ -172,6 +183,7 @@ pub struct StatsResponse {
 
 /// `GET /digest`: the answering node's own applied state (never forwarded).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct DigestResponse {
     /// The node that answered.

@@ -13,6 +13,7 @@ pub mod forward;
 mod fuzz_tests;
 pub mod health;
 pub mod limits;
+pub mod openapi;
 pub mod overview;
 pub mod publish;
 pub mod raft_rpc;
@@ -91,7 +92,8 @@ pub fn router(state: AppState, surface: Surface) -> Router {
         .route("/ready", get(health::ready))
         .route("/metrics", get(health::metrics))
         .route("/ui", get(ui::page))
-        .route("/ui/app.js", get(ui::script));
+        .route("/ui/app.js", get(ui::script))
+        .route("/openapi.json", get(openapi::serve));
     let base = match surface {
         Surface::All => Router::new().merge(raft),
         Surface::Client => Router::new(),
