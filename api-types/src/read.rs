@@ -62,26 +62,37 @@ pub struct ConsistencyMarker {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[cfg_attr(feature = "openapi", schema(bound = ""))]
-#[serde(default, bound(deserialize = "P: Deserialize<'de> + Default"))]
+// Defaults per field rather than on the container: the same for serde, and the OpenAPI
+// derive then does not need a `Default` of the generic type to describe the defaults.
+#[serde(bound(deserialize = "P: Deserialize<'de> + Default"))]
 pub struct StoredEvent<P = IgnoredAny> {
     /// Topic.
+    #[serde(default)]
     pub topic: String,
     /// Event id.
+    #[serde(default)]
     pub event_id: String,
     /// Producer timestamp, as sent.
+    #[serde(default)]
     pub timestamp: String,
     /// Producer.
+    #[serde(default)]
     pub source: String,
     /// The payload, the JSON text the producer sent.
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    #[serde(default)]
     pub payload: P,
     /// Producer sequence number, when it sent one.
+    #[serde(default)]
     pub seq: Option<u64>,
     /// The producer's Lamport clock, when it sent one.
+    #[serde(default)]
     pub producer_lamport: Option<u64>,
     /// The cluster's stamp: the order of `/events` and its cursors.
+    #[serde(default)]
     pub lamport: LamportStamp,
     /// The log entry that stored it.
+    #[serde(default)]
     pub log_index: u64,
 }
 
@@ -99,14 +110,19 @@ impl<P> StoredEvent<P> {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[cfg_attr(feature = "openapi", schema(bound = ""))]
-#[serde(default, bound(deserialize = "P: Deserialize<'de> + Default"))]
+// Defaults per field rather than on the container: the same for serde, and the OpenAPI
+// derive then does not need a `Default` of the generic type to describe the defaults.
+#[serde(bound(deserialize = "P: Deserialize<'de> + Default"))]
 pub struct EventsPage<P = IgnoredAny> {
     /// Events in stamp order.
     #[cfg_attr(feature = "openapi", schema(value_type = Vec<StoredEvent>))]
+    #[serde(default)]
     pub events: Vec<StoredEvent<P>>,
     /// Cursor of the next page (`after=`), `None` on the last one.
+    #[serde(default)]
     pub next: Option<String>,
     /// How the page was served.
+    #[serde(default)]
     pub consistency: ConsistencyMarker,
 }
 
