@@ -26,13 +26,13 @@ pub struct PublishEvent<'a, P: Serialize> {
     #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 255))]
     pub source: &'a str,
     /// Any JSON value.
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Value))]
     pub payload: &'a P,
     /// The producer's sequence number (optional on the wire).
-    #[cfg_attr(feature = "openapi", schema(required = false))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>, required = false, maximum = 9223372036854775807_u64))]
     pub seq: u64,
     /// The producer's Lamport clock when it created the event (optional, at most 2^62).
-    #[cfg_attr(feature = "openapi", schema(required = false, maximum = 4611686018427387904_u64))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>, required = false, maximum = 4611686018427387904_u64))]
     pub lamport: u64,
 }
 

@@ -79,7 +79,7 @@ pub struct StoredEvent<P = IgnoredAny> {
     #[serde(default)]
     pub source: String,
     /// The payload, the JSON text the producer sent.
-    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    #[cfg_attr(feature = "openapi", schema(value_type = Value))]
     #[serde(default)]
     pub payload: P,
     /// Producer sequence number, when it sent one.
