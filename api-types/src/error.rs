@@ -4,8 +4,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::NodeId;
 
-/// `{"error": "...", "details": [...], "leader_id": N}`; `details` only when a publish was
-/// invalid, `leader_id` only when a 503 knows the leader.
+/// `{"error": "...", "details": [...], "leader_id": N, "earliest_cursor": "C"}`; `details`
+/// only when a publish was invalid, `leader_id` only when a 503 knows the leader,
+/// `earliest_cursor` only on a 410 (a read after a cursor whose events were trimmed).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
@@ -18,6 +19,10 @@ pub struct ErrorBody {
     /// The leader known to the answering node.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub leader_id: Option<NodeId>,
+    /// On 410: the earliest cursor the topic still holds; a read `after` it misses nothing.
+    /// A string, like every cursor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub earliest_cursor: Option<String>,
 }
 
 /// One problem with one field of one event of a publish request.
@@ -54,6 +59,7 @@ mod tests {
                 reason: "required".into(),
             }],
             leader_id: Some(1),
+            earliest_cursor: None,
         };
         let text = serde_json::to_string(&full).unwrap();
         assert_eq!(

@@ -15,6 +15,7 @@ mod event;
 mod overview;
 mod publish;
 mod read;
+mod retention;
 
 pub use error::{ErrorBody, FieldError};
 pub use event::{EventKey, LamportStamp, NodeId};
@@ -24,3 +25,4 @@ pub use read::{
     ConsistencyLevel, ConsistencyMarker, DigestResponse, EventsPage, ProducerStats, RaftStats,
     StatsResponse, StoredEvent,
 };
+pub use retention::{RetentionPolicy, RetentionResponse};

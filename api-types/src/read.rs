@@ -173,6 +173,15 @@ pub struct StatsResponse {
     pub unique_processed: u64,
     /// Applied events whose key was already stored.
     pub duplicate_dropped: u64,
+    /// Events held now: `unique_processed - trimmed_events`.
+    pub stored: u64,
+    /// Stored events deleted since by retention trims (out of `unique_processed`).
+    pub trimmed_events: u64,
+    /// Their bytes, as stored.
+    pub trimmed_bytes: u64,
+    /// How long a duplicate is detected (`--dedup-window`): `"retained"` (while the original
+    /// is held; the only window so far).
+    pub dedup_window: String,
     /// Topic names, sorted.
     pub topics: Vec<String>,
     /// Seconds since the answering process started.
@@ -185,7 +194,7 @@ pub struct StatsResponse {
     pub role: String,
     /// Leader known to the node.
     pub leader_id: Option<NodeId>,
-    /// Stored events per topic.
+    /// Events held per topic (trimmed ones no longer counted).
     pub topic_counts: BTreeMap<String, u64>,
     /// Per producer.
     pub producers: BTreeMap<String, ProducerStats>,
@@ -206,9 +215,10 @@ pub struct DigestResponse {
     pub node_id: NodeId,
     /// The last log index applied to the node's state (0 before anything is applied).
     pub applied_index: u64,
-    /// Stored events.
+    /// Events held (stored and not trimmed).
     pub count: u64,
-    /// Order-independent digest of the stored set, 32 hex digits.
+    /// Order-independent digest of the events held, 32 hex digits: trims take their events
+    /// out, so replicas that applied the same log, trims included, show the same digest.
     pub digest: String,
 }
 

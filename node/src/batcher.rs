@@ -173,7 +173,7 @@ impl Runner {
             let started = std::time::Instant::now();
             let latency = self.metrics.entry_seconds.clone();
             let answer_timeout = self.answer_timeout;
-            match self.raft.client_write_ff(batch).await {
+            match self.raft.client_write_ff(batch.into()).await {
                 Ok(rx) => {
                     tokio::spawn(async move {
                         let result = await_outcome(rx, answer_timeout).await;

@@ -203,6 +203,21 @@ pub struct RunArgs {
           action = clap::ArgAction::Set, value_name = "BOOL")]
     pub log_preallocate: bool,
 
+    /// Milliseconds between two checks of the retention policies on the leader; each check
+    /// proposes trims until nothing is due (at most 64 entries). Also how finely ages are
+    /// measured (an event lives at most its max age plus about this, or 1/256 of the shortest
+    /// max age when that is longer).
+    #[arg(long, env = "AGG_TRIM_INTERVAL_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub trim_interval_ms: u64,
+
+    /// Most events one trim entry deletes: every replica applies it in one write, between the
+    /// writes around it, so this bounds how long a trim holds up apply (about 2.5 times as long
+    /// as applying a batch of as many events: docs/performance.md, "Retention").
+    #[arg(long, env = "AGG_TRIM_BATCH_EVENTS", default_value_t = 2_000,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub trim_batch_events: u64,
+
     /// Clients must send `Authorization: Bearer TOKEN` (except /health, /ready, /metrics).
     #[arg(long, env = "AGG_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
@@ -363,6 +378,10 @@ pub struct NodeConfig {
     pub log_retain_bytes: u64,
     /// Whether new segments start as zero-filled spares.
     pub log_preallocate: bool,
+    /// Period of the leader's retention check.
+    pub trim_interval: Duration,
+    /// Most events one trim entry deletes.
+    pub trim_batch_events: usize,
     /// Client bearer token.
     pub api_token: Option<String>,
     /// Admin bearer token.
@@ -530,6 +549,8 @@ impl RunArgs {
             log_segment_bytes: self.log_segment_mib * 1024 * 1024,
             log_retain_bytes: self.log_retain_mib.saturating_mul(1024 * 1024),
             log_preallocate: self.log_preallocate,
+            trim_interval: Duration::from_millis(self.trim_interval_ms),
+            trim_batch_events: usize::try_from(self.trim_batch_events).unwrap_or(usize::MAX),
             api_token,
             admin_token,
             cluster_secret,

@@ -29,7 +29,7 @@ use crate::config::{Cli, Command, HealthcheckArgs, LogFormat, NodeConfig};
 use crate::metrics::Metrics;
 use crate::raft::network::{self, HttpNetwork};
 use crate::raft::wire::raft_message_limit;
-use crate::raft::{bootstrap, election_hold, log_retention, snapshot_policy};
+use crate::raft::{bootstrap, election_hold, log_retention, snapshot_policy, trimmer};
 
 /// jemalloc for every allocation of the process, RocksDB's included (see the workspace manifest).
 #[cfg(not(target_env = "msvc"))]
@@ -206,6 +206,13 @@ async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         state.reader.clone(),
         cfg.snapshot_threshold.min(log_retention::MAX_KEEP_ENTRIES),
         cfg.log_retain_bytes,
+    ));
+    tokio::spawn(trimmer::propose_trims(
+        raft.clone(),
+        state.reader.clone(),
+        metrics.clone(),
+        cfg.trim_interval,
+        cfg.trim_batch_events,
     ));
     tokio::spawn(idle_flush::flush_when_idle(
         state.reader.clone(),

@@ -8,7 +8,7 @@ use prometheus::{
     exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use raft_store::{Counters, NodeId, StoreReader};
+use raft_store::{Counters, NodeId, StoreReader, TrimCounters};
 
 use crate::raft::Raft;
 
@@ -57,6 +57,9 @@ pub struct Inner {
     snapshot_bytes: IntGauge,
     dedup_index_entries: IntGauge,
     dedup_index_bytes: IntGauge,
+    trimmed_bytes: IntGauge,
+    /// Trim entries this node proposed and saw applied (as leader).
+    pub trim_entries: IntCounter,
 }
 
 impl std::ops::Deref for Metrics {
@@ -154,7 +157,7 @@ impl Metrics {
         let store_counters = IntGaugeVec::new(
             Opts::new(
                 "store_events",
-                "State machine counters (received, unique_processed, duplicate_dropped)",
+                "State machine counters (received, unique_processed, duplicate_dropped; trimmed: events deleted by retention, out of unique_processed)",
             ),
             &["counter"],
         )?;
@@ -195,6 +198,16 @@ impl Metrics {
             "dedup_index_bytes",
             "Memory the dedup index's hash table has allocated",
         )?;
+        let trimmed_bytes = IntGauge::new(
+            "store_trimmed_bytes",
+            "Bytes of events deleted by retention trims (as stored), over the store's life",
+        )?;
+        let trim_entries = IntCounter::new(
+            "retention_trim_entries_total",
+            "Trim entries this node proposed as leader and saw applied",
+        )?;
+        registry.register(Box::new(trimmed_bytes.clone()))?;
+        registry.register(Box::new(trim_entries.clone()))?;
         registry.register(Box::new(dedup_index_entries.clone()))?;
         registry.register(Box::new(dedup_index_bytes.clone()))?;
         registry.register(Box::new(log_cache_reads.clone()))?;
@@ -251,6 +264,8 @@ impl Metrics {
             snapshot_bytes,
             dedup_index_entries,
             dedup_index_bytes,
+            trimmed_bytes,
+            trim_entries,
         })))
     }
 
@@ -259,7 +274,7 @@ impl Metrics {
         &self,
         raft: &Raft,
         queued: usize,
-        store: Option<&Counters>,
+        store: Option<&(Counters, TrimCounters)>,
         reader: &StoreReader,
     ) -> Vec<u8> {
         // Only this function moves these counters, so catching up to the store's totals
@@ -316,7 +331,12 @@ impl Metrics {
             }
         }
         self.queued_events.set(queued as i64);
-        if let Some(c) = store {
+        if let Some((c, trimmed)) = store {
+            self.store_counters
+                .with_label_values(&["trimmed"])
+                .set(i64::try_from(trimmed.events).unwrap_or(i64::MAX));
+            self.trimmed_bytes
+                .set(i64::try_from(trimmed.bytes).unwrap_or(i64::MAX));
             self.store_counters
                 .with_label_values(&["received"])
                 .set(c.received as i64);

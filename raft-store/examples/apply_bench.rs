@@ -1,7 +1,10 @@
 //! Apply throughput of the state machine: 1,000,000 events, 30% duplicates, batches of
-//! 1,000, each batch one Raft entry applied through `RaftStateMachine::apply`.
+//! 1,000, each batch one Raft entry applied through `RaftStateMachine::apply`. Then a
+//! retention policy keeping half of each topic, enforced by trim entries of 2,000 events as
+//! the leader plans them: how long one trim entry holds up apply.
 //!
-//! Run: `cargo run --release -p raft-store --example apply_bench [-- EVENTS]`
+//! Run: `cargo run --release -p raft-store --example apply_bench [-- EVENTS [TRIM_BATCH]]`
+//! (TRIM_BATCH: events per trim entry, default 2,000 like `--trim-batch-events`)
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,7 +13,9 @@ use std::time::Instant;
 use anyhow::Context;
 use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, EntryPayload, LogId};
-use raft_store::{Event, EventBatch, TypeConfig};
+use raft_store::{
+    Command, Control, Event, EventBatch, RetentionChange, RetentionPolicy, TypeConfig,
+};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -19,6 +24,8 @@ const BATCH: usize = 1_000;
 const DUPLICATE_SHARE: f64 = 0.30;
 const TOPICS: usize = 10;
 const PRODUCERS: usize = 20;
+/// Events per trim entry unless given: the node's default `--trim-batch-events`.
+const TRIM_BUDGET: usize = 2_000;
 
 type Entry = openraft::Entry<TypeConfig>;
 
@@ -27,6 +34,10 @@ fn main() -> anyhow::Result<()> {
         Some(n) => n.parse().context("EVENTS must be a number")?,
         None => 1_000_000,
     };
+    let trim_budget: usize = match std::env::args().nth(2) {
+        Some(n) => n.parse().context("TRIM_BATCH must be a number")?,
+        None => TRIM_BUDGET,
+    };
     let dir = tempfile::tempdir()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -34,6 +45,7 @@ fn main() -> anyhow::Result<()> {
     let mut stores = raft_store::open(dir.path())?;
     // Generated up front, so the timed loop measures apply alone.
     let (entries, distinct) = generate(total);
+    let entries_applied = entries.len() as u64;
 
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let cpu_before = cpu_by_thread();
@@ -82,6 +94,45 @@ fn main() -> anyhow::Result<()> {
     );
     let load: Vec<&str> = load.split_whitespace().take(3).collect();
     println!("load average before: {}", load.join(" "));
+    // Retention: every topic keeps half of what it holds; trims as the leader plans them.
+    let keep = c.unique_processed / (2 * TOPICS as u64);
+    let mut index = entries_applied + 1;
+    let policy = Control::Retention(RetentionChange::SetDefault(RetentionPolicy {
+        max_events: Some(keep),
+        ..RetentionPolicy::default()
+    }));
+    rt.block_on(stores.state_machine.apply([control(index, policy)]))?;
+    let mut trims = Vec::new();
+    while let Some(trim) = stores.reader.plan_trim(trim_budget)? {
+        index += 1;
+        let started = Instant::now();
+        rt.block_on(
+            stores
+                .state_machine
+                .apply([control(index, Control::Trim(trim))]),
+        )?;
+        trims.push(started.elapsed().as_secs_f64());
+        anyhow::ensure!(trims.len() < 10_000, "trims never end");
+    }
+    let after = stores.reader.stats()?;
+    anyhow::ensure!(
+        after.topic_counts.values().all(|n| *n <= keep),
+        "a topic holds more than {keep} after the trims"
+    );
+    let trim_total: f64 = trims.iter().sum();
+    let trim_max = trims.iter().copied().fold(0.0, f64::max);
+    println!(
+        "trims:               {} events in {} entries of at most {trim_budget}: {:.1} ms mean, {:.1} ms max per entry ({:.0} events/s)",
+        after.trimmed.events,
+        trims.len(),
+        1000.0 * trim_total / trims.len().max(1) as f64,
+        1000.0 * trim_max,
+        after.trimmed.events as f64 / trim_total.max(1e-9)
+    );
+    println!(
+        "for comparison:      {:.1} ms mean per applied entry of {BATCH} events",
+        1000.0 * wall / entries_applied as f64
+    );
     println!(
         "WriteBatch bytes:    {:.1} MiB",
         mib(stores.state_machine.write_batch_bytes())
@@ -95,9 +146,9 @@ fn main() -> anyhow::Result<()> {
     let reopen = started.elapsed().as_secs_f64();
     let (indexed, bytes) = reopened.reader.dedup_index_size();
     anyhow::ensure!(
-        indexed as u64 == c.unique_processed,
-        "reopened with {indexed} keys indexed, {} stored",
-        c.unique_processed
+        indexed as u64 == after.digest.count,
+        "reopened with {indexed} keys indexed, {} held",
+        after.digest.count
     );
     println!(
         "reopen:              {reopen:.2} s (dedup index {indexed} keys, {:.1} MiB)",
@@ -133,11 +184,18 @@ fn generate(total: usize) -> (Vec<Entry>, usize) {
         events.shuffle(&mut rng);
         entries.push(Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 0), entries.len() as u64 + 1),
-            payload: EntryPayload::Normal(EventBatch::new(events)),
+            payload: EntryPayload::Normal(EventBatch::new(events).into()),
         });
         generated += size;
     }
     (entries, keys.len())
+}
+
+fn control(index: u64, control: Control) -> Entry {
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
+        payload: EntryPayload::Normal(Command::Control(control)),
+    }
 }
 
 fn event(rng: &mut StdRng, seqs: &mut [u64; PRODUCERS], topic: usize, event_id: String) -> Event {

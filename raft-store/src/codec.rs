@@ -41,3 +41,14 @@ pub(crate) fn decode<T: DeserializeOwned>(
 ) -> Result<T, StoreError> {
     postcard::from_bytes(bytes).map_err(|source| StoreError::Codec { what, source })
 }
+
+/// Decodes a postcard value that borrows from `bytes` (strings read in place); bytes after the
+/// value are ignored, so a type made of a record's leading fields reads just those.
+pub(crate) fn decode_borrowed<'a, T: serde::Deserialize<'a>>(
+    what: &'static str,
+    bytes: &'a [u8],
+) -> Result<T, StoreError> {
+    postcard::take_from_bytes(bytes)
+        .map(|(value, _rest)| value)
+        .map_err(|source| StoreError::Codec { what, source })
+}

@@ -40,6 +40,17 @@ pub enum StoreError {
     /// finishes.
     #[error("a snapshot install is replacing the state machine; retry shortly")]
     Installing,
+    /// A read asked for events after a cursor below what its topic still holds: events
+    /// after it were trimmed, and the page would have a gap.
+    #[error("events after cursor {after} of topic {topic:?} were trimmed; the earliest cursor still held is {earliest}")]
+    Trimmed {
+        /// The topic read.
+        topic: String,
+        /// The cursor asked for.
+        after: u64,
+        /// The lowest cursor a read of this topic may start after without missing an event.
+        earliest: u64,
+    },
     /// A restore was refused before it wrote anything usable (a data directory in use, a
     /// node id that is not a member, ...).
     #[error("restore refused: {0}")]

@@ -8,6 +8,8 @@ use crate::types::LamportStamp;
 /// (`StateMachineMeta`). The bytes say "state" for historical reasons: they are on disk in
 /// every existing store, so they stay as they are.
 pub(crate) const STATE_MACHINE_META: &[u8] = b"state";
+/// Key of the retention record in `sm_meta` (`sm/retention.rs`).
+pub(crate) const RETENTION: &[u8] = b"retention";
 /// Key of the vote in `raft_meta`.
 pub(crate) const VOTE: &[u8] = b"vote";
 /// Key of the committed log id in `raft_meta`.

@@ -13,6 +13,7 @@
 
 mod backup;
 mod codec;
+pub mod command;
 mod coverage;
 mod db;
 mod error;
@@ -28,6 +29,7 @@ pub mod types;
 
 pub use backup::restore::{restore, RestoreOptions, Restored};
 pub use backup::{BackupSource, BACKUP_MAGIC};
+pub use command::{Command, Control, RetentionChange, RetentionPolicy, Trim, TrimCut};
 pub use error::StoreError;
 pub use log::{LogCacheReads, LogStore};
 pub use open::{open, open_with, StoreOptions, Stores, DEFAULT_PRODUCER_CACHE};

@@ -15,6 +15,7 @@ use rocksdb::Snapshot;
 
 use crate::backup::{self, BackupSource};
 use crate::codec;
+use crate::command::Trim;
 use crate::db::{Db, CF_BY_SOURCE, CF_BY_TOPIC, CF_EVENTS};
 use crate::error::StoreError;
 use crate::keys;
@@ -23,8 +24,12 @@ use crate::sm::bookkeeping::{self, Bookkeeping};
 use crate::sm::dedup_index::SharedDedupIndex;
 use crate::sm::index_runs;
 use crate::sm::machine_db::StateMachineDb;
+use crate::sm::retention;
 use crate::sm::snapshot::dir::SnapshotStats;
-use crate::types::{Digest, EventKey, EventPage, LamportStamp, NodeId, StoreStats, StoredEvent};
+use crate::types::{
+    Digest, EventKey, EventPage, LamportStamp, NodeId, RetentionView, StoreStats, StoredEvent,
+    TrimCounters,
+};
 
 /// Cheap-to-clone handle for the server: queries, log and snapshot counters, backups, and the
 /// memtable flush (the one call that is not a read); `Send + Sync`. Call it from blocking
@@ -124,6 +129,24 @@ impl StoreReader {
         self.page(CF_BY_TOPIC, topic, after, limit, max_bytes)
     }
 
+    /// The retention policies, each trimmed topic's earliest cursor and the trimmed counters.
+    pub fn retention(&self) -> Result<RetentionView, StoreError> {
+        let view = self.db.reader_view()?;
+        Ok(retention::read(&self.db, &view)?.view())
+    }
+
+    /// The next trim the applied state calls for, at most `budget` events, planned at the
+    /// wall clock read after the state (see `sm/retention.rs`); `None` when nothing is due.
+    /// Only the leader proposes what this returns.
+    pub fn plan_trim(&self, budget: usize) -> Result<Option<Trim>, StoreError> {
+        let view = self.db.reader_view()?;
+        let state = Bookkeeping::load_live(&self.db, &view)?;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        retention::plan(&self.db, &view, &state, now_ms, budget)
+    }
+
     /// As [`events_by_topic_within`](Self::events_by_topic_within), for producer `source`.
     pub fn events_by_source_within(
         &self,
@@ -185,6 +208,7 @@ impl StoreReader {
             clock: state.meta.clock,
             digest: state.meta.digest,
             last_applied: state.meta.last_applied,
+            trimmed: state.retention.trimmed,
         })
     }
 
@@ -192,6 +216,11 @@ impl StoreReader {
     /// topics and producers the store tracks. What `/metrics` reads on every scrape.
     pub fn counters(&self) -> Result<crate::types::Counters, StoreError> {
         Ok(bookkeeping::read_meta(&self.db, &self.db.reader_view()?)?.counters)
+    }
+
+    /// What retention trims deleted, over the store's life.
+    pub fn trimmed(&self) -> Result<TrimCounters, StoreError> {
+        Ok(retention::read(&self.db, &self.db.reader_view()?)?.trimmed)
     }
 
     /// The digest together with the log id it is the state of.
@@ -219,6 +248,20 @@ impl StoreReader {
     ) -> Result<EventPage, StoreError> {
         let view = self.db.reader_view()?;
         let as_of = bookkeeping::read_meta(&self.db, &view)?.last_applied;
+        let by_topic = cf == CF_BY_TOPIC;
+        if by_topic {
+            // A cursor below the topic's floor would skip trimmed events without a word.
+            let floor = retention::read(&self.db, &view)?.floor(name);
+            if let Some(LamportStamp(a)) = after {
+                if a.saturating_add(1) < floor.0 {
+                    return Err(StoreError::Trimmed {
+                        topic: name.to_owned(),
+                        after: a,
+                        earliest: floor.0 - 1,
+                    });
+                }
+            }
+        }
         let from = match after {
             None => LamportStamp(0),
             Some(LamportStamp(u64::MAX)) => {
@@ -231,11 +274,15 @@ impl StoreReader {
         };
         let stamps = index_runs::scan(&self.db, &view, cf, name, from, limit.saturating_add(1))?;
         let page: &[LamportStamp] = &stamps[..stamps.len().min(limit)];
-        let events = read_events(&self.db, &view, page, max_bytes)?;
-        let more = stamps.len() > events.len();
-        let next = match (more, events.last()) {
+        // A producer's runs keep the stamps of its trimmed events (trims cut by topic): those
+        // are skipped here. A topic's runs are cut with its events, so there a missing event
+        // is damage.
+        let (events, read) = read_events(&self.db, &view, page, max_bytes, !by_topic)?;
+        let more = stamps.len() > read;
+        // After the last stamp read, returned or skipped, so skipped ones are not read again.
+        let next = match (more, read.checked_sub(1).and_then(|i| page.get(i))) {
             (false, _) => None,
-            (true, Some(last)) => Some(last.lamport),
+            (true, Some(last)) => Some(*last),
             (true, None) => Some(after.unwrap_or_default()),
         };
         Ok(EventPage {
@@ -257,23 +304,33 @@ fn read_events(
     view: &Snapshot<'_>,
     stamps: &[LamportStamp],
     max_bytes: usize,
-) -> Result<Vec<StoredEvent>, StoreError> {
+    skip_missing: bool,
+) -> Result<(Vec<StoredEvent>, usize), StoreError> {
     let cf = db.cf(CF_EVENTS)?;
     let mut events = Vec::with_capacity(stamps.len().min(256));
     let mut bytes = 0usize;
+    let mut read = 0usize;
     for chunk in stamps.chunks(READ_CHUNK) {
         let values = view.multi_get_cf(chunk.iter().map(|s| (cf, keys::lamport_key(*s))));
         for (stamp, value) in chunk.iter().zip(values) {
             if bytes >= max_bytes {
-                return Ok(events);
+                return Ok((events, read));
             }
-            let value = value?.ok_or_else(|| {
-                StoreError::corrupt("events", format!("stamp {stamp} indexed but missing"))
-            })?;
+            read += 1;
+            let value = match value? {
+                Some(value) => value,
+                None if skip_missing => continue,
+                None => {
+                    return Err(StoreError::corrupt(
+                        "events",
+                        format!("stamp {stamp} indexed but missing"),
+                    ))
+                }
+            };
             let event: StoredEvent = codec::decode("stored event", &value)?;
             bytes = bytes.saturating_add(event.event.approx_bytes());
             events.push(event);
         }
     }
-    Ok(events)
+    Ok((events, read))
 }

@@ -20,7 +20,7 @@ pub(crate) fn entry_with_payload(term: u64, index: u64, payload: String) -> Entr
     };
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(term, 0), index),
-        payload: EntryPayload::Normal(EventBatch::new(vec![event])),
+        payload: EntryPayload::Normal(EventBatch::new(vec![event]).into()),
     }
 }
 
@@ -35,4 +35,30 @@ pub(crate) fn rt() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .expect("test runtime")
+}
+
+/// Entry `index` of term 1 storing one event `id` on `topic` with a payload of `payload_len`
+/// bytes.
+pub(crate) fn event_entry(index: u64, topic: &str, id: &str, payload_len: usize) -> Entry {
+    let event = Event {
+        topic: topic.into(),
+        event_id: id.into(),
+        timestamp: "2024-05-01T12:00:00Z".into(),
+        source: "s".into(),
+        payload: format!("\"{}\"", "x".repeat(payload_len)),
+        seq: None,
+        lamport: None,
+    };
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
+        payload: EntryPayload::Normal(EventBatch::new(vec![event]).into()),
+    }
+}
+
+/// Entry `index` of term 1 carrying a control command.
+pub(crate) fn control_entry(index: u64, control: crate::command::Control) -> Entry {
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
+        payload: EntryPayload::Normal(crate::command::Command::Control(control)),
+    }
 }

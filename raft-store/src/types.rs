@@ -16,7 +16,7 @@ pub type Node = openraft::BasicNode;
 openraft::declare_raft_types!(
     /// openraft type configuration of the aggregator cluster.
     pub TypeConfig:
-        D = EventBatch,
+        D = crate::command::Command,
         R = BatchOutcome,
         NodeId = NodeId,
         Node = Node,
@@ -126,8 +126,16 @@ impl EventBatch {
 /// (blank and membership) entries. Used for byte budgets and buffer sizes.
 pub fn entry_approx_bytes(entry: &openraft::Entry<TypeConfig>) -> usize {
     match &entry.payload {
-        openraft::EntryPayload::Normal(batch) => batch.approx_bytes(),
+        openraft::EntryPayload::Normal(command) => command.approx_bytes(),
         _ => 256,
+    }
+}
+
+/// The events a log entry stores (none for Raft's own entries and control commands).
+pub fn entry_events(entry: &openraft::Entry<TypeConfig>) -> &[Event] {
+    match &entry.payload {
+        openraft::EntryPayload::Normal(command) => command.events(),
+        _ => &[],
     }
 }
 
@@ -228,6 +236,29 @@ impl Digest {
     }
 }
 
+/// What trims deleted, over the store's life (carried by snapshots).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrimCounters {
+    /// Events deleted by trims.
+    pub events: u64,
+    /// Their bytes, as stored (the encoded record of each event).
+    pub bytes: u64,
+}
+
+/// The retention policies in force and what trims left, read consistently.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionView {
+    /// The policy of every topic without one of its own.
+    pub default: crate::command::RetentionPolicy,
+    /// Topics with a policy of their own.
+    pub topics: BTreeMap<String, crate::command::RetentionPolicy>,
+    /// Per trimmed topic, the earliest cursor still held: a read `after` it misses nothing;
+    /// below it, events were trimmed.
+    pub earliest_cursors: BTreeMap<String, LamportStamp>,
+    /// What trims deleted.
+    pub trimmed: TrimCounters,
+}
+
 /// A snapshot of the state machine's bookkeeping, read consistently.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreStats {
@@ -243,6 +274,8 @@ pub struct StoreStats {
     pub digest: Digest,
     /// Last log id applied to this state.
     pub last_applied: Option<openraft::LogId<NodeId>>,
+    /// What trims deleted.
+    pub trimmed: TrimCounters,
 }
 
 /// One page of events in Lamport order.

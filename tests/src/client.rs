@@ -243,6 +243,41 @@ impl ApiClient {
         })
     }
 
+    /// `PUT` (or any `method`) `base+path` with an optional JSON body; any status, body as
+    /// JSON (or its text as a JSON string when it is not JSON).
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        base: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<JsonReply, String> {
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{base}{path}"))
+            .timeout(self.timeout);
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| format!("{method} {base}{path}: {e}"))?;
+        let status = resp.status().as_u16();
+        let headers = header_map(resp.headers());
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| format!("{method} {base}{path} body: {e}"))?;
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        Ok(JsonReply {
+            status,
+            headers,
+            body,
+        })
+    }
+
     /// `GET /stats` as the node answers by default.
     pub async fn stats(&self, base: &str) -> Result<Stats, String> {
         self.get_ok(base, "/stats").await

@@ -79,7 +79,7 @@ fn cluster_body(st: &AppState) -> ClusterBody {
 }
 
 /// Serves here when this node leads; otherwise forwards once to the leader.
-async fn on_leader(
+pub(crate) async fn on_leader(
     st: &AppState,
     headers: &HeaderMap,
     method: Method,

@@ -239,6 +239,9 @@ pub(crate) async fn blocking<T: Send + 'static>(
         // A follower being rebuilt from a snapshot: its state machine is neither old nor new
         // until the install ends, so it answers nothing rather than a mix.
         Ok(Err(e @ StoreError::Installing)) => Err(ApiError::unavailable(e.to_string())),
+        Ok(Err(e @ StoreError::Trimmed { earliest, .. })) => {
+            Err(ApiError::trimmed(e.to_string(), earliest))
+        }
         Ok(Err(e)) => Err(ApiError::internal(format!("store read failed: {e}"))),
         Err(e) => Err(ApiError::internal(format!("store read task failed: {e}"))),
     }

@@ -22,6 +22,8 @@ pub struct ApiError {
     pub details: Vec<FieldError>,
     /// Leader known to the answering node, reported on 503.
     pub leader_id: Option<NodeId>,
+    /// On 410, the earliest cursor still held.
+    pub earliest_cursor: Option<u64>,
 }
 
 impl ApiError {
@@ -31,6 +33,7 @@ impl ApiError {
             message: message.into(),
             details: Vec::new(),
             leader_id: None,
+            earliest_cursor: None,
         }
     }
 
@@ -84,6 +87,15 @@ impl ApiError {
         Self::new(StatusCode::UPGRADE_REQUIRED, message)
     }
 
+    /// 410: the events after the cursor asked for were trimmed; `earliest` is the earliest
+    /// cursor still held.
+    pub fn trimmed(message: impl Into<String>, earliest: u64) -> Self {
+        Self {
+            earliest_cursor: Some(earliest),
+            ..Self::new(StatusCode::GONE, message)
+        }
+    }
+
     /// 409 (a cluster change conflicts with the current state).
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, message)
@@ -116,6 +128,7 @@ impl ApiError {
             error: self.message.clone(),
             details: self.details.clone(),
             leader_id: self.leader_id,
+            earliest_cursor: self.earliest_cursor.map(|c| c.to_string()),
         };
         serde_json::to_vec(&body).unwrap_or_else(|_| br#"{"error":"internal error"}"#.to_vec())
     }
@@ -214,6 +227,16 @@ mod tests {
         assert_eq!(r.headers()[header::RETRY_AFTER], "1");
         let r = ApiError::bad_request("x").into_response();
         assert!(r.headers().get(header::RETRY_AFTER).is_none());
+    }
+
+    #[test]
+    fn a_trimmed_cursor_is_410_naming_the_earliest_cursor_as_a_string() {
+        let e = ApiError::trimmed("trimmed", 41);
+        assert_eq!(e.status, StatusCode::GONE);
+        assert_eq!(
+            json(&e),
+            serde_json::json!({"error": "trimmed", "earliest_cursor": "41"})
+        );
     }
 
     #[test]

@@ -73,10 +73,12 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
     let reader = st.reader.clone();
     // The counters record only: a scrape costs the same however many topics and producers
     // the store tracks (reading `stats()` walked every one of them).
-    let store = tokio::task::spawn_blocking(move || reader.counters())
-        .await
-        .ok()
-        .and_then(Result::ok);
+    let store = tokio::task::spawn_blocking(move || {
+        Ok::<_, raft_store::StoreError>((reader.counters()?, reader.trimmed()?))
+    })
+    .await
+    .ok()
+    .and_then(Result::ok);
     let text = st.metrics.render(
         &st.raft,
         st.batcher.queued_events(),

@@ -18,6 +18,7 @@ pub mod overview;
 pub mod publish;
 pub mod raft_rpc;
 pub mod read;
+pub mod retention;
 pub mod snapshot_intake;
 pub mod state;
 pub mod ui;
@@ -29,7 +30,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, HeaderMap};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
@@ -79,6 +80,7 @@ pub fn router(state: AppState, surface: Surface) -> Router {
         .route("/digest", get(read::digest))
         .route("/cluster", get(admin::cluster))
         .route("/cluster/overview", get(overview::overview))
+        .route("/retention", get(retention::get))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_read))
         .route_layer(middleware::from_fn_with_state(client_limits, limits::admit));
     let admin = Router::new()
@@ -86,6 +88,11 @@ pub fn router(state: AppState, surface: Surface) -> Router {
         .route("/cluster/membership", post(admin::change_membership))
         .route("/cluster/snapshot", post(admin::build_snapshot))
         .route("/backup", get(backup::backup))
+        .route("/retention/default", put(retention::put_default))
+        .route(
+            "/retention/topics/{*topic}",
+            put(retention::put_topic).delete(retention::delete_topic),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     let open = Router::new()
         .route("/health", get(health::health))

@@ -147,7 +147,7 @@ fn push_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
 /// Query of `/stats` and `/digest`.
 #[derive(Debug, Deserialize)]
 pub struct LevelQuery {
-    consistency: Option<String>,
+    pub(crate) consistency: Option<String>,
 }
 
 /// A producer's counters as `/stats` reports them. Every field is named, so a counter added
@@ -233,6 +233,10 @@ pub(crate) async fn local_stats(
             .map(|(source, stats)| (source, producer_stats(stats)))
             .collect(),
         raft,
+        stored: s.digest.count,
+        trimmed_events: s.trimmed.events,
+        trimmed_bytes: s.trimmed.bytes,
+        dedup_window: "retained".to_owned(),
         digest: s.digest.hex(),
         consistency: p.marker.clone(),
     };

@@ -310,7 +310,7 @@ fn length_ok(
 }
 
 /// Why a topic is refused, if it is.
-fn topic_problem(t: &str) -> Option<String> {
+pub(crate) fn topic_problem(t: &str) -> Option<String> {
     let n = t.chars().count();
     if n == 0 {
         return Some("must not be empty".into());

@@ -456,7 +456,7 @@ mod tests {
         };
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(EventBatch::new(vec![ev])),
+            payload: EntryPayload::Normal(EventBatch::new(vec![ev]).into()),
         }
     }
 

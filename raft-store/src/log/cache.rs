@@ -14,7 +14,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use openraft::EntryPayload;
 
-use crate::types::{entry_approx_bytes, Event, TypeConfig};
+use crate::types::{entry_approx_bytes, TypeConfig};
 
 type Entry = openraft::Entry<TypeConfig>;
 
@@ -89,7 +89,7 @@ impl Tail {
 /// Estimated memory held by an entry: its events' text and their structs.
 fn cost(e: &Entry) -> usize {
     let structs = match &e.payload {
-        EntryPayload::Normal(batch) => batch.events.len() * std::mem::size_of::<Event>(),
+        EntryPayload::Normal(command) => std::mem::size_of_val(command.events()),
         _ => 0,
     };
     entry_approx_bytes(e) + structs

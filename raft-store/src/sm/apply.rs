@@ -16,8 +16,8 @@ use crate::sm::bookkeeping::Bookkeeping;
 use crate::sm::dedup_index::{self, DedupIndex, KeyHash, SharedDedupIndex};
 use crate::sm::index_runs::IndexRuns;
 use crate::types::{
-    ApplyStatus, BatchOutcome, Event, EventOutcome, LamportStamp, StoredEvent, StoredEventRef,
-    TypeConfig, MAX_PRODUCER_LAMPORT,
+    entry_events, ApplyStatus, BatchOutcome, Event, EventOutcome, LamportStamp, StoredEvent,
+    StoredEventRef, TypeConfig, MAX_PRODUCER_LAMPORT,
 };
 
 type Entry = openraft::Entry<TypeConfig>;
@@ -36,14 +36,7 @@ pub(crate) fn apply_entries(
     let (events_cf, hashes_cf) = (db.cf(CF_EVENTS)?, db.cf(CF_KEY_HASHES)?);
     let (topic_cf, source_cf) = (db.cf(CF_BY_TOPIC)?, db.cf(CF_BY_SOURCE)?);
 
-    let events: Vec<&Event> = entries
-        .iter()
-        .filter_map(|e| match &e.payload {
-            EntryPayload::Normal(batch) => Some(batch.events.iter()),
-            _ => None,
-        })
-        .flatten()
-        .collect();
+    let events: Vec<&Event> = entries.iter().flat_map(entry_events).collect();
     let (hashes, stored_copies) = {
         let index = index.read();
         let hashes: Vec<KeyHash> = events
@@ -73,7 +66,8 @@ pub(crate) fn apply_entries(
                     StoredMembership::new(Some(entry.log_id), membership.clone());
                 &[]
             }
-            EntryPayload::Normal(batch) => &batch.events,
+            // The caller hands control commands to `retention.rs`, never here.
+            EntryPayload::Normal(command) => command.events(),
         };
         let mut results = Vec::with_capacity(entry_events.len());
         for event in entry_events {
@@ -107,7 +101,7 @@ pub(crate) fn apply_entries(
             dedup_index::put_record(&mut batch, hashes_cf, *hash, stamp);
             by_topic.push(&event.topic, stamp);
             by_source.push(&event.source, stamp);
-            bump_topic(state, &event.topic);
+
             state
                 .producer_mut(db, &event.source)?
                 .record(event.seq, stamp);
@@ -119,6 +113,7 @@ pub(crate) fn apply_entries(
             };
             scratch = codec::encode_reusing("stored event", &stored, scratch)?;
             batch.put_cf(events_cf, keys::lamport_key(stamp), &scratch);
+            bump_topic(state, &event.topic, scratch.len() as u64);
             results.push(EventOutcome {
                 status: ApplyStatus::Stored,
                 lamport: stamp,
@@ -188,11 +183,17 @@ fn stored_copies(
     Ok(found)
 }
 
-fn bump_topic(state: &mut Bookkeeping, topic: &str) {
+fn bump_topic(state: &mut Bookkeeping, topic: &str, bytes: u64) {
     match state.topics.get_mut(topic) {
         Some(count) => *count += 1,
         None => {
             state.topics.insert(topic.to_owned(), 1);
+        }
+    }
+    match state.topic_bytes.get_mut(topic) {
+        Some(held) => *held += bytes,
+        None => {
+            state.topic_bytes.insert(topic.to_owned(), bytes);
         }
     }
 }

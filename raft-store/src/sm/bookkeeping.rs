@@ -1,5 +1,6 @@
 //! The state machine's bookkeeping — counters, clock, digest, applied log id, membership,
-//! topic counts and producer tracking — and how it is read from one RocksDB view.
+//! topic counts and bytes, producer tracking and the retention record — and how it is read
+//! from one RocksDB view.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -12,6 +13,7 @@ use crate::codec;
 use crate::db::{Db, CF_PRODUCERS, CF_SM_META, CF_TOPICS};
 use crate::error::StoreError;
 use crate::keys;
+use crate::sm::retention::{self, RetentionState};
 use crate::types::{Counters, Digest, LamportStamp, Node, NodeId, ProducerStats};
 
 /// The one record of the `sm_meta` column family (key [`keys::STATE_MACHINE_META`]),
@@ -38,6 +40,12 @@ pub(crate) struct Bookkeeping {
     pub(crate) meta: StateMachineMeta,
     /// Stored events per topic.
     pub(crate) topics: HashMap<String, u64>,
+    /// Stored bytes per topic (each event's record as stored), what `max_bytes` limits. Kept
+    /// beside the count in `topics`; a store written before retention counts from its first
+    /// apply under this release, and a snapshot install recounts them exactly.
+    pub(crate) topic_bytes: HashMap<String, u64>,
+    /// Retention policies, floors, trimmed counters and marks.
+    pub(crate) retention: RetentionState,
     /// Per-producer tracking: every producer when read by [`Bookkeeping::load`]; in the
     /// state machine's live copy ([`Bookkeeping::load_live`]) only a cache of those applies
     /// touched lately, the rest read back from RocksDB when next needed
@@ -73,13 +81,21 @@ impl Bookkeeping {
 
     fn load_without_producers(db: &Db, view: &Snapshot<'_>) -> Result<Bookkeeping, StoreError> {
         let meta = read_meta(db, view)?;
-        let mut topics = HashMap::new();
+        let (mut topics, mut topic_bytes) = (HashMap::new(), HashMap::new());
         let mut it = view.raw_iterator_cf(db.cf(CF_TOPICS)?);
         it.seek_to_first();
         while let Some((key, value)) = it.item() {
             let name = utf8("topic name", key)?;
-            let count = keys::decode_u64(value)
-                .ok_or_else(|| StoreError::corrupt("topic count", "not 8 bytes"))?;
+            // `count u64 BE`, then `bytes u64 BE` since retention (absent in older records).
+            let (count, bytes) = match value.len() {
+                8 => (keys::decode_u64(value), Some(0)),
+                16 => (keys::decode_u64(&value[..8]), keys::decode_u64(&value[8..])),
+                _ => (None, None),
+            };
+            let (Some(count), Some(bytes)) = (count, bytes) else {
+                return Err(StoreError::corrupt("topic count", "not 8 or 16 bytes"));
+            };
+            topic_bytes.insert(name.clone(), bytes);
             topics.insert(name, count);
             it.next();
         }
@@ -87,6 +103,8 @@ impl Bookkeeping {
         Ok(Bookkeeping {
             meta,
             topics,
+            topic_bytes,
+            retention: retention::read(db, view)?,
             producers: HashMap::new(),
         })
     }
@@ -136,7 +154,7 @@ impl Bookkeeping {
         Ok(())
     }
 
-    /// Queues one topic's count into `batch`.
+    /// Queues one topic's count and bytes into `batch`.
     pub(crate) fn put_topic(
         &self,
         db: &Db,
@@ -144,7 +162,11 @@ impl Bookkeeping {
         topic: &str,
     ) -> Result<(), StoreError> {
         let count = self.topics.get(topic).copied().unwrap_or(0);
-        batch.put_cf(db.cf(CF_TOPICS)?, topic.as_bytes(), count.to_be_bytes());
+        let bytes = self.topic_bytes.get(topic).copied().unwrap_or(0);
+        let mut value = [0u8; 16];
+        value[..8].copy_from_slice(&count.to_be_bytes());
+        value[8..].copy_from_slice(&bytes.to_be_bytes());
+        batch.put_cf(db.cf(CF_TOPICS)?, topic.as_bytes(), value);
         Ok(())
     }
 
@@ -210,6 +232,15 @@ impl Digest {
         self.value = self
             .value
             .wrapping_add(digest_hash(topic, event_id, lamport));
+    }
+
+    /// Takes out one trimmed event: the digest is then the one of the events still held, as if
+    /// the trimmed ones had never been added.
+    pub(crate) fn remove(&mut self, topic: &str, event_id: &str, lamport: LamportStamp) {
+        self.count = self.count.saturating_sub(1);
+        self.value = self
+            .value
+            .wrapping_sub(digest_hash(topic, event_id, lamport));
     }
 }
 

@@ -122,6 +122,15 @@ impl DedupIndex {
         }
     }
 
+    /// Forgets the entry of the event stamped `stamp` under `hash` (a trimmed event), if any.
+    pub(crate) fn remove(&mut self, hash: KeyHash, stamp: LamportStamp) {
+        if let Some(table) = self.shards.get_mut(shard_of(hash)) {
+            if let Ok(entry) = table.find_entry(hash.0, |e| *e == (hash, stamp)) {
+                entry.remove();
+            }
+        }
+    }
+
     /// Stored events indexed.
     pub(crate) fn len(&self) -> usize {
         self.shards.iter().map(HashTable::len).sum()

@@ -146,6 +146,63 @@ pub(crate) fn scan(
     Ok(stamps)
 }
 
+/// The stamps of `name` in index `cf` below `below`, read from the latest state, starting at
+/// the run keyed at or after `from` (runs keyed below it were trimmed already), and what is
+/// left of the one run that straddles `below`, if one does. A trim deletes every run keyed
+/// below `below` with one range delete and writes the remainder back with [`put_run`].
+pub(crate) fn split_below(
+    db: &Db,
+    cf: &'static str,
+    name: &str,
+    from: LamportStamp,
+    below: LamportStamp,
+) -> Result<(Vec<LamportStamp>, Vec<LamportStamp>), StoreError> {
+    let prefix = keys::index_prefix(name);
+    let mut it = db.rocks.raw_iterator_cf(db.cf(cf)?);
+    it.seek(keys::index_key(name, from));
+    let (mut gone, mut kept) = (Vec::new(), Vec::new());
+    let mut run = Vec::new();
+    while let Some((key, value)) = it.item() {
+        let Some(first) = keys::index_stamp(&prefix, key) else {
+            break;
+        };
+        if first >= below {
+            break;
+        }
+        run.clear();
+        decode_run(first, value, &mut run)?;
+        for stamp in &run {
+            if *stamp < below {
+                gone.push(*stamp);
+            } else {
+                kept.push(*stamp);
+            }
+        }
+        if !kept.is_empty() {
+            break;
+        }
+        it.next();
+    }
+    it.status()?;
+    Ok((gone, kept))
+}
+
+/// Queues one run of `name` (at most [`MAX_RUN`] ascending stamps, or more split into records).
+pub(crate) fn put_run(
+    batch: &mut WriteBatch,
+    cf: &ColumnFamily,
+    name: &str,
+    stamps: &[LamportStamp],
+) -> Result<(), StoreError> {
+    let mut value = Vec::new();
+    for run in stamps.chunks(MAX_RUN) {
+        let Some(first) = run.first() else { continue };
+        value = encode_rest(run, value)?;
+        batch.put_cf(cf, keys::index_key(name, *first), &value);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,6 +8,7 @@ pub(crate) mod bookkeeping;
 pub(crate) mod dedup_index;
 pub(crate) mod index_runs;
 pub(crate) mod machine_db;
+pub(crate) mod retention;
 pub(crate) mod snapshot;
 pub(crate) mod store;
 

@@ -25,26 +25,28 @@ use openraft::{
 };
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
+use crate::command::{Command, Control};
 use crate::error::StoreError;
 use crate::sm::apply::apply_entries;
 use crate::sm::bookkeeping::Bookkeeping;
 use crate::sm::dedup_index::SharedDedupIndex;
 use crate::sm::machine_db::StateMachineDb;
+use crate::sm::retention;
 use crate::sm::snapshot::build::SnapshotBuilder;
 use crate::sm::snapshot::file::SnapshotFile;
 use crate::sm::snapshot::{self, install};
-use crate::types::{BatchOutcome, Node, NodeId, TypeConfig};
+use crate::types::{entry_events, BatchOutcome, Node, NodeId, TypeConfig};
 
 type Entry = openraft::Entry<TypeConfig>;
 
 /// Apply calls with at most this many events run on the calling task, not the blocking pool.
 const INLINE_APPLY_EVENTS: usize = 64;
 
-/// Events an entry carries.
-fn entry_events(e: &Entry) -> usize {
+/// The control command an entry carries, if it carries one.
+fn control_of(e: &Entry) -> Option<&Control> {
     match &e.payload {
-        EntryPayload::Normal(batch) => batch.events.len(),
-        _ => 0,
+        EntryPayload::Normal(Command::Control(control)) => Some(control),
+        _ => None,
     }
 }
 
@@ -125,26 +127,12 @@ impl StateMachineStore {
             .as_mut()
             .ok_or_else(|| StoreError::corrupt("state machine", "state missing after reload"))
     }
-}
 
-impl RaftStateMachine<TypeConfig> for StateMachineStore {
-    type SnapshotBuilder = SnapshotBuilder;
-
-    async fn applied_state(
+    /// Applies entries that store events (or are Raft's own) in one call of `apply.rs`.
+    async fn apply_events(
         &mut self,
-    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, Node>), StorageError<NodeId>> {
-        let state = self
-            .state()
-            .map_err(|e| e.into_storage(ErrorSubject::StateMachine, ErrorVerb::Read))?;
-        Ok((state.meta.last_applied, state.meta.last_membership.clone()))
-    }
-
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<BatchOutcome>, StorageError<NodeId>>
-    where
-        I: IntoIterator<Item = Entry> + OptionalSend,
-        I::IntoIter: OptionalSend,
-    {
-        let entries: Vec<Entry> = entries.into_iter().collect();
+        entries: Vec<Entry>,
+    ) -> Result<Vec<BatchOutcome>, StorageError<NodeId>> {
         let last = entries.last().map(|e| e.log_id);
         let to_storage = |e: StoreError| match last {
             Some(log_id) => StorageError::IO {
@@ -160,7 +148,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 Bookkeeping::load_live(&self.db, &self.db.rocks.snapshot()).map_err(to_storage)?
             }
         };
-        let events: usize = entries.iter().map(entry_events).sum();
+        let events: usize = entries.iter().map(|e| entry_events(e).len()).sum();
         let joined = if events <= INLINE_APPLY_EVENTS {
             // A few events are tens of microseconds of work: less than handing them to
             // another thread and waking this task again, which is on every small write's
@@ -202,6 +190,77 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 Err(to_storage(StoreError::Task(e)))
             }
         }
+    }
+
+    /// Applies one control command (`retention.rs`), always on the blocking pool: a trim
+    /// reads and deletes up to a plan's budget of events.
+    async fn apply_control(&mut self, entry: Entry) -> Result<BatchOutcome, StorageError<NodeId>> {
+        let log_id = entry.log_id;
+        let to_storage = |e: StoreError| StorageError::IO {
+            source: openraft::StorageIOError::apply(log_id, openraft::AnyError::new(&e)),
+        };
+        let mut state = match self.state.take() {
+            Some(state) => state,
+            None => {
+                Bookkeeping::load_live(&self.db, &self.db.rocks.snapshot()).map_err(to_storage)?
+            }
+        };
+        let (db, index) = (self.db.clone(), self.index.clone());
+        let joined = tokio::task::spawn_blocking(move || {
+            let result = retention::apply_control(&db, &mut state, &index, &entry);
+            (state, result)
+        })
+        .await;
+        match joined {
+            Ok((state, Ok(()))) => {
+                self.state = Some(state);
+                Ok(BatchOutcome::default())
+            }
+            Ok((_, Err(e))) => {
+                self.state = None;
+                Err(to_storage(e))
+            }
+            Err(e) => {
+                self.state = None;
+                Err(to_storage(StoreError::Task(e)))
+            }
+        }
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, Node>), StorageError<NodeId>> {
+        let state = self
+            .state()
+            .map_err(|e| e.into_storage(ErrorSubject::StateMachine, ErrorVerb::Read))?;
+        Ok((state.meta.last_applied, state.meta.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<BatchOutcome>, StorageError<NodeId>>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut replies = Vec::new();
+        let mut rest = entries.into_iter().peekable();
+        // A control command is applied on its own, in log order between the entries around
+        // it: where one apply call ends differs between replicas, and what an event finds (a
+        // trimmed original or none) must not.
+        while rest.peek().is_some() {
+            let run: Vec<Entry> =
+                std::iter::from_fn(|| rest.next_if(|e| control_of(e).is_none())).collect();
+            if !run.is_empty() {
+                replies.extend(self.apply_events(run).await?);
+            }
+            if let Some(entry) = rest.next() {
+                replies.push(self.apply_control(entry).await?);
+            }
+        }
+        Ok(replies)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {

@@ -89,7 +89,7 @@ pub fn ev(topic: &str, id: &str, source: &str, seq: Option<u64>, lamport: Option
 pub fn normal(index: u64, events: Vec<Event>) -> Entry {
     Entry {
         log_id: log_id(index),
-        payload: EntryPayload::Normal(EventBatch::new(events)),
+        payload: EntryPayload::Normal(EventBatch::new(events).into()),
     }
 }
 

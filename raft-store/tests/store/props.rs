@@ -66,7 +66,7 @@ proptest! {
         // Model: first copy of a key is stored with a fresh stamp; later ones get its stamp.
         let mut first: HashMap<EventKey, LamportStamp> = HashMap::new();
         let events = entries.iter().filter_map(|e| match &e.payload {
-            openraft::EntryPayload::Normal(b) => Some(b.events.iter()),
+            openraft::EntryPayload::Normal(b) => Some(b.events().iter()),
             _ => None,
         }).flatten();
         let results = outcomes.iter().flat_map(|o| o.results.iter());
@@ -123,7 +123,7 @@ proptest! {
         let mut by_topic: HashMap<String, Vec<u64>> = HashMap::new();
         let mut by_source: HashMap<String, Vec<u64>> = HashMap::new();
         let events = entries.iter().filter_map(|e| match &e.payload {
-            openraft::EntryPayload::Normal(b) => Some(b.events.iter()),
+            openraft::EntryPayload::Normal(b) => Some(b.events().iter()),
             _ => None,
         }).flatten();
         for (event, result) in events.zip(outcomes.iter().flat_map(|o| o.results.iter())) {

@@ -16,9 +16,13 @@ use xxhash_rust::xxh3::Xxh3;
 use crate::codec;
 use crate::error::StoreError;
 use crate::sm::bookkeeping::{Bookkeeping, StateMachineMeta};
+use crate::sm::retention::RetentionState;
 use crate::types::{Digest, ProducerStats, StoredEvent};
 
-const MAGIC: &[u8; 8] = b"AGSNAP01";
+/// Written since retention: the header carries the retention record.
+const MAGIC: &[u8; 8] = b"AGSNAP02";
+/// Written before retention (header without it); still read, as "no retention".
+const MAGIC_BEFORE_RETENTION: &[u8; 8] = b"AGSNAP01";
 /// Bytes written between two syncs of the data file: like RocksDB's `bytes_per_sync`, so a
 /// large file does not reach the disk in one burst at the end, ahead of the Raft log's small
 /// syncs (which every acknowledgement waits on).
@@ -29,12 +33,22 @@ const IO_BUFFER_BYTES: usize = 1 << 20;
 /// few MiB); a length above this is damage, refused before anything is allocated for it.
 const MAX_EVENT_FRAME: u32 = 64 << 20;
 
-/// Everything in a snapshot except the events.
+/// Everything in a snapshot except the events. Topic bytes are not carried: an install
+/// recounts them from the events.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct SnapshotHeader {
     pub(crate) meta: StateMachineMeta,
     pub(crate) topics: Vec<(String, u64)>,
     pub(crate) producers: Vec<(String, ProducerStats)>,
+    pub(crate) retention: RetentionState,
+}
+
+/// The header of [`MAGIC_BEFORE_RETENTION`] snapshots.
+#[derive(Deserialize)]
+struct HeaderBeforeRetention {
+    meta: StateMachineMeta,
+    topics: Vec<(String, u64)>,
+    producers: Vec<(String, ProducerStats)>,
 }
 
 impl SnapshotHeader {
@@ -44,6 +58,7 @@ impl SnapshotHeader {
             meta: state.meta.clone(),
             topics: state.sorted_topics().into_iter().collect(),
             producers: state.sorted_producers().into_iter().collect(),
+            retention: state.retention.clone(),
         }
     }
 
@@ -52,6 +67,8 @@ impl SnapshotHeader {
         Bookkeeping {
             meta: self.meta,
             topics: self.topics.into_iter().collect(),
+            topic_bytes: Default::default(),
+            retention: self.retention,
             producers: self.producers.into_iter().collect(),
         }
     }
@@ -144,13 +161,23 @@ impl FormatReader {
             frame: Vec::new(),
         };
         let mut magic = [0; MAGIC.len()];
-        if !r.fill(&mut magic)? || &magic != MAGIC {
+        if !r.fill(&mut magic)? || (&magic != MAGIC && &magic != MAGIC_BEFORE_RETENTION) {
             return Err(StoreError::corrupt("snapshot", "bad magic"));
         }
         if !r.next_frame(u32::MAX)? {
             return Err(StoreError::corrupt("snapshot", "no header"));
         }
-        let header = codec::decode("snapshot header", &r.frame)?;
+        let header = if &magic == MAGIC {
+            codec::decode("snapshot header", &r.frame)?
+        } else {
+            let old: HeaderBeforeRetention = codec::decode("snapshot header", &r.frame)?;
+            SnapshotHeader {
+                meta: old.meta,
+                topics: old.topics,
+                producers: old.producers,
+                retention: RetentionState::default(),
+            }
+        };
         Ok((r, header))
     }
 

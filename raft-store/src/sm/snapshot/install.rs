@@ -34,6 +34,7 @@ use crate::sm::bookkeeping::Bookkeeping;
 use crate::sm::dedup_index::{self, DedupIndex, SharedDedupIndex};
 use crate::sm::index_runs::IndexRuns;
 use crate::sm::machine_db::StateMachineDb;
+use crate::sm::retention;
 use crate::types::StoredEvent;
 
 /// Bytes of state-machine writes an install queues before writing them: its memory, beside the
@@ -186,6 +187,7 @@ fn replay(
     let (topic_cf, source_cf) = (db.cf(CF_BY_TOPIC)?, db.cf(CF_BY_SOURCE)?);
     let (mut by_topic, mut by_source) = (IndexRuns::default(), IndexRuns::default());
     let (mut written_batches, mut unflushed) = (0u64, 0usize);
+    let mut topic_bytes: std::collections::HashMap<String, u64> = Default::default();
     while let Some(bytes) = reader.next_event()? {
         let stored_event: StoredEvent = codec::decode("snapshot event", bytes)?;
         let (event, stamp) = (&stored_event.event, stored_event.lamport);
@@ -197,6 +199,7 @@ fn replay(
         }
         by_topic.push(&event.topic, stamp);
         by_source.push(&event.source, stamp);
+        *topic_bytes.entry(event.topic.clone()).or_insert(0) += bytes.len() as u64;
         if batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
             // Runs of one name never interleave across batches: stamps only grow.
             std::mem::take(&mut by_topic).write(&mut batch, topic_cf)?;
@@ -223,7 +226,9 @@ fn replay(
     }
     by_topic.write(&mut batch, topic_cf)?;
     by_source.write(&mut batch, source_cf)?;
-    let state = header.into_state();
+    let mut state = header.into_state();
+    state.topic_bytes = topic_bytes;
+    retention::put(db, &mut batch, &state.retention)?;
     for topic in state.topics.keys() {
         state.put_topic(db, &mut batch, topic)?;
     }

@@ -1,0 +1,252 @@
+//! What a Raft entry asks the state machine to do ([`Command`], openraft's application data):
+//! store a batch of events, change the retention policies, or trim events by explicit
+//! cut-offs; and its byte encoding, which keeps every entry written before retention existed
+//! readable as it is.
+//!
+//! An entry of events encodes exactly as a `Vec<Event>` always did (`len varint | events`).
+//! Every other command encodes as the sequence length [`CONTROL_MARK`] followed by one
+//! postcard-encoded [`Control`]. No batch of events can claim that length: a log record is at
+//! most 4 GiB and every event takes more than one byte, so an old record never reads as a
+//! control command and a control command never reads as events. (The encoding leans on
+//! postcard: a sequence is a varint length then the elements, a tuple its elements alone, and
+//! a `u64` the same varint as a length. postcard is the only codec of the log, the snapshots
+//! and the Raft RPCs.)
+
+use std::fmt;
+
+use serde::de::{self, SeqAccess, Visitor};
+use serde::ser::SerializeTuple;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::types::{Event, EventBatch, LamportStamp};
+
+/// Sequence length that marks a control command (see the module header).
+const CONTROL_MARK: u64 = u32::MAX as u64;
+
+/// The application data of one Raft entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Events to store, deduplicated (one client request or several coalesced).
+    Events(EventBatch),
+    /// Anything else: retention policies and trims.
+    Control(Control),
+}
+
+impl Command {
+    /// The events this command stores (none for a control command).
+    pub fn events(&self) -> &[Event] {
+        match self {
+            Command::Events(batch) => &batch.events,
+            Command::Control(_) => &[],
+        }
+    }
+
+    /// Approximate size, as [`EventBatch::approx_bytes`]; a control command counts its cuts.
+    pub fn approx_bytes(&self) -> usize {
+        match self {
+            Command::Events(batch) => batch.approx_bytes(),
+            Command::Control(Control::Trim(trim)) => {
+                64 + trim.cuts.iter().map(|c| c.topic.len() + 16).sum::<usize>()
+            }
+            Command::Control(Control::Retention(_)) => 320,
+        }
+    }
+}
+
+impl From<EventBatch> for Command {
+    fn from(batch: EventBatch) -> Command {
+        Command::Events(batch)
+    }
+}
+
+impl Default for Command {
+    fn default() -> Command {
+        Command::Events(EventBatch::default())
+    }
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::Events(batch) => batch.fmt(f),
+            Command::Control(Control::Retention(change)) => write!(f, "Retention({change:?})"),
+            Command::Control(Control::Trim(trim)) => {
+                write!(f, "Trim({} cuts at {} ms)", trim.cuts.len(), trim.at_ms)
+            }
+        }
+    }
+}
+
+/// A command that stores no events.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Control {
+    /// Sets or removes a retention policy.
+    Retention(RetentionChange),
+    /// Deletes events below explicit per-topic cut-offs.
+    Trim(Trim),
+}
+
+/// Limits on what one topic keeps; each one that is set trims the oldest events past it.
+/// All unset: keep everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetentionPolicy {
+    /// Trim events stored more than this many milliseconds ago.
+    pub max_age_ms: Option<u64>,
+    /// Keep at most this many events.
+    pub max_events: Option<u64>,
+    /// Keep at most this many bytes of events (as stored: the encoded record of each event).
+    pub max_bytes: Option<u64>,
+}
+
+impl RetentionPolicy {
+    /// Whether no limit is set.
+    pub fn is_unlimited(&self) -> bool {
+        self.max_age_ms.is_none() && self.max_events.is_none() && self.max_bytes.is_none()
+    }
+}
+
+/// A change of the retention policies.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RetentionChange {
+    /// The policy of every topic without one of its own.
+    SetDefault(RetentionPolicy),
+    /// One topic's own policy.
+    SetTopic {
+        /// The topic.
+        topic: String,
+        /// Its policy.
+        policy: RetentionPolicy,
+    },
+    /// Drops a topic's own policy: the default applies to it again.
+    RemoveTopic {
+        /// The topic.
+        topic: String,
+    },
+}
+
+/// A trim: every replica deletes exactly the events below these cut-offs, whatever its clock
+/// says. Proposed by the leader from its own applied state (`StoreReader::plan_trim`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trim {
+    /// The leader's wall clock when it planned the trim (milliseconds since the Unix epoch).
+    pub at_ms: u64,
+    /// The leader's applied clock read before `at_ms`: every event stamped at or below it
+    /// was stored by `at_ms`. The state machine keeps such marks to turn ages into stamps.
+    pub clock: LamportStamp,
+    /// Per topic: delete its events stamped below `below`.
+    pub cuts: Vec<TrimCut>,
+}
+
+/// One topic's cut-off.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrimCut {
+    /// The topic.
+    pub topic: String,
+    /// Events of the topic stamped below this are deleted.
+    pub below: LamportStamp,
+}
+
+impl Serialize for Command {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Command::Events(batch) => batch.serialize(serializer),
+            Command::Control(control) => {
+                // A tuple is its elements back to back: the mark's varint, where the events'
+                // length would be, then the command.
+                let mut tuple = serializer.serialize_tuple(2)?;
+                tuple.serialize_element(&CONTROL_MARK)?;
+                tuple.serialize_element(control)?;
+                tuple.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Command {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Command, D::Error> {
+        // Read as an open-ended tuple: the leading varint first (a length or the mark), then as
+        // many elements as it says. postcard reads a `u64` exactly as it reads a length.
+        deserializer.deserialize_tuple(usize::MAX, CommandVisitor)
+    }
+}
+
+struct CommandVisitor;
+
+impl<'de> Visitor<'de> for CommandVisitor {
+    type Value = Command;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a sequence of events or a control command")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Command, A::Error> {
+        let missing = || de::Error::custom("entry ends early");
+        let lead: u64 = seq.next_element()?.ok_or_else(missing)?;
+        if lead == CONTROL_MARK {
+            let control = seq.next_element::<Control>()?.ok_or_else(missing)?;
+            return Ok(Command::Control(control));
+        }
+        // Never trust the claimed length for the allocation: it comes off the disk or the wire.
+        let mut events = Vec::with_capacity(usize::try_from(lead).unwrap_or(0).min(4096));
+        for _ in 0..lead {
+            events.push(seq.next_element::<Event>()?.ok_or_else(missing)?);
+        }
+        Ok(Command::Events(EventBatch::new(events)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: &str) -> Event {
+        Event {
+            topic: "t".into(),
+            event_id: id.into(),
+            timestamp: "2024-01-01T00:00:00Z".into(),
+            source: "s".into(),
+            payload: "{}".into(),
+            seq: None,
+            lamport: None,
+        }
+    }
+
+    #[test]
+    fn events_encode_exactly_as_the_batch_did() {
+        let batch = EventBatch::new(vec![event("a"), event("b")]);
+        let old = postcard::to_stdvec(&batch).unwrap();
+        let command = Command::Events(batch.clone());
+        assert_eq!(postcard::to_stdvec(&command).unwrap(), old);
+        assert_eq!(postcard::from_bytes::<Command>(&old).unwrap(), command);
+        let empty = postcard::to_stdvec(&EventBatch::default()).unwrap();
+        assert_eq!(
+            postcard::from_bytes::<Command>(&empty).unwrap(),
+            Command::default()
+        );
+    }
+
+    #[test]
+    fn control_commands_round_trip_and_never_read_as_events() {
+        let trim = Command::Control(Control::Trim(Trim {
+            at_ms: 7,
+            clock: LamportStamp(9),
+            cuts: vec![TrimCut {
+                topic: "t".into(),
+                below: LamportStamp(5),
+            }],
+        }));
+        let change = Command::Control(Control::Retention(RetentionChange::SetTopic {
+            topic: "t".into(),
+            policy: RetentionPolicy {
+                max_events: Some(3),
+                ..RetentionPolicy::default()
+            },
+        }));
+        for command in [trim, change] {
+            let bytes = postcard::to_stdvec(&command).unwrap();
+            assert_eq!(postcard::from_bytes::<Command>(&bytes).unwrap(), command);
+            // An older release reading it finds a batch it cannot hold, not events.
+            assert!(postcard::from_bytes::<EventBatch>(&bytes).is_err());
+        }
+    }
+}
