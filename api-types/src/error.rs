@@ -8,6 +8,7 @@ use crate::NodeId;
 /// only when a publish was invalid, `leader_id` only when a 503 knows the leader,
 /// `earliest_cursor` only on a 410 (a read after a cursor whose events were trimmed).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct ErrorBody {
     /// What went wrong.
@@ -26,6 +27,7 @@ pub struct ErrorBody {
 
 /// One problem with one field of one event of a publish request.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct FieldError {
     /// Position of the event in the request (0 for a single event).

@@ -12,6 +12,7 @@ pub type NodeId = u64;
 #[derive(
     Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct LamportStamp(pub u64);
 
@@ -23,6 +24,7 @@ impl fmt::Display for LamportStamp {
 
 /// The cluster's deduplication key: an event is stored at most once per `(topic, event_id)`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventKey {
     /// Topic the event is published to.
     pub topic: String,

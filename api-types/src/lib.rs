@@ -13,6 +13,7 @@
 mod cluster;
 mod error;
 mod event;
+mod overview;
 mod publish;
 mod read;
 mod subscribe;
@@ -23,6 +24,7 @@ pub use cluster::{
 };
 pub use error::{ErrorBody, FieldError};
 pub use event::{EventKey, LamportStamp, NodeId};
+pub use overview::{ClusterOverview, ElectionRecord, MemberOverview};
 pub use publish::{EventResult, EventStatus, PublishEvent, PublishResponse};
 pub use read::{
     ConsistencyLevel, ConsistencyMarker, DigestResponse, EventsPage, ProducerStats, RaftStats,

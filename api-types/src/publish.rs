@@ -10,25 +10,35 @@ use crate::{LamportStamp, NodeId};
 /// Borrows its strings and is generic over the payload, so a client serializes it without
 /// copying; the server's own parsing (with per-field errors) is stricter than serde's.
 #[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(bound = ""))]
 pub struct PublishEvent<'a, P: Serialize> {
     /// Topic, `[A-Za-z0-9._/:-]{1,255}`.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 255, pattern = "^[A-Za-z0-9._/:-]+$"))]
     pub topic: &'a str,
     /// Event id, unique within the topic (the deduplication key with it).
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 128))]
     pub event_id: &'a str,
     /// Producer timestamp, RFC 3339.
+    #[cfg_attr(feature = "openapi", schema(format = DateTime, max_length = 64))]
     pub timestamp: &'a str,
     /// The producer's name.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 255))]
     pub source: &'a str,
     /// Any JSON value.
+    #[cfg_attr(feature = "openapi", schema(value_type = Value))]
     pub payload: &'a P,
-    /// The producer's sequence number.
+    /// The producer's sequence number (optional on the wire).
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>, required = false, maximum = 9223372036854775807_u64))]
     pub seq: u64,
-    /// The producer's Lamport clock when it created the event.
+    /// The producer's Lamport clock when it created the event (optional, at most 2^62).
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<u64>, required = false, maximum = 4611686018427387904_u64))]
     pub lamport: u64,
 }
 
 /// Whether the cluster stored an event or found its key already stored.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum EventStatus {
     /// The key was new: this copy is the stored one.
@@ -40,12 +50,15 @@ pub enum EventStatus {
 /// One event's result in a publish answer, borrowing its strings from the answer's bytes
 /// (at 100,000 events/s, two owned strings per result would be most of a client's work).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventResult<'a> {
     /// Topic of the event.
     #[serde(borrow)]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub topic: Cow<'a, str>,
     /// Id of the event.
     #[serde(borrow)]
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub event_id: Cow<'a, str>,
     /// Stored or duplicate.
     pub status: EventStatus,
@@ -56,6 +69,7 @@ pub struct EventResult<'a> {
 /// The 200 answer of `POST /publish`: totals, the leader that committed, and one result per
 /// event in request order.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct PublishResponse<'a> {
     /// Events in the request.

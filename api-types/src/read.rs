@@ -10,6 +10,7 @@ use crate::{EventKey, LamportStamp, NodeId};
 
 /// How consistent a read answer is.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ConsistencyLevel {
     /// Served by a leader that confirmed its leadership with a quorum for this read.
@@ -32,6 +33,7 @@ impl ConsistencyLevel {
 
 /// The `consistency` object of every read answer: who served it, from how fresh a state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct ConsistencyMarker {
     /// `linearizable` or `eventual`.
@@ -58,25 +60,39 @@ pub struct ConsistencyMarker {
 /// One stored event as `GET /events` returns it. `P` is the payload's type: any JSON value
 /// on the wire; the default skips it without reading it into memory.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, bound(deserialize = "P: Deserialize<'de> + Default"))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(bound = ""))]
+// Defaults per field rather than on the container: the same for serde, and the OpenAPI
+// derive then does not need a `Default` of the generic type to describe the defaults.
+#[serde(bound(deserialize = "P: Deserialize<'de> + Default"))]
 pub struct StoredEvent<P = IgnoredAny> {
     /// Topic.
+    #[serde(default)]
     pub topic: String,
     /// Event id.
+    #[serde(default)]
     pub event_id: String,
     /// Producer timestamp, as sent.
+    #[serde(default)]
     pub timestamp: String,
     /// Producer.
+    #[serde(default)]
     pub source: String,
     /// The payload, the JSON text the producer sent.
+    #[cfg_attr(feature = "openapi", schema(value_type = Value))]
+    #[serde(default)]
     pub payload: P,
     /// Producer sequence number, when it sent one.
+    #[serde(default)]
     pub seq: Option<u64>,
     /// The producer's Lamport clock, when it sent one.
+    #[serde(default)]
     pub producer_lamport: Option<u64>,
     /// The cluster's stamp: the order of `/events` and its cursors.
+    #[serde(default)]
     pub lamport: LamportStamp,
     /// The log entry that stored it.
+    #[serde(default)]
     pub log_index: u64,
 }
 
@@ -92,18 +108,27 @@ impl<P> StoredEvent<P> {
 
 /// `GET /events`: one page.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, bound(deserialize = "P: Deserialize<'de> + Default"))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(bound = ""))]
+// Defaults per field rather than on the container: the same for serde, and the OpenAPI
+// derive then does not need a `Default` of the generic type to describe the defaults.
+#[serde(bound(deserialize = "P: Deserialize<'de> + Default"))]
 pub struct EventsPage<P = IgnoredAny> {
     /// Events in stamp order.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<StoredEvent>))]
+    #[serde(default)]
     pub events: Vec<StoredEvent<P>>,
     /// Cursor of the next page (`after=`), `None` on the last one.
+    #[serde(default)]
     pub next: Option<String>,
     /// How the page was served.
+    #[serde(default)]
     pub consistency: ConsistencyMarker,
 }
 
 /// The `raft` object of `GET /stats`: the answering node's Raft progress.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct RaftStats {
     /// Current term.
@@ -122,6 +147,7 @@ pub struct RaftStats {
 
 /// What `GET /stats` reports per producer (`source`), over stored events only.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct ProducerStats {
     /// Events of this producer stored.
@@ -138,6 +164,7 @@ pub struct ProducerStats {
 
 /// `GET /stats`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct StatsResponse {
     /// Every applied event.
@@ -181,6 +208,7 @@ pub struct StatsResponse {
 
 /// `GET /digest`: the answering node's own applied state (never forwarded).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct DigestResponse {
     /// The node that answered.

@@ -295,7 +295,7 @@ pub struct RunArgs {
     pub max_body_bytes: usize,
 
     /// Most events accepted in one publish request (413 beyond).
-    #[arg(long, env = "AGG_MAX_BATCH", default_value_t = 10_000)]
+    #[arg(long, env = "AGG_MAX_BATCH", default_value_t = DEFAULT_MAX_BATCH)]
     pub max_batch: usize,
 
     /// Publish requests that may wait for group commit on the leader before 429.
@@ -634,6 +634,9 @@ impl RunArgs {
         })
     }
 }
+
+/// Default of `--max-batch`.
+pub const DEFAULT_MAX_BATCH: usize = 10_000;
 
 /// Shortest cluster secret accepted.
 pub const MIN_SECRET_BYTES: usize = 16;

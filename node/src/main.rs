@@ -209,6 +209,10 @@ async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         },
     ));
     tokio::spawn(metrics::watch_leader(raft.clone(), metrics.clone()));
+    tokio::spawn(raft::elections::watch(
+        raft.clone(),
+        state.elections.clone(),
+    ));
     tokio::spawn(metrics::log_counts(raft.clone(), metrics.clone()));
     tokio::spawn(snapshot_policy::trigger_by_log_bytes(
         raft.clone(),

@@ -39,7 +39,7 @@ pub(crate) enum Plan {
 
 pub(crate) fn parse_level(v: Option<&str>) -> Result<Option<bool>, ApiError> {
     match v {
-        None | Some("") => Ok(None),
+        None => Ok(None),
         Some("linearizable") => Ok(Some(true)),
         Some("eventual") => Ok(Some(false)),
         Some(other) => Err(ApiError::bad_request(format!(

@@ -153,6 +153,47 @@ impl Forwarder {
     }
 }
 
+impl Forwarder {
+    /// `GET path_and_query` on the member at `addr` (a membership address), marked as already
+    /// forwarded so that it is served there, with the caller's `Authorization`; the answer's
+    /// body when it is 200 within `timeout`, else why not.
+    pub async fn get_from_member(
+        &self,
+        addr: &str,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        timeout: Duration,
+    ) -> Result<Bytes, String> {
+        let url = format!("{}://{addr}{path_and_query}", self.scheme);
+        let mut rb = self
+            .client
+            .get(url)
+            .timeout(timeout)
+            .header(HOP_HEADER, self.id.to_string());
+        if let Some(v) = headers.get(axum::http::header::AUTHORIZATION) {
+            rb = rb.header(axum::http::header::AUTHORIZATION, v);
+        }
+        let resp = rb.send().await.map_err(|e| {
+            if e.is_timeout() {
+                format!("no answer within {} ms", timeout.as_millis())
+            } else if e.is_connect() {
+                "connection refused or unreachable".to_owned()
+            } else {
+                e.to_string()
+            }
+        })?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(|e| e.to_string())?;
+        if status != axum::http::StatusCode::OK {
+            return Err(format!(
+                "answered {status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            ));
+        }
+        Ok(body)
+    }
+}
+
 /// Whether a leader's answer header is relayed to the client.
 fn passes_back(name: &str) -> bool {
     matches!(name, "content-type" | "retry-after" | "www-authenticate") || name.starts_with("x-")

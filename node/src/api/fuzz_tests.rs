@@ -195,7 +195,7 @@ struct Case {
 
 /// Every route and the method it serves (`/publish` and `/events` more often: they take the
 /// most varied input).
-const ROUTES: &[(&str, &str)] = &[
+pub(super) const ROUTES: &[(&str, &str)] = &[
     ("POST", "/publish"),
     ("POST", "/publish"),
     ("POST", "/publish"),
@@ -207,6 +207,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/stats"),
     ("GET", "/digest"),
     ("GET", "/cluster"),
+    ("GET", "/cluster/overview"),
+    ("GET", "/ui"),
+    ("GET", "/ui/app.js"),
     ("POST", "/cluster/learners"),
     ("POST", "/cluster/membership"),
     ("POST", "/cluster/snapshot"),

@@ -13,6 +13,8 @@ pub mod forward;
 mod fuzz_tests;
 pub mod health;
 pub mod limits;
+pub mod openapi;
+pub mod overview;
 pub mod publish;
 pub mod raft_rpc;
 pub mod read;
@@ -20,6 +22,7 @@ pub mod retention;
 pub mod snapshot_intake;
 pub mod state;
 pub mod subscribe;
+pub mod ui;
 pub mod validate;
 
 use std::time::Instant;
@@ -77,6 +80,7 @@ pub fn router(state: AppState, surface: Surface) -> Router {
         .route("/stats", get(read::stats))
         .route("/digest", get(read::digest))
         .route("/cluster", get(admin::cluster))
+        .route("/cluster/overview", get(overview::overview))
         .route("/retention", get(retention::get))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_read))
         .route_layer(middleware::from_fn_with_state(client_limits, limits::admit));
@@ -99,7 +103,10 @@ pub fn router(state: AppState, surface: Surface) -> Router {
     let open = Router::new()
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
-        .route("/metrics", get(health::metrics));
+        .route("/metrics", get(health::metrics))
+        .route("/ui", get(ui::page))
+        .route("/ui/app.js", get(ui::script))
+        .route("/openapi.json", get(openapi::serve));
     let base = match surface {
         Surface::All => Router::new().merge(raft),
         Surface::Client => Router::new(),

@@ -63,7 +63,7 @@ pub async fn events(
         })?)),
     };
     let limit = match q.limit.as_deref() {
-        None | Some("") => DEFAULT_LIMIT,
+        None => DEFAULT_LIMIT,
         Some(l) => match l.parse::<usize>() {
             Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
             _ => {
@@ -187,6 +187,17 @@ pub async fn stats(
         Plan::Forward { id, addr } => return forward_read(&st, id, &addr, &uri, &headers).await,
         Plan::Local { linearizable } => linearizable,
     };
+    let (body, p) = local_stats(&st, linearizable).await?;
+    let bytes = serde_json::to_vec(&body).map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(with_provenance(bytes, &p))
+}
+
+/// This node's own `/stats` answer and its provenance (`linearizable` when the read point was
+/// confirmed by the caller).
+pub(crate) async fn local_stats(
+    st: &AppState,
+    linearizable: bool,
+) -> Result<(StatsResponse, super::consistency::Provenance), ApiError> {
     let s = blocking(&st.reader, |r| r.stats()).await?;
     let applied = s.last_applied.map_or(0, |l| l.index);
     let p = provenance(&st, linearizable, applied).await;
@@ -235,8 +246,7 @@ pub async fn stats(
         digest: s.digest.hex(),
         consistency: p.marker.clone(),
     };
-    let bytes = serde_json::to_vec(&body).map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok(with_provenance(bytes, &p))
+    Ok((body, p))
 }
 
 /// `GET /digest`: this node's own applied state, never forwarded.

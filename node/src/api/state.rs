@@ -15,6 +15,7 @@ use crate::batcher::Batcher;
 use crate::config::{Limits, NodeConfig, RaftTiming};
 use crate::metrics::Metrics;
 use crate::raft::election_hold::ElectionHold;
+use crate::raft::elections::ElectionLog;
 use crate::raft::leadership::LeaderContact;
 use crate::raft::Raft;
 
@@ -64,6 +65,8 @@ pub struct Shared {
     pub started: Instant,
     /// The node's data directory (its filesystem's free space is a metric).
     pub data_dir: std::path::PathBuf,
+    /// Recent leader changes (filled by `raft::elections::watch`, which `main` starts).
+    pub elections: ElectionLog,
 }
 
 /// The running parts a node builds before its handlers' state; everything else in [`Shared`]
@@ -116,6 +119,7 @@ impl Shared {
             subscriptions: Subscriptions::new(cfg.subscribe),
             started: Instant::now(),
             data_dir: cfg.data_dir.clone(),
+            elections: ElectionLog::default(),
         }
     }
 }

@@ -12,6 +12,9 @@ use api_types::FieldError;
 
 use super::error::ApiError;
 
+/// Highest `seq` accepted: 2^63 - 1.
+pub const MAX_SEQ: u64 = i64::MAX as u64;
+
 /// Longest topic, in characters.
 pub const MAX_TOPIC: usize = 255;
 /// Longest event id, in characters.
@@ -232,7 +235,15 @@ fn check_event<'a>(
         }
         Some(p) => Some(p.get().to_owned()),
     };
-    let seq = u64_field(wire.seq, "seq", &mut bad);
+    let seq = u64_field(wire.seq, "seq", &mut bad).filter(|s| {
+        // Within a signed 64-bit integer, what JSON tooling and the OpenAPI document's int64
+        // can carry without loss.
+        let ok = s.is_none_or(|v| v <= MAX_SEQ);
+        if !ok {
+            bad("seq", format!("at most {MAX_SEQ} (2^63 - 1)").into());
+        }
+        ok
+    });
     let lamport = u64_field(wire.lamport, "lamport", &mut bad).filter(|l| {
         // Bounded so the cluster clock, max(clock, producer) + 1, can never overflow.
         let ok = l.is_none_or(|v| v <= MAX_PRODUCER_LAMPORT);
@@ -463,7 +474,8 @@ mod tests {
             assert_eq!(problems(&with("seq", v)), [(0, "seq")], "{v}");
             assert_eq!(problems(&with("lamport", v)), [(0, "lamport")], "{v}");
         }
-        assert!(problems(&with("seq", "18446744073709551615")).is_empty());
+        assert!(problems(&with("seq", "9223372036854775807")).is_empty());
+        assert_eq!(problems(&with("seq", "9223372036854775808")), [(0, "seq")]);
         assert!(problems(&with("lamport", "4611686018427387904")).is_empty());
         assert_eq!(
             problems(&with("lamport", "4611686018427387905")),

@@ -1,0 +1,270 @@
+//! The OpenAPI 3.1 document of the client API, served at `GET /openapi.json` and checked in as
+//! docs/openapi.json (a unit test fails when the two differ: run
+//! `UPDATE_OPENAPI=1 cargo test --release -p node openapi` to rewrite the file).
+//!
+//! Schemas are derived from the `api-types` bodies (their `openapi` feature); the operations
+//! are declared here, one stub per route, rather than on the handlers, so the document reads
+//! in one place. A test checks that every client route of the router has an operation here,
+//! and the schema-driven fuzz run in CI (schemathesis, docs/development.md) checks that the
+//! answers of a live node match the document. `/raft/*` (node to node, postcard) and the
+//! dashboard's page are not part of the client API and are left out.
+
+// The stubs exist only to carry their `#[utoipa::path]` attributes.
+#![allow(dead_code)]
+
+use api_types::{
+    ClusterOverview, ConsistencyLevel, DigestResponse, ErrorBody, EventsPage, PublishEvent,
+    PublishResponse, StatsResponse,
+};
+use serde::Serialize;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+/// One event as `POST /publish` takes it, payload any JSON value.
+type Event = PublishEvent<'static, serde_json::Value>;
+
+/// `POST /publish` takes one event or a non-empty array of them (the derive cannot bound an
+/// enum variant's array, so this schema is assembled here around the derived event schema).
+struct PublishBody;
+
+impl utoipa::PartialSchema for PublishBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, OneOfBuilder};
+        use utoipa::openapi::Ref;
+        let event = Ref::from_schema_name(<Event as ToSchema>::name());
+        OneOfBuilder::new()
+            .item(event.clone())
+            .item(
+                ArrayBuilder::new()
+                    .items(event)
+                    .min_items(Some(1))
+                    .max_items(Some(crate::config::DEFAULT_MAX_BATCH))
+                    .description(Some(
+                        "A batch: at least one event, at most --max-batch (default shown)",
+                    )),
+            )
+            .description(Some("One event, or an array of events"))
+            .into()
+    }
+}
+
+impl ToSchema for PublishBody {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        schemas.push((
+            <Event as ToSchema>::name().into_owned(),
+            <Event as utoipa::PartialSchema>::schema(),
+        ));
+        <Event as ToSchema>::schemas(schemas);
+    }
+}
+
+/// `GET /health`.
+#[derive(Serialize, ToSchema)]
+struct HealthBody {
+    /// Always `ok`.
+    status: String,
+    /// The answering node.
+    node_id: u64,
+}
+
+/// `GET /ready`.
+#[derive(Serialize, ToSchema)]
+struct ReadyBody {
+    /// Whether the node is ready (the status is 200 exactly then).
+    ready: bool,
+    /// The answering node.
+    node_id: u64,
+    /// Its role.
+    role: String,
+    /// The leader it knows.
+    leader_id: Option<u64>,
+    /// Its applied index.
+    applied_index: u64,
+    /// The commit index it knows.
+    committed_index: Option<u64>,
+}
+
+#[utoipa::path(post, path = "/publish", tag = "publish",
+    request_body(content = PublishBody, content_type = "application/json",
+        description = "One event or an array of events (docs/api.md, POST /publish)"),
+    responses(
+        (status = 200, description = "Committed on a quorum and applied", body = PublishResponse),
+        (status = 400, description = "Invalid events, bad JSON or content type; nothing stored", body = ErrorBody),
+        (status = 401, description = "Token required", body = ErrorBody),
+        (status = 403, description = "The read-only token may not publish", body = ErrorBody),
+        (status = 408, description = "Body not received in time", body = ErrorBody),
+        (status = 413, description = "Body or batch too large", body = ErrorBody),
+        (status = 429, description = "Over a limit; retry after Retry-After", body = ErrorBody),
+        (status = 503, description = "No leader, not committed in time: outcome unknown, retry", body = ErrorBody),
+    ),
+    security((), ("bearer" = [])))]
+fn publish() {}
+
+#[utoipa::path(get, path = "/events", tag = "read",
+    params(
+        ("topic" = Option<String>, Query, min_length = 1, description = "Events of this topic (exactly one of topic and source)"),
+        ("source" = Option<String>, Query, min_length = 1, description = "Events of this producer"),
+        ("after" = Option<String>, Query, description = "The `next` cursor of the previous page"),
+        ("limit" = Option<u32>, Query, description = "Events per page, 1 to 1,000 (default 100)", minimum = 1, maximum = 1000),
+        ("consistency" = Option<ConsistencyLevel>, Query, description = "linearizable (default) or eventual"),
+    ),
+    responses(
+        (status = 200, description = "One page", body = EventsPage),
+        (status = 400, description = "Bad query", body = ErrorBody),
+        (status = 401, description = "Token required", body = ErrorBody),
+        (status = 429, description = "Over a limit", body = ErrorBody),
+        (status = 503, description = "No leader for a linearizable read", body = ErrorBody),
+    ),
+    security((), ("bearer" = [])))]
+fn events() {}
+
+#[utoipa::path(get, path = "/stats", tag = "read",
+    params(("consistency" = Option<ConsistencyLevel>, Query, description = "linearizable (default) or eventual")),
+    responses(
+        (status = 200, description = "Counters, topics, producers, Raft progress", body = StatsResponse),
+        (status = 400, description = "Bad query", body = ErrorBody),
+        (status = 401, description = "Token required", body = ErrorBody),
+        (status = 429, description = "Over a limit", body = ErrorBody),
+        (status = 503, description = "No leader for a linearizable read", body = ErrorBody),
+    ),
+    security((), ("bearer" = [])))]
+fn stats() {}
+
+#[utoipa::path(get, path = "/digest", tag = "read",
+    responses(
+        (status = 200, description = "This node's applied state", body = DigestResponse),
+        (status = 401, description = "Token required", body = ErrorBody),
+        (status = 429, description = "Over a limit", body = ErrorBody),
+    ),
+    security((), ("bearer" = [])))]
+fn digest() {}
+
+#[utoipa::path(get, path = "/cluster/overview", tag = "cluster",
+    responses(
+        (status = 200, description = "Every member as this node sees it", body = ClusterOverview),
+        (status = 401, description = "Token required", body = ErrorBody),
+        (status = 429, description = "Over a limit", body = ErrorBody),
+    ),
+    security((), ("bearer" = [])))]
+fn cluster_overview() {}
+
+#[utoipa::path(get, path = "/health", tag = "probes",
+    responses((status = 200, description = "The process answers", body = HealthBody)))]
+fn health() {}
+
+#[utoipa::path(get, path = "/ready", tag = "probes",
+    responses(
+        (status = 200, description = "Ready", body = ReadyBody),
+        (status = 503, description = "Not ready", body = ReadyBody),
+    ))]
+fn ready() {}
+
+#[utoipa::path(get, path = "/metrics", tag = "probes",
+    responses((status = 200, description = "Prometheus text exposition format", body = String,
+        content_type = "text/plain")))]
+fn metrics() {}
+
+/// Declares the bearer scheme the operations refer to.
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "--api-token (publish and read), --read-token (read) or --admin-token",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The document.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "aggregator client API", description = "docs/api.md says what each answer guarantees."),
+    // Schemas are collected from the operations' bodies, recursively.
+    paths(publish, events, stats, digest, cluster_overview, health, ready, metrics),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "publish", description = "Writing events"),
+        (name = "read", description = "Reading events and counters"),
+        (name = "cluster", description = "Membership and administration"),
+        (name = "probes", description = "Health, readiness and metrics (no token)"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The document as served and checked in: pretty JSON with a final newline.
+pub fn document() -> String {
+    let mut text = ApiDoc::openapi()
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    text.push('\n');
+    text
+}
+
+/// `GET /openapi.json`
+pub async fn serve() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        document(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHECKED_IN: &str = "../docs/openapi.json";
+
+    #[test]
+    fn the_checked_in_document_is_the_generated_one() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(CHECKED_IN);
+        let generated = document();
+        if std::env::var_os("UPDATE_OPENAPI").is_some() {
+            std::fs::write(&path, &generated).unwrap();
+        }
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            on_disk == generated,
+            "docs/openapi.json differs from the document the code generates: run \
+             `UPDATE_OPENAPI=1 cargo test --release -p node openapi` and commit the file"
+        );
+    }
+
+    /// Routes outside the client API: node to node, the dashboard page, the document itself.
+    fn undocumented(path: &str) -> bool {
+        path.starts_with("/raft/") || path.starts_with("/ui") || path == "/openapi.json"
+    }
+
+    #[test]
+    fn every_client_route_is_documented() {
+        let doc = ApiDoc::openapi();
+        // The fuzzer's list of every route the router serves.
+        for (method, path) in super::super::fuzz_tests::ROUTES {
+            if undocumented(path) {
+                continue;
+            }
+            let item = doc.paths.paths.get(*path);
+            let has_method = item.is_some_and(|item| match *method {
+                "GET" => item.get.is_some(),
+                "POST" => item.post.is_some(),
+                _ => false,
+            });
+            assert!(has_method, "{method} {path} is routed but not in the OpenAPI document");
+        }
+    }
+}
