@@ -13,6 +13,7 @@ use crate::NodeId;
 
 /// One member of the cluster in [`ClusterResponse::members`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct ClusterMember {
     /// The member's node id.
@@ -28,6 +29,7 @@ pub struct ClusterMember {
 
 /// `GET /cluster`, and the answer of a membership change (the view after it).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct ClusterResponse {
     /// The node that answered (the leader, when the request could be forwarded there).
@@ -50,6 +52,7 @@ pub struct ClusterResponse {
 
 /// `POST /cluster/learners`: add a node as a learner; the answer comes once it caught up.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LearnerRequest {
     /// The new node's id (not a member's).
     pub id: NodeId,
@@ -60,6 +63,7 @@ pub struct LearnerRequest {
 /// `POST /cluster/membership`: the new set of voters; members left out are removed,
 /// learners listed are promoted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MembershipRequest {
     /// Every voter of the new configuration, each once, not empty.
     pub voters: Vec<NodeId>,
@@ -67,6 +71,7 @@ pub struct MembershipRequest {
 
 /// `POST /cluster/snapshot`: the answering node's snapshot after the build it asked for.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct SnapshotResponse {
     /// The node that built it (this endpoint is never forwarded).

@@ -19,6 +19,7 @@ use crate::LamportStamp;
 #[derive(
     Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct Cursor(pub u64);
 
@@ -229,6 +230,7 @@ impl FromStr for TopicPattern {
 
 /// Why a stream ended, in its last message (`event: end`).
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum EndReason {
     /// The subscriber did not take what the node had buffered for it in time: the buffer
@@ -254,6 +256,7 @@ pub enum EndReason {
 /// client reconnects with `Last-Event-ID: <resume_from>` (or `from=<resume_from>`) and gets
 /// the next event after the last one delivered, with no gap and no repeat.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct StreamEnd {
     /// Why.
