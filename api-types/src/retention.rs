@@ -9,21 +9,26 @@ use serde::{Deserialize, Serialize};
 /// All unset (`{}`): keep everything. As a request body, an unknown field is refused (a
 /// misspelt limit must not pass for "no limit").
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default, deny_unknown_fields)]
 pub struct RetentionPolicy {
     /// Trim events stored more than this many milliseconds ago (at least 1).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub max_age_ms: Option<u64>,
     /// Keep at most this many events (at least 1).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub max_events: Option<u64>,
     /// Keep at most this many bytes of events, counted as stored (at least 1).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
     pub max_bytes: Option<u64>,
 }
 
 /// `GET /retention`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(default)]
 pub struct RetentionResponse {
     /// The policy of every topic without one of its own.

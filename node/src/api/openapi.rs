@@ -14,7 +14,7 @@
 
 use api_types::{
     ClusterOverview, ConsistencyLevel, DigestResponse, ErrorBody, EventsPage, PublishEvent,
-    PublishResponse, StatsResponse,
+    PublishResponse, RetentionPolicy, RetentionResponse, StatsResponse,
 };
 use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -153,6 +153,53 @@ fn digest() {}
     security((), ("bearer" = [])))]
 fn cluster_overview() {}
 
+#[utoipa::path(get, path = "/retention", tag = "retention",
+    responses(
+        (status = 200, description = "Policies in force, earliest cursors, trimmed totals", body = RetentionResponse),
+        (status = 401, description = "Token required", body = ErrorBody),
+        (status = 429, description = "Over a limit", body = ErrorBody),
+        (status = 503, description = "No leader", body = ErrorBody),
+    ),
+    security((), ("bearer" = [])))]
+fn retention_get() {}
+
+#[utoipa::path(put, path = "/retention/default", tag = "retention",
+    request_body(content = RetentionPolicy, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Committed; the policies now in force", body = RetentionResponse),
+        (status = 400, description = "Bad policy; nothing changed", body = ErrorBody),
+        (status = 401, description = "Admin token required", body = ErrorBody),
+        (status = 403, description = "Not the admin token, or admin endpoints disabled", body = ErrorBody),
+        (status = 503, description = "No leader, or not committed in time", body = ErrorBody),
+    ),
+    security((), ("bearer" = [])))]
+fn retention_put_default() {}
+
+#[utoipa::path(put, path = "/retention/topics/{topic}", tag = "retention",
+    params(("topic" = String, Path, description = "The topic (a `/` in it percent-encoded as %2F)")),
+    request_body(content = RetentionPolicy, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Committed; the policies now in force", body = RetentionResponse),
+        (status = 400, description = "Bad policy or topic; nothing changed", body = ErrorBody),
+        (status = 401, description = "Admin token required", body = ErrorBody),
+        (status = 403, description = "Not the admin token, or admin endpoints disabled", body = ErrorBody),
+        (status = 503, description = "No leader, or not committed in time", body = ErrorBody),
+    ),
+    security((), ("bearer" = [])))]
+fn retention_put_topic() {}
+
+#[utoipa::path(delete, path = "/retention/topics/{topic}", tag = "retention",
+    params(("topic" = String, Path, description = "The topic (a `/` in it percent-encoded as %2F)")),
+    responses(
+        (status = 200, description = "Committed; the topic follows the default again", body = RetentionResponse),
+        (status = 400, description = "Bad topic; nothing changed", body = ErrorBody),
+        (status = 401, description = "Admin token required", body = ErrorBody),
+        (status = 403, description = "Not the admin token, or admin endpoints disabled", body = ErrorBody),
+        (status = 503, description = "No leader, or not committed in time", body = ErrorBody),
+    ),
+    security((), ("bearer" = [])))]
+fn retention_delete_topic() {}
+
 #[utoipa::path(get, path = "/health", tag = "probes",
     responses((status = 200, description = "The process answers", body = HealthBody)))]
 fn health() {}
@@ -194,12 +241,16 @@ impl Modify for BearerAuth {
 #[openapi(
     info(title = "aggregator client API", description = "docs/api.md says what each answer guarantees."),
     // Schemas are collected from the operations' bodies, recursively.
-    paths(publish, events, stats, digest, cluster_overview, health, ready, metrics),
+    paths(
+        publish, events, stats, digest, cluster_overview, retention_get, retention_put_default,
+        retention_put_topic, retention_delete_topic, health, ready, metrics
+    ),
     modifiers(&BearerAuth),
     tags(
         (name = "publish", description = "Writing events"),
         (name = "read", description = "Reading events and counters"),
         (name = "cluster", description = "Membership and administration"),
+        (name = "retention", description = "How long events are kept"),
         (name = "probes", description = "Health, readiness and metrics (no token)"),
     )
 )]
@@ -245,6 +296,14 @@ mod tests {
         );
     }
 
+    /// Whether a concrete path fits a documented template (`{name}` is one segment or more).
+    fn matches(template: &str, path: &str) -> bool {
+        let (t, p): (Vec<_>, Vec<_>) = (template.split('/').collect(), path.split('/').collect());
+        t.len() <= p.len()
+            && t.iter().zip(&p).all(|(t, p)| t.starts_with('{') || t == p)
+            && (t.len() == p.len() || t.last().is_some_and(|l| l.starts_with('{')))
+    }
+
     /// Routes outside the client API: node to node, the dashboard page, the document itself.
     fn undocumented(path: &str) -> bool {
         path.starts_with("/raft/") || path.starts_with("/ui") || path == "/openapi.json"
@@ -258,10 +317,17 @@ mod tests {
             if undocumented(path) {
                 continue;
             }
-            let item = doc.paths.paths.get(*path);
+            let item = doc
+                .paths
+                .paths
+                .iter()
+                .find(|(template, _)| matches(template, path))
+                .map(|(_, item)| item);
             let has_method = item.is_some_and(|item| match *method {
                 "GET" => item.get.is_some(),
                 "POST" => item.post.is_some(),
+                "PUT" => item.put.is_some(),
+                "DELETE" => item.delete.is_some(),
                 _ => false,
             });
             assert!(has_method, "{method} {path} is routed but not in the OpenAPI document");
