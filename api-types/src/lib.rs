@@ -16,8 +16,8 @@ mod event;
 mod overview;
 mod publish;
 mod read;
-mod subscribe;
 mod retention;
+mod subscribe;
 
 pub use cluster::{
     ClusterMember, ClusterResponse, LearnerRequest, MembershipRequest, SnapshotResponse,
@@ -30,7 +30,7 @@ pub use read::{
     ConsistencyLevel, ConsistencyMarker, DigestResponse, EventsPage, ProducerStats, RaftStats,
     StatsResponse, StoredEvent,
 };
+pub use retention::{RetentionPolicy, RetentionResponse};
 pub use subscribe::{
     Cursor, CursorError, EndReason, PatternError, StreamEnd, TopicPattern, MAX_PATTERN_BYTES,
 };
-pub use retention::{RetentionPolicy, RetentionResponse};

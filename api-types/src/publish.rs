@@ -14,7 +14,10 @@ use crate::{LamportStamp, NodeId};
 #[cfg_attr(feature = "openapi", schema(bound = ""))]
 pub struct PublishEvent<'a, P: Serialize> {
     /// Topic, `[A-Za-z0-9._/:-]{1,255}`.
-    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 255, pattern = "^[A-Za-z0-9._/:-]+$"))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(min_length = 1, max_length = 255, pattern = "^[A-Za-z0-9._/:-]+$")
+    )]
     pub topic: &'a str,
     /// Event id, unique within the topic (the deduplication key with it).
     #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 128))]

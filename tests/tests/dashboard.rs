@@ -73,7 +73,9 @@ fn field(row: &str, field: &str) -> Option<String> {
 }
 
 fn number(text: &str) -> u64 {
-    text.replace(',', "").parse().unwrap_or_else(|_| panic!("not a number: {text:?}"))
+    text.replace(',', "")
+        .parse()
+        .unwrap_or_else(|_| panic!("not a number: {text:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,35 +93,73 @@ async fn the_dashboard_shows_each_node_as_its_stats_say_and_a_dead_node_as_unrea
     let source = unique("ui-src");
     // A producer with a gap (seq 1, then 5) so the producers table has something to say.
     for (seq, id) in [(1, "a"), (5, "b"), (6, "c")] {
-        let e = EventBuilder::new(&topic, id).source(&source).seq(seq).build();
-        cluster.publish_until_ok(&[1, 2, 3], &e, Duration::from_secs(10)).await;
+        let e = EventBuilder::new(&topic, id)
+            .source(&source)
+            .seq(seq)
+            .build();
+        cluster
+            .publish_until_ok(&[1, 2, 3], &e, Duration::from_secs(10))
+            .await;
     }
-    cluster.publish_until_ok(&[1, 2, 3], &event(&topic, "a"), Duration::from_secs(10)).await;
-    cluster.wait_converged(&[1, 2, 3], Duration::from_secs(30)).await;
+    cluster
+        .publish_until_ok(&[1, 2, 3], &event(&topic, "a"), Duration::from_secs(10))
+        .await;
+    cluster
+        .wait_converged(&[1, 2, 3], Duration::from_secs(30))
+        .await;
     let profile = tempfile::tempdir().unwrap();
 
     let page = format!("{}/ui", cluster.url(1));
     let dom = rendered(&browser, &page, profile.path()).await;
-    assert!(dom.contains("data-state=\"up\""), "status pill not live:\n{dom}");
+    assert!(
+        dom.contains("data-state=\"up\""),
+        "status pill not live:\n{dom}"
+    );
     for id in [1, 2, 3] {
         let stats = cluster.stats(id).await;
         let row = member_row(&dom, id);
-        assert!(row.contains("data-state=\"up\""), "node {id} not shown up: {row}");
-        assert_eq!(field(&row, "role").as_deref(), Some(stats.role.as_str()), "node {id}: {row}");
-        assert_eq!(number(&field(&row, "stored").unwrap()), stats.unique_processed, "node {id}");
+        assert!(
+            row.contains("data-state=\"up\""),
+            "node {id} not shown up: {row}"
+        );
+        assert_eq!(
+            field(&row, "role").as_deref(),
+            Some(stats.role.as_str()),
+            "node {id}: {row}"
+        );
+        assert_eq!(
+            number(&field(&row, "stored").unwrap()),
+            stats.unique_processed,
+            "node {id}"
+        );
         assert_eq!(
             number(&field(&row, "applied").unwrap()),
             stats.raft.applied_index.unwrap(),
             "node {id}"
         );
-        assert_eq!(number(&field(&row, "term").unwrap()), stats.raft.term, "node {id}");
+        assert_eq!(
+            number(&field(&row, "term").unwrap()),
+            stats.raft.term,
+            "node {id}"
+        );
     }
-    assert!(dom.contains(&format!("data-topic=\"{topic}\"")), "topic missing");
-    let at = dom.find(&format!("data-source=\"{source}\"")).expect("producer missing");
+    assert!(
+        dom.contains(&format!("data-topic=\"{topic}\"")),
+        "topic missing"
+    );
+    let at = dom
+        .find(&format!("data-source=\"{source}\""))
+        .expect("producer missing");
     let producer = &dom[at..at + dom[at..].find("</tr>").unwrap()];
     assert_eq!(field(producer, "gaps").as_deref(), Some("3"), "{producer}");
     if let Some(dir) = std::env::var_os("UI_SCREENSHOT_DIR") {
-        screenshot(&browser, &page, profile.path(), &PathBuf::from(dir).join("dashboard.png")).await;
+        screenshot(
+            &browser,
+            &page,
+            profile.path(),
+            &PathBuf::from(dir).join("dashboard.png"),
+        )
+        .await;
     }
 
     // Kill a node that is not the one serving the page (the leader if node 1 does not lead).
@@ -129,12 +169,21 @@ async fn the_dashboard_shows_each_node_as_its_stats_say_and_a_dead_node_as_unrea
     cluster.wait_for_leader(Duration::from_secs(20)).await;
     let dom = rendered(&browser, &page, profile.path()).await;
     let row = member_row(&dom, victim);
-    assert!(row.contains("data-state=\"unreachable\""), "killed node {victim} shown as: {row}");
+    assert!(
+        row.contains("data-state=\"unreachable\""),
+        "killed node {victim} shown as: {row}"
+    );
     for f in ["stored", "applied", "term", "role"] {
-        assert!(field(&row, f).is_none(), "killed node shows a stale {f}: {row}");
+        assert!(
+            field(&row, f).is_none(),
+            "killed node shows a stale {f}: {row}"
+        );
     }
     for id in [1, 2, 3].into_iter().filter(|&i| i != victim) {
-        assert!(member_row(&dom, id).contains("data-state=\"up\""), "node {id}");
+        assert!(
+            member_row(&dom, id).contains("data-state=\"up\""),
+            "node {id}"
+        );
     }
 }
 

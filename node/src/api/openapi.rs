@@ -13,8 +13,9 @@
 #![allow(dead_code)]
 
 use api_types::{
-    ClusterOverview, ConsistencyLevel, DigestResponse, ErrorBody, EventsPage, PublishEvent,
-    PublishResponse, RetentionPolicy, RetentionResponse, StatsResponse,
+    ClusterOverview, ClusterResponse, ConsistencyLevel, DigestResponse, ErrorBody, EventsPage,
+    LearnerRequest, MembershipRequest, PublishEvent, PublishResponse, RetentionPolicy,
+    RetentionResponse, SnapshotResponse, StatsResponse, StreamEnd,
 };
 use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -200,6 +201,81 @@ fn retention_put_topic() {}
     security((), ("bearer" = [])))]
 fn retention_delete_topic() {}
 
+#[utoipa::path(get, path = "/subscribe", tag = "read",
+    params(
+        ("topic" = String, Query, min_length = 1, description = "Topic pattern: `.` or `/` separated segments, `*` one segment, `>` the rest"),
+        ("source" = Option<String>, Query, description = "Only this producer's events"),
+        ("from" = Option<String>, Query, description = "earliest, latest, a cursor, or an RFC 3339 time"),
+        ("consistency" = Option<ConsistencyLevel>, Query, description = "eventual (default: this node's applied state) or linearizable"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this cursor (wins over from=)"),
+    ),
+    responses(
+        (status = 200, description = "Server-Sent Events: `event: consistency` first, then one message per event (`id:` its cursor, `data:` the event as /events returns it), heartbeat comments, and `event: end` with a StreamEnd when the node ends the stream", content_type = "text/event-stream", body = String),
+        (status = 400, description = "Bad pattern, cursor, time or level", body = ErrorBody),
+        (status = 401, description = "Token required", body = ErrorBody),
+        (status = 429, description = "Too many streams on this node", body = ErrorBody),
+        (status = 503, description = "Stopping, or no leader for a linearizable stream", body = ErrorBody),
+    ),
+    security((), ("bearer" = [])))]
+fn subscribe() {}
+
+#[utoipa::path(get, path = "/cluster", tag = "cluster",
+    responses(
+        (status = 200, description = "Membership and progress, from the leader when reachable", body = ClusterResponse),
+        (status = 401, description = "Token required", body = ErrorBody),
+        (status = 429, description = "Over a limit", body = ErrorBody),
+    ),
+    security((), ("bearer" = [])))]
+fn cluster() {}
+
+#[utoipa::path(post, path = "/cluster/learners", tag = "cluster",
+    request_body(content = LearnerRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Added and caught up", body = ClusterResponse),
+        (status = 400, description = "Bad body, id or address", body = ErrorBody),
+        (status = 401, description = "Admin token required", body = ErrorBody),
+        (status = 403, description = "Not the admin token, or admin endpoints disabled", body = ErrorBody),
+        (status = 409, description = "The id or address is a member's, or a change is in progress", body = ErrorBody),
+        (status = 503, description = "No leader, or not done within 60 s", body = ErrorBody),
+    ),
+    security((), ("bearer" = [])))]
+fn cluster_learners() {}
+
+#[utoipa::path(post, path = "/cluster/membership", tag = "cluster",
+    request_body(content = MembershipRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Committed", body = ClusterResponse),
+        (status = 400, description = "Bad body, empty or unknown voters", body = ErrorBody),
+        (status = 401, description = "Admin token required", body = ErrorBody),
+        (status = 403, description = "Not the admin token, or admin endpoints disabled", body = ErrorBody),
+        (status = 409, description = "A change is in progress", body = ErrorBody),
+        (status = 503, description = "No leader, or not done within 60 s", body = ErrorBody),
+    ),
+    security((), ("bearer" = [])))]
+fn cluster_membership() {}
+
+#[utoipa::path(post, path = "/cluster/snapshot", tag = "cluster",
+    responses(
+        (status = 200, description = "This node's snapshot after the build", body = SnapshotResponse),
+        (status = 401, description = "Admin token required", body = ErrorBody),
+        (status = 403, description = "Not the admin token, or admin endpoints disabled", body = ErrorBody),
+        (status = 503, description = "The build did not finish in time", body = ErrorBody),
+    ),
+    security((), ("bearer" = [])))]
+fn cluster_snapshot() {}
+
+#[utoipa::path(get, path = "/backup", tag = "cluster",
+    params(("fresh" = Option<bool>, Query, description = "Build a new snapshot first (default true)")),
+    responses(
+        (status = 200, description = "The backup file (restore it with `aggregator restore`)", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 400, description = "Bad query", body = ErrorBody),
+        (status = 401, description = "Admin token required", body = ErrorBody),
+        (status = 403, description = "Not the admin token, or admin endpoints disabled", body = ErrorBody),
+        (status = 503, description = "No snapshot could be made", body = ErrorBody),
+    ),
+    security((), ("bearer" = [])))]
+fn backup() {}
+
 #[utoipa::path(get, path = "/health", tag = "probes",
     responses((status = 200, description = "The process answers", body = HealthBody)))]
 fn health() {}
@@ -242,9 +318,12 @@ impl Modify for BearerAuth {
     info(title = "aggregator client API", description = "docs/api.md says what each answer guarantees."),
     // Schemas are collected from the operations' bodies, recursively.
     paths(
-        publish, events, stats, digest, cluster_overview, retention_get, retention_put_default,
+        publish, events, subscribe, stats, digest, cluster, cluster_overview, cluster_learners,
+        cluster_membership, cluster_snapshot, backup, retention_get, retention_put_default,
         retention_put_topic, retention_delete_topic, health, ready, metrics
     ),
+    // The last message of a stream (`event: end`), which no operation's body names.
+    components(schemas(StreamEnd)),
     modifiers(&BearerAuth),
     tags(
         (name = "publish", description = "Writing events"),
@@ -330,7 +409,10 @@ mod tests {
                 "DELETE" => item.delete.is_some(),
                 _ => false,
             });
-            assert!(has_method, "{method} {path} is routed but not in the OpenAPI document");
+            assert!(
+                has_method,
+                "{method} {path} is routed but not in the OpenAPI document"
+            );
         }
     }
 }

@@ -26,7 +26,10 @@ pub const MAX_PRODUCERS: usize = 100;
 pub const MAX_TOPICS: usize = 100;
 
 /// `GET /cluster/overview`
-pub async fn overview(State(st): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn overview(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let (leader_id, term, members) = {
         let m = st.raft.metrics();
         let m = m.borrow();
@@ -50,7 +53,12 @@ pub async fn overview(State(st): State<AppState>, headers: HeaderMap) -> Result<
                     .map_err(|e| e.message)
             } else {
                 st.forwarder
-                    .get_from_member(&addr, "/stats?consistency=eventual", &headers, MEMBER_TIMEOUT)
+                    .get_from_member(
+                        &addr,
+                        "/stats?consistency=eventual",
+                        &headers,
+                        MEMBER_TIMEOUT,
+                    )
                     .await
                     .and_then(|body| {
                         serde_json::from_slice::<StatsResponse>(&body)
@@ -146,7 +154,10 @@ mod tests {
         }
         let t = trim(s);
         assert_eq!(t.producers.len(), MAX_PRODUCERS);
-        assert!(t.producers.contains_key("p0003"), "the producer with gaps stays");
+        assert!(
+            t.producers.contains_key("p0003"),
+            "the producer with gaps stays"
+        );
         assert!(t.producers.contains_key("p0149"), "the largest stays");
         assert!(!t.producers.contains_key("p0010"));
         assert_eq!(t.topic_counts.len(), MAX_TOPICS);

@@ -49,8 +49,14 @@ mod tests {
     #[test]
     fn the_page_loads_only_its_own_script_and_polls_the_overview() {
         assert!(PAGE.contains(r#"<script src="/ui/app.js">"#));
-        assert!(!PAGE.contains("http://") && !PAGE.contains("https://"), "nothing from elsewhere");
+        assert!(
+            !PAGE.contains("http://") && !PAGE.contains("https://"),
+            "nothing from elsewhere"
+        );
         assert!(SCRIPT.contains("/cluster/overview"));
-        assert!(!SCRIPT.contains("innerHTML"), "server text must go in as text");
+        assert!(
+            !SCRIPT.contains("innerHTML"),
+            "server text must go in as text"
+        );
     }
 }

@@ -17,8 +17,8 @@ use crate::db::Db;
 use crate::error::StoreError;
 use crate::sm::bookkeeping;
 use crate::sm::snapshot::dir::SnapshotDir;
-use crate::types::AppliedPosition;
 use crate::timings::DurationHistogram;
+use crate::types::AppliedPosition;
 
 /// The database and the state machine's own shared state. Dereferences to [`Db`], through
 /// which the state machine reads and writes RocksDB.
