@@ -200,7 +200,7 @@ pub(crate) async fn local_stats(
 ) -> Result<(StatsResponse, super::consistency::Provenance), ApiError> {
     let s = blocking(&st.reader, |r| r.stats()).await?;
     let applied = s.last_applied.map_or(0, |l| l.index);
-    let p = provenance(&st, linearizable, applied).await;
+    let p = provenance(st, linearizable, applied).await;
     let committed = st
         .raft
         .with_raft_state(|s| s.committed.map(|c| c.index))
