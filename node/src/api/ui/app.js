@@ -199,6 +199,96 @@ async function poll() {
   }
 }
 
+// Live tail: GET /subscribe as a fetch stream (EventSource cannot send a bearer token), the
+// SSE text parsed here; the newest TAIL_ROWS events are shown, newest first.
+const TAIL_ROWS = 50;
+let tail = null;
+
+function tailStatus(text) {
+  document.getElementById("tail-status").textContent = text;
+}
+
+function tailRow(id, data) {
+  let e;
+  try { e = JSON.parse(data); } catch (_) { return; }
+  const body = document.querySelector("#tail tbody");
+  const tr = el("tr", null, { "data-cursor": id });
+  tr.appendChild(el("td", id));
+  tr.appendChild(el("td", e.topic));
+  tr.appendChild(el("td", e.source));
+  tr.appendChild(el("td", e.event_id));
+  tr.appendChild(el("td", JSON.stringify(e.payload), { class: "payload" }));
+  body.insertBefore(tr, body.firstChild);
+  while (body.children.length > TAIL_ROWS) body.removeChild(body.lastChild);
+}
+
+async function follow(pattern) {
+  const ctl = new AbortController();
+  tail = ctl;
+  document.getElementById("tail-stop").disabled = false;
+  const headers = { Accept: "text/event-stream" };
+  const t = token();
+  if (t) headers.Authorization = `Bearer ${t}`;
+  tailStatus(`following ${pattern}…`);
+  try {
+    const r = await fetch(`/subscribe?topic=${encodeURIComponent(pattern)}&from=latest`, { headers, signal: ctl.signal });
+    if (!r.ok) {
+      const err = await r.json().catch(() => ({}));
+      tailStatus(`refused (${r.status}): ${err.error || ""}`);
+      return;
+    }
+    const reader = r.body.getReader();
+    const decoder = new TextDecoder();
+    let buf = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buf += decoder.decode(value, { stream: true });
+      let cut;
+      while ((cut = buf.indexOf("\n\n")) >= 0) {
+        const msg = buf.slice(0, cut);
+        buf = buf.slice(cut + 2);
+        let id = null, ev = null, data = [];
+        for (const line of msg.split("\n")) {
+          if (line.startsWith("id:")) id = line.slice(3).trim();
+          else if (line.startsWith("event:")) ev = line.slice(6).trim();
+          else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+        }
+        if (ev === "end") {
+          const end = JSON.parse(data.join("\n") || "{}");
+          tailStatus(`ended: ${end.reason} (${end.error || ""}); resume from ${end.resume_from}`);
+        } else if (ev === null && id !== null) {
+          tailRow(id, data.join("\n"));
+          tailStatus(`following ${pattern}: last cursor ${id}`);
+        }
+      }
+    }
+  } catch (e) {
+    if (!ctl.signal.aborted) tailStatus(`stream failed: ${e.message || e}`);
+  } finally {
+    if (tail === ctl) tail = null;
+    document.getElementById("tail-stop").disabled = true;
+  }
+}
+
+document.getElementById("tail-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const pattern = document.getElementById("tail-topic").value.trim();
+  if (!pattern) return;
+  if (tail) tail.abort();
+  document.querySelector("#tail tbody").replaceChildren();
+  follow(pattern);
+});
+document.getElementById("tail-stop").addEventListener("click", () => {
+  if (tail) tail.abort();
+  tailStatus("stopped");
+});
+if (location.hash.includes("tail=")) {
+  const m = location.hash.match(/tail=([^&]+)/);
+  document.getElementById("tail-topic").value = decodeURIComponent(m[1]);
+  follow(decodeURIComponent(m[1]));
+}
+
 document.getElementById("token-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
   sessionStorage.setItem("agg-token", document.getElementById("token").value);
