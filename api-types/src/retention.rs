@@ -14,15 +14,24 @@ use serde::{Deserialize, Serialize};
 pub struct RetentionPolicy {
     /// Trim events stored more than this many milliseconds ago (at least 1).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1, maximum = 9223372036854775807_u64)
+    )]
     pub max_age_ms: Option<u64>,
     /// Keep at most this many events (at least 1).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1, maximum = 9223372036854775807_u64)
+    )]
     pub max_events: Option<u64>,
     /// Keep at most this many bytes of events, counted as stored (at least 1).
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", schema(minimum = 1))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 1, maximum = 9223372036854775807_u64)
+    )]
     pub max_bytes: Option<u64>,
 }
 

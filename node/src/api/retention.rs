@@ -118,6 +118,14 @@ fn parse_policy(body: &[u8]) -> Result<raft_store::RetentionPolicy, ApiError> {
                 "{name} must be at least 1; leave it out for no limit"
             )));
         }
+        // Within a signed 64-bit integer, as for `seq`: what JSON tooling and the OpenAPI
+        // document's int64 carry without loss (and far beyond any real limit).
+        if value.is_some_and(|v| v > i64::MAX as u64) {
+            return Err(ApiError::bad_request(format!(
+                "{name} must be at most {} (2^63 - 1)",
+                i64::MAX
+            )));
+        }
     }
     Ok(raft_store::RetentionPolicy {
         max_age_ms: p.max_age_ms,
@@ -211,6 +219,7 @@ mod tests {
             br#"{"max_events": 0}"#,
             br#"{"max_bytes": -1}"#,
             br#"{"max_events": 1.5}"#,
+            br#"{"max_events": 9223372036854775808}"#,
             b"null",
             b"",
         ] {
