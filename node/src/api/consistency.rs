@@ -206,9 +206,14 @@ pub(crate) async fn provenance(st: &AppState, linearizable: bool, applied: u64) 
 
 /// Adds the provenance headers (`X-Served-By`, `X-Raft-Term`, `X-Applied-Index`, `X-Consistency`).
 pub(crate) fn with_provenance(body: Vec<u8>, p: &Provenance) -> Response {
-    let m = &p.marker;
     let mut r = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
-    let h = r.headers_mut();
+    insert_provenance(r.headers_mut(), p);
+    r
+}
+
+/// Writes the provenance headers of `p` into `h` (also the header of a subscription stream).
+pub(crate) fn insert_provenance(h: &mut HeaderMap, p: &Provenance) {
+    let m = &p.marker;
     h.insert(
         HeaderName::from_static("x-served-by"),
         HeaderValue::from(m.served_by),
@@ -225,7 +230,6 @@ pub(crate) fn with_provenance(body: Vec<u8>, p: &Provenance) -> Response {
         HeaderName::from_static("x-consistency"),
         HeaderValue::from_static(m.level.as_str()),
     );
-    r
 }
 
 /// Runs a blocking store read off the async threads.

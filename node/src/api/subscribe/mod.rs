@@ -158,23 +158,7 @@ pub async fn subscribe(
         axum::http::header::CACHE_CONTROL,
         HeaderValue::from_static("no-cache"),
     );
-    let m = &provenance.marker;
-    h.insert(
-        HeaderName::from_static("x-served-by"),
-        HeaderValue::from(m.served_by),
-    );
-    h.insert(
-        HeaderName::from_static("x-raft-term"),
-        HeaderValue::from(provenance.term),
-    );
-    h.insert(
-        HeaderName::from_static("x-applied-index"),
-        HeaderValue::from(m.applied_index),
-    );
-    h.insert(
-        HeaderName::from_static("x-consistency"),
-        HeaderValue::from_static(m.level.as_str()),
-    );
+    super::consistency::insert_provenance(h, &provenance);
     // Proxies must pass each message on at once.
     h.insert(
         HeaderName::from_static("x-accel-buffering"),
