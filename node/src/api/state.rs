@@ -116,7 +116,7 @@ impl Shared {
             read_token: cfg.read_token.clone(),
             max_snapshot_bytes: cfg.max_snapshot_bytes,
             raft_streams: Arc::new(tokio::sync::Semaphore::new(cfg.max_raft_streams)),
-            subscriptions: Subscriptions::new(cfg.subscribe),
+            subscriptions: Subscriptions::new(cfg.subscribe, reader.clone(), metrics.clone()),
             started: Instant::now(),
             data_dir: cfg.data_dir.clone(),
             elections: ElectionLog::default(),
