@@ -308,7 +308,11 @@ async fn a_trimmed_cursor_is_refused_with_the_earliest_cursor_and_bad_policies_c
         ] {
             let end = subscription_end(&base, &query).await;
             assert_eq!(end["reason"], "cursor_trimmed", "node {id} {query}: {end}");
-            assert_eq!(end["earliest"].to_string(), earliest, "node {id} {query}: {end}");
+            assert_eq!(
+                end["earliest"].to_string(),
+                earliest,
+                "node {id} {query}: {end}"
+            );
         }
         let held = subscription_ids(&base, &format!("topic=>&from={earliest}"), 10).await;
         let want: Vec<String> = (20..30).map(|i| format!("e-{i}")).collect();

@@ -137,7 +137,12 @@ async fn a_cluster_with_mutual_tls_replicates_forwards_and_fails_over() {
             cmd.arg("--ca-cert").arg(&ca);
         }
         cmd.args(["status", "--json"]);
-        for var in ["AGG_ADMIN_URL", "AGG_ADMIN_TOKEN", "AGG_READ_TOKEN", "AGG_ADMIN_CA_CERT"] {
+        for var in [
+            "AGG_ADMIN_URL",
+            "AGG_ADMIN_TOKEN",
+            "AGG_READ_TOKEN",
+            "AGG_ADMIN_CA_CERT",
+        ] {
             cmd.env_remove(var);
         }
         cmd.output().unwrap()

@@ -134,12 +134,10 @@ impl AdminClient {
             .connect_timeout(Duration::from_secs(2));
         // A cluster serving HTTPS with its own CA (`--tls-cert`): trust that CA too.
         if let Some(path) = ca_cert {
-            let pem = std::fs::read(path).map_err(|e| {
-                AdminError::Local(format!("--ca-cert {}: {e}", path.display()))
-            })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                AdminError::Local(format!("--ca-cert {}: {e}", path.display()))
-            })?;
+            let pem = std::fs::read(path)
+                .map_err(|e| AdminError::Local(format!("--ca-cert {}: {e}", path.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| AdminError::Local(format!("--ca-cert {}: {e}", path.display())))?;
             for cert in certs {
                 builder = builder.add_root_certificate(cert);
             }

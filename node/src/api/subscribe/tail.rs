@@ -285,31 +285,29 @@ impl Tail {
 
 /// [`Tail::read_after`] on a ring.
 fn read_ring(ring: &Ring, position: Cursor, selection: &Selection) -> Option<TailRead> {
-        if position < ring.start {
-            return None;
+    if position < ring.start {
+        return None;
+    }
+    let first = ring.entries.partition_point(|e| e.cursor <= position);
+    let mut read = TailRead {
+        messages: Vec::new(),
+        position,
+        more: false,
+    };
+    let mut bytes = 0;
+    for (examined, entry) in ring.entries.range(first..).enumerate() {
+        if examined >= SCAN_EXAMINED || read.messages.len() >= BATCH_EVENTS || bytes >= BATCH_BYTES
+        {
+            read.more = true;
+            break;
         }
-        let first = ring.entries.partition_point(|e| e.cursor <= position);
-        let mut read = TailRead {
-            messages: Vec::new(),
-            position,
-            more: false,
-        };
-        let mut bytes = 0;
-        for (examined, entry) in ring.entries.range(first..).enumerate() {
-            if examined >= SCAN_EXAMINED
-                || read.messages.len() >= BATCH_EVENTS
-                || bytes >= BATCH_BYTES
-            {
-                read.more = true;
-                break;
-            }
-            if selection.wants(&entry.topic, &entry.source) {
-                bytes += entry.message.len();
-                read.messages.push((entry.cursor, entry.message.clone()));
-            }
-            read.position = entry.cursor;
+        if selection.wants(&entry.topic, &entry.source) {
+            bytes += entry.message.len();
+            read.messages.push((entry.cursor, entry.message.clone()));
         }
-        Some(read)
+        read.position = entry.cursor;
+    }
+    Some(read)
 }
 
 #[cfg(test)]
