@@ -362,9 +362,10 @@ pub struct RunArgs {
 
     /// KiB of the newest events, rendered once, that the node keeps for every caught-up
     /// subscription to share (held only while a subscription is open). A stream further behind
-    /// than this reads the store itself until it catches up.
+    /// than this reads the store itself until it catches up. 0: no shared tail, every stream
+    /// reads the store itself.
     #[arg(long, env = "AGG_SUBSCRIBE_TAIL_KIB", default_value_t = 16_384,
-          value_parser = clap::value_parser!(u64).range(1..=4_194_304))]
+          value_parser = clap::value_parser!(u64).range(0..=4_194_304))]
     pub subscribe_tail_kib: u64,
 
     /// An idle subscription gets a comment line this often, so proxies and clients see it
@@ -460,7 +461,7 @@ pub struct SubscribeLimits {
     pub stall: Duration,
     /// Heartbeat interval of an idle stream.
     pub heartbeat: Duration,
-    /// Bytes of rendered events the node's shared tail keeps for caught-up streams.
+    /// Bytes of rendered events the node's shared tail keeps for caught-up streams (0: none).
     pub tail_bytes: u64,
 }
 

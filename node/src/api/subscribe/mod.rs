@@ -41,7 +41,8 @@ pub struct Subscriptions {
     streams: Arc<Semaphore>,
     limits: SubscribeLimits,
     shutdown: CancellationToken,
-    tail: Tail,
+    /// `None` with `--subscribe-tail-kib 0`.
+    tail: Option<Tail>,
 }
 
 impl Subscriptions {
@@ -52,7 +53,8 @@ impl Subscriptions {
         Self {
             streams: Arc::new(Semaphore::new(limits.max_streams.max(1))),
             limits,
-            tail: Tail::new(reader, tail_bytes, shutdown.clone(), metrics),
+            tail: (tail_bytes > 0)
+                .then(|| Tail::new(reader, tail_bytes, shutdown.clone(), metrics)),
             shutdown,
         }
     }
@@ -146,11 +148,12 @@ pub async fn subscribe(
         shutdown: st.subscriptions.shutdown.clone(),
         out: tx,
         metrics: st.metrics.clone(),
-        tail: (!linearizable).then(|| {
-            let tail = st.subscriptions.tail.clone();
-            let follower = tail.follow();
-            (tail, follower)
-        }),
+        tail: st
+            .subscriptions
+            .tail
+            .as_ref()
+            .filter(|_| !linearizable)
+            .map(|tail| (tail.clone(), tail.follow())),
     };
     let open = st.metrics.subscriptions_open.clone();
     open.inc();
