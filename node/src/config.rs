@@ -360,6 +360,14 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub subscribe_stall_ms: u64,
 
+    /// KiB of the newest events, rendered once, that the node keeps for every caught-up
+    /// subscription to share (held only while a subscription is open). A stream further behind
+    /// than this reads the store itself until it catches up. 0: no shared tail, every stream
+    /// reads the store itself.
+    #[arg(long, env = "AGG_SUBSCRIBE_TAIL_KIB", default_value_t = 16_384,
+          value_parser = clap::value_parser!(u64).range(0..=4_194_304))]
+    pub subscribe_tail_kib: u64,
+
     /// An idle subscription gets a comment line this often, so proxies and clients see it
     /// alive.
     #[arg(long, env = "AGG_SUBSCRIBE_HEARTBEAT_MS", default_value_t = 15_000,
@@ -453,6 +461,8 @@ pub struct SubscribeLimits {
     pub stall: Duration,
     /// Heartbeat interval of an idle stream.
     pub heartbeat: Duration,
+    /// Bytes of rendered events the node's shared tail keeps for caught-up streams (0: none).
+    pub tail_bytes: u64,
 }
 
 /// Limits applied to client requests.
@@ -629,6 +639,7 @@ impl RunArgs {
                 max_streams: usize::try_from(self.max_subscriptions).unwrap_or(usize::MAX),
                 buffer_bytes: self.subscribe_buffer_kib * 1024,
                 stall: Duration::from_millis(self.subscribe_stall_ms),
+                tail_bytes: self.subscribe_tail_kib * 1024,
                 heartbeat: Duration::from_millis(self.subscribe_heartbeat_ms),
             },
         })

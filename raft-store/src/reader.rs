@@ -149,6 +149,25 @@ impl StoreReader {
         Ok(retention::read(&self.db, &view)?.view())
     }
 
+    /// Whether retention deleted events stamped above `after` from a topic that `matches`:
+    /// the topic with the highest such floor and the earliest cursor a reader of all of them
+    /// may start after without a gap. Readers whose selection no topic index answers (a
+    /// pattern, a producer) ask this, or they would skip trimmed events without a word.
+    pub fn trimmed_past(
+        &self,
+        after: LamportStamp,
+        matches: impl Fn(&str) -> bool,
+    ) -> Result<Option<(String, u64)>, StoreError> {
+        let view = self.db.reader_view()?;
+        let state = retention::read(&self.db, &view)?;
+        Ok(state
+            .floors
+            .iter()
+            .filter(|(topic, floor)| after.0.saturating_add(1) < floor.0 && matches(topic))
+            .max_by_key(|(_, floor)| **floor)
+            .map(|(topic, floor)| (topic.clone(), floor.0 - 1)))
+    }
+
     /// The next trim the applied state calls for, at most `budget` events, planned at the
     /// wall clock read after the state (see `sm/retention.rs`); `None` when nothing is due.
     /// Only the leader proposes what this returns.

@@ -2,7 +2,9 @@
 //! replica (equal digests at equal applied indexes) while node 1 and the leader are killed and
 //! restarted and snapshots are installed; trims replayed from the log after a restart change
 //! nothing; a cursor below what a topic holds answers 410 naming the earliest cursor; counters
-//! keep `received = unique + duplicates`, with trimmed events counted apart; a re-publish of a
+//! keep `received = unique + duplicates`, with trimmed events counted apart; a subscription
+//! below what is held ends with `cursor_trimmed` whether it reads a topic, a pattern or a
+//! producer; a re-publish of a
 //! held event is a duplicate and of a trimmed one is stored again (docs/api.md); bad policies
 //! are refused with a JSON 400 that changes nothing.
 
@@ -13,6 +15,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::{json, Value};
 use tests::event::unique;
+use tests::sse::SseStream;
 use tests::{event, wait_until, ClusterOptions, NodeId, TestCluster};
 
 const CONVERGE: Duration = Duration::from_secs(45);
@@ -131,6 +134,57 @@ async fn held_ids(cluster: &TestCluster, id: NodeId, topic: &str) -> Vec<String>
         .collect()
 }
 
+/// Opens `GET /subscribe?{query}&consistency=eventual` on `base`.
+async fn open_stream(base: &str, query: &str) -> SseStream {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let resp = client
+        .get(format!("{base}/subscribe?{query}&consistency=eventual"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{query}");
+    SseStream::new(resp)
+}
+
+/// The `end` message of a stream that must end before delivering any event.
+async fn subscription_end(base: &str, query: &str) -> Value {
+    let mut stream = open_stream(base, query).await;
+    loop {
+        let m = stream
+            .next(Duration::from_secs(10))
+            .await
+            .unwrap()
+            .expect("the stream ended without an end message");
+        match m.event.as_str() {
+            "consistency" => {}
+            "end" => return serde_json::from_str(&m.data).unwrap(),
+            _ => panic!("{query}: delivered {m:?} across trimmed events"),
+        }
+    }
+}
+
+/// The ids of the first `n` events a stream delivers.
+async fn subscription_ids(base: &str, query: &str, n: usize) -> Vec<String> {
+    let mut stream = open_stream(base, query).await;
+    let mut ids = Vec::new();
+    while ids.len() < n {
+        let m = stream
+            .next(Duration::from_secs(10))
+            .await
+            .unwrap()
+            .expect("the stream ended early");
+        match m.event.as_str() {
+            "consistency" => {}
+            "" => {
+                let e: Value = serde_json::from_str(&m.data).unwrap();
+                ids.push(e["event_id"].as_str().unwrap().to_owned());
+            }
+            _ => panic!("{query}: {m:?}"),
+        }
+    }
+    ids
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn trims_are_the_same_on_every_replica_across_kills_of_node_1_and_the_leader() {
     let mut cluster = TestCluster::start_with(options(&[])).await;
@@ -245,6 +299,24 @@ async fn a_trimmed_cursor_is_refused_with_the_earliest_cursor_and_bad_policies_c
             retention.body["earliest_cursors"][&topic],
             earliest.as_str()
         );
+        // A stream that reads no topic index (a pattern, a producer) is told the same, never
+        // served the gap; from the earliest cursor it gets exactly what is held.
+        for query in [
+            format!("topic={topic}&from=0"),
+            "topic=>&from=0".to_owned(),
+            "topic=>&source=tests&from=0".to_owned(),
+        ] {
+            let end = subscription_end(&base, &query).await;
+            assert_eq!(end["reason"], "cursor_trimmed", "node {id} {query}: {end}");
+            assert_eq!(
+                end["earliest"].to_string(),
+                earliest,
+                "node {id} {query}: {end}"
+            );
+        }
+        let held = subscription_ids(&base, &format!("topic=>&from={earliest}"), 10).await;
+        let want: Vec<String> = (20..30).map(|i| format!("e-{i}")).collect();
+        assert_eq!(held, want, "node {id}");
     }
 
     // A held event's copy is a duplicate; a trimmed one's is stored again (docs/api.md).

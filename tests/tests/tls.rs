@@ -121,6 +121,57 @@ async fn a_cluster_with_mutual_tls_replicates_forwards_and_fails_over() {
         cluster.stats(leader).await.topic_counts.get(&topic),
         Some(&3)
     );
+
+    // The operator's CLI reaches the HTTPS cluster with its CA, and not without it.
+    let urls = cluster
+        .ids()
+        .iter()
+        .map(|&id| cluster.url(id))
+        .collect::<Vec<_>>()
+        .join(",");
+    let ca = pki.ca_path();
+    let admin = |with_ca: bool| {
+        let mut cmd = std::process::Command::new(tests::binaries::aggregator());
+        cmd.args(["admin", "--url", &urls]);
+        if with_ca {
+            cmd.arg("--ca-cert").arg(&ca);
+        }
+        cmd.args(["status", "--json"]);
+        for var in [
+            "AGG_ADMIN_URL",
+            "AGG_ADMIN_TOKEN",
+            "AGG_READ_TOKEN",
+            "AGG_ADMIN_CA_CERT",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.output().unwrap()
+    };
+    let out = admin(true);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "admin status over TLS: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{stdout}");
+    for row in rows {
+        assert_eq!(row["up"], true, "{row}");
+        assert_eq!(row["stats"]["topic_counts"][&topic], 3, "{row}");
+    }
+    // Without the CA no node is trusted: a failure, or every row down.
+    let untrusted = admin(false);
+    let text = String::from_utf8_lossy(&untrusted.stdout);
+    let all_down = serde_json::from_str::<serde_json::Value>(&text).is_ok_and(|v| {
+        v.as_array()
+            .is_some_and(|rows| rows.iter().all(|r| r["up"] == false))
+    });
+    assert!(
+        !untrusted.status.success() || all_down,
+        "an unknown CA must not be trusted: {text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

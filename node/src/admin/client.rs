@@ -110,6 +110,7 @@ impl AdminClient {
         urls: Vec<String>,
         read_token: Option<String>,
         admin_token: Option<String>,
+        ca_cert: Option<&std::path::Path>,
     ) -> Result<AdminClient, AdminError> {
         let urls: Vec<String> = urls
             .iter()
@@ -128,9 +129,20 @@ impl AdminClient {
                 "no node URL: pass --url or set AGG_ADMIN_URL".into(),
             ));
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .no_proxy()
-            .connect_timeout(Duration::from_secs(2))
+            .connect_timeout(Duration::from_secs(2));
+        // A cluster serving HTTPS with its own CA (`--tls-cert`): trust that CA too.
+        if let Some(path) = ca_cert {
+            let pem = std::fs::read(path)
+                .map_err(|e| AdminError::Local(format!("--ca-cert {}: {e}", path.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| AdminError::Local(format!("--ca-cert {}: {e}", path.display())))?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
             .build()
             .map_err(|e| AdminError::Local(format!("building the HTTP client: {e}")))?;
         Ok(AdminClient {
@@ -297,6 +309,7 @@ mod tests {
                 "n2:7000".into(),
                 "http://n3:7000/".into(),
             ],
+            None,
             None,
             None,
         )

@@ -41,6 +41,10 @@ pub struct AdminArgs {
     /// --api-token). The admin token does not open the read endpoints.
     #[arg(long, env = "AGG_READ_TOKEN", hide_env_values = true, global = true)]
     pub read_token: Option<String>,
+    /// PEM file of the CA that signed the nodes' HTTPS certificates (`--tls-cert`), trusted
+    /// beside the system's roots.
+    #[arg(long, env = "AGG_ADMIN_CA_CERT", global = true)]
+    pub ca_cert: Option<std::path::PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub action: AdminAction,
@@ -114,7 +118,12 @@ pub fn run(args: AdminArgs) -> ExitCode {
 }
 
 async fn command(args: AdminArgs) -> Result<(), AdminError> {
-    let client = AdminClient::new(args.url, args.read_token, args.admin_token)?;
+    let client = AdminClient::new(
+        args.url,
+        args.read_token,
+        args.admin_token,
+        args.ca_cert.as_deref(),
+    )?;
     match args.action {
         AdminAction::Status { json } => status(&client, json).await,
         AdminAction::Members { json } => {

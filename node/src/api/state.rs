@@ -98,6 +98,7 @@ impl Shared {
             election_hold,
             metrics,
         } = handles;
+        let subscriptions = Subscriptions::new(cfg.subscribe, reader.clone(), metrics.clone());
         Shared {
             id: cfg.id,
             raft,
@@ -116,7 +117,7 @@ impl Shared {
             read_token: cfg.read_token.clone(),
             max_snapshot_bytes: cfg.max_snapshot_bytes,
             raft_streams: Arc::new(tokio::sync::Semaphore::new(cfg.max_raft_streams)),
-            subscriptions: Subscriptions::new(cfg.subscribe),
+            subscriptions,
             started: Instant::now(),
             data_dir: cfg.data_dir.clone(),
             elections: ElectionLog::default(),

@@ -53,6 +53,8 @@ pub struct Inner {
     pub subscription_events: IntCounter,
     /// Live subscriptions ended by the node, by reason (`slow_subscriber`, `shutting_down`, ...).
     pub subscriptions_ended: IntCounterVec,
+    /// Bytes held by the subscriptions' shared tail.
+    pub subscription_tail_bytes: IntGauge,
     /// Open connections by listener (client, peer).
     pub connections_open: IntGaugeVec,
     /// Connections closed at accept because the listener was at its limit, by listener.
@@ -295,6 +297,11 @@ impl Metrics {
         registry.register(Box::new(subscriptions_open.clone()))?;
         registry.register(Box::new(subscription_events.clone()))?;
         registry.register(Box::new(subscriptions_ended.clone()))?;
+        let subscription_tail_bytes = IntGauge::new(
+            "subscription_tail_bytes",
+            "Bytes of rendered events held by the shared tail of this node's subscriptions",
+        )?;
+        registry.register(Box::new(subscription_tail_bytes.clone()))?;
         let store_trimmed = IntCounter::new(
             "store_trimmed_total",
             "Events deleted by retention trims, out of unique_processed (/stats trimmed_events)",
@@ -357,6 +364,7 @@ impl Metrics {
             subscriptions_open,
             subscription_events,
             subscriptions_ended,
+            subscription_tail_bytes,
             connections_open,
             connections_rejected,
             term,

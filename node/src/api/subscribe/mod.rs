@@ -9,6 +9,7 @@
 pub mod select;
 pub mod sse;
 pub mod stream;
+pub mod tail;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,10 +27,13 @@ use tokio_util::sync::CancellationToken;
 
 use self::select::Selection;
 use self::stream::{Feeder, Item, Start};
+use self::tail::Tail;
 use super::consistency::{forward_stream, parse_level, plan, provenance, Plan};
 use super::error::ApiError;
 use super::state::AppState;
 use crate::config::SubscribeLimits;
+use crate::metrics::Metrics;
+use raft_store::StoreReader;
 
 /// The node-wide state of live subscriptions; cheap to clone.
 #[derive(Clone)]
@@ -37,15 +41,21 @@ pub struct Subscriptions {
     streams: Arc<Semaphore>,
     limits: SubscribeLimits,
     shutdown: CancellationToken,
+    /// `None` with `--subscribe-tail-kib 0`.
+    tail: Option<Tail>,
 }
 
 impl Subscriptions {
-    /// Room for `limits.max_streams` streams.
-    pub fn new(limits: SubscribeLimits) -> Self {
+    /// Room for `limits.max_streams` streams, with a shared tail over `reader`.
+    pub fn new(limits: SubscribeLimits, reader: StoreReader, metrics: Metrics) -> Self {
+        let shutdown = CancellationToken::new();
+        let tail_bytes = usize::try_from(limits.tail_bytes).unwrap_or(usize::MAX);
         Self {
             streams: Arc::new(Semaphore::new(limits.max_streams.max(1))),
             limits,
-            shutdown: CancellationToken::new(),
+            tail: (tail_bytes > 0)
+                .then(|| Tail::new(reader, tail_bytes, shutdown.clone(), metrics)),
+            shutdown,
         }
     }
 
@@ -138,6 +148,12 @@ pub async fn subscribe(
         shutdown: st.subscriptions.shutdown.clone(),
         out: tx,
         metrics: st.metrics.clone(),
+        tail: st
+            .subscriptions
+            .tail
+            .as_ref()
+            .filter(|_| !linearizable)
+            .map(|tail| (tail.clone(), tail.follow())),
     };
     let open = st.metrics.subscriptions_open.clone();
     open.inc();

@@ -1,7 +1,8 @@
 //! Which events a subscription wants and how to read the next of them from the store: through
 //! the topic index when the pattern names one topic, through the producer index when a
 //! `source` is given, and otherwise by walking every event in stamp order and keeping the
-//! matching ones. All three answer a [`Batch`] in stamp order and say how far they read, so a
+//! matching ones. A read that would skip events retention deleted after its cursor fails with
+//! `StoreError::Trimmed` instead, whichever way it reads. All three answer a [`Batch`] in stamp order and say how far they read, so a
 //! stream's position moves past events that did not match and never reads them twice.
 
 use api_types::{Cursor, TopicPattern};
@@ -44,6 +45,18 @@ impl Selection {
     /// Reads the next events after `after` (a blocking call: run it off the async threads).
     pub fn read(&self, reader: &StoreReader, after: Cursor) -> Result<Batch, StoreError> {
         let stamp = Some(LamportStamp(after.0));
+        if self.pattern.exact_topic().is_none() || self.source.is_some() {
+            // The topic index checks its own topic's floor; the other two reads must ask.
+            if let Some((topic, earliest)) =
+                reader.trimmed_past(LamportStamp(after.0), |t| self.pattern.matches(t))?
+            {
+                return Err(StoreError::Trimmed {
+                    topic,
+                    after: after.0,
+                    earliest,
+                });
+            }
+        }
         let page = match (self.pattern.exact_topic(), &self.source) {
             (Some(topic), _) => {
                 reader.events_by_topic_within(topic, stamp, BATCH_EVENTS, BATCH_BYTES)?

@@ -1,7 +1,9 @@
 //! One live subscription's feeder: a task that reads the selected events after the stream's
 //! cursor from this node's store, renders them as SSE messages into the stream's bounded
-//! buffer, and, once caught up, sleeps until the apply path reports new events (the store's
-//! applied-position watch; no polling). It ends the stream with one last `end` message saying
+//! buffer and, once caught up, takes the newest events from the node's shared tail
+//! ([`super::tail`]: read and rendered once for every stream), sleeping until the tail moves
+//! (no polling). A stream the tail has left behind reads the store again until it catches up;
+//! a linearizable stream always reads the store, after confirming each read point. It ends the stream with one last `end` message saying
 //! why and where to resume: the subscriber left the buffer full for too long, the node is
 //! stopping, a linearizable stream lost its leadership, or the store could not be read.
 //!
@@ -22,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::select::{cursor_of, Batch, Selection};
 use super::sse;
+use super::tail::{Follower, Tail};
 use crate::api::read::push_event;
 use crate::metrics::Metrics;
 use crate::raft::Raft;
@@ -71,6 +74,8 @@ pub struct Feeder {
     pub out: mpsc::UnboundedSender<Item>,
     /// Counters.
     pub metrics: Metrics,
+    /// The node's shared tail and this stream's hold on it; `None` for a linearizable stream.
+    pub tail: Option<(Tail, Follower)>,
 }
 
 /// Why the feeding stopped.
@@ -164,6 +169,17 @@ impl Feeder {
                     break;
                 }
             }
+            if seeking.is_none() {
+                // The read found everything stored up to `seen` that it selects.
+                *position = (*position).max(cursor_of(seen));
+                if let Some((tail, _)) = &self.tail {
+                    match self.follow(tail, position).await {
+                        Some(stop) => return stop,
+                        // Left behind: read the store again.
+                        None => continue,
+                    }
+                }
+            }
             loop {
                 tokio::select! {
                     changed = applied.changed() => {
@@ -178,6 +194,39 @@ impl Feeder {
                         return Stop::End(EndReason::ShuttingDown, "the node is stopping".into());
                     }
                     () = self.out.closed() => return Stop::Gone,
+                }
+            }
+        }
+    }
+
+    /// Feeds the stream from the shared tail while the tail holds its position; `None` once
+    /// the tail starts above it (the store must answer), or why the stream stops.
+    async fn follow(&self, tail: &Tail, position: &mut Cursor) -> Option<Stop> {
+        let mut end = tail.watch_end();
+        loop {
+            let seen = *end.borrow_and_update();
+            let read = tail.read_after(*position, &self.selection)?;
+            for (cursor, message) in read.messages {
+                if let Some(stop) = self.push(message).await {
+                    return Some(stop);
+                }
+                *position = cursor;
+            }
+            *position = (*position).max(read.position);
+            if read.more {
+                continue;
+            }
+            while *end.borrow() <= seen.max(*position) {
+                tokio::select! {
+                    changed = end.changed() => {
+                        if changed.is_err() {
+                            return Some(Stop::End(EndReason::Unavailable, "the node's tail closed".into()));
+                        }
+                    }
+                    () = self.shutdown.cancelled() => {
+                        return Some(Stop::End(EndReason::ShuttingDown, "the node is stopping".into()));
+                    }
+                    () = self.out.closed() => return Some(Stop::Gone),
                 }
             }
         }
@@ -270,7 +319,7 @@ impl Feeder {
 }
 
 /// An event as its SSE message: `id:` its cursor, `data:` the event as `/events` renders it.
-fn render(event: &StoredEvent, cursor: Cursor) -> Bytes {
+pub fn render(event: &StoredEvent, cursor: Cursor) -> Bytes {
     let mut json = Vec::with_capacity(event.event.approx_bytes() + 160);
     push_event(&mut json, event);
     let mut text = Vec::with_capacity(json.len() + 40);
