@@ -25,8 +25,8 @@ use crate::sm::bookkeeping::{self, Bookkeeping};
 use crate::sm::dedup_index::SharedDedupIndex;
 use crate::sm::index_runs;
 use crate::sm::machine_db::StateMachineDb;
-use crate::sm::{consumers, retention};
 use crate::sm::snapshot::dir::SnapshotStats;
+use crate::sm::{consumers, retention};
 use crate::timings::DurationHistogram;
 use crate::types::{
     AppliedPosition, Digest, Event, EventKey, EventPage, LamportStamp, NodeId, RetentionView,

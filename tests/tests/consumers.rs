@@ -48,7 +48,11 @@ async fn create(cluster: &TestCluster, nodes: &[NodeId], body: Value) -> Value {
     let mut last = String::new();
     for _ in 0..40 {
         for &id in nodes {
-            match cluster.client.post(&cluster.url(id), "/consumers", &body).await {
+            match cluster
+                .client
+                .post(&cluster.url(id), "/consumers", &body)
+                .await
+            {
                 Ok(r) if r.status == 200 || r.status == 201 => return r.body,
                 Ok(r) => last = format!("node {id}: {} {}", r.status, r.body),
                 Err(e) => last = e,
@@ -117,7 +121,10 @@ async fn take_and_ack(
         let Some(last) = got.last().map(|e| e.1) else {
             return (got, None);
         };
-        return (got, ack(cluster, id, name, json!({"cursor": last})).await.ok());
+        return (
+            got,
+            ack(cluster, id, name, json!({"cursor": last})).await.ok(),
+        );
     }
     (Vec::new(), None)
 }
@@ -135,18 +142,22 @@ async fn info(cluster: &TestCluster, id: NodeId, name: &str) -> Value {
 
 /// Waits until every node in `ids` reports `name` acknowledged at `acked`.
 async fn wait_acked_everywhere(cluster: &TestCluster, ids: &[NodeId], name: &str, acked: u64) {
-    wait_until(&format!("{name} acked at {acked} on {ids:?}"), CONVERGE, || async {
-        for &id in ids {
-            let r = cluster
-                .probe
-                .get(&cluster.url(id), &format!("/consumers/{name}"))
-                .await?;
-            if r.body["acked"] != acked {
-                return Err(format!("node {id}: {} {}", r.status, r.body));
+    wait_until(
+        &format!("{name} acked at {acked} on {ids:?}"),
+        CONVERGE,
+        || async {
+            for &id in ids {
+                let r = cluster
+                    .probe
+                    .get(&cluster.url(id), &format!("/consumers/{name}"))
+                    .await?;
+                if r.body["acked"] != acked {
+                    return Err(format!("node {id}: {} {}", r.status, r.body));
+                }
             }
-        }
-        Ok(())
-    })
+            Ok(())
+        },
+    )
     .await;
 }
 
@@ -175,7 +186,10 @@ async fn drain(
                 continue;
             }
             if let Some((_, last)) = seen.last() {
-                assert!(cursor > *last, "{id} at {cursor} after {last}: out of order");
+                assert!(
+                    cursor > *last,
+                    "{id} at {cursor} after {last}: out of order"
+                );
             }
             seen.push((id, cursor));
         }
@@ -184,8 +198,7 @@ async fn drain(
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_consumer_survives_node_1_and_leader_kills_and_a_full_restart_and_resumes_from_its_ack()
-{
+async fn a_consumer_survives_node_1_and_leader_kills_and_a_full_restart_and_resumes_from_its_ack() {
     let mut cluster = TestCluster::start_with(options()).await;
     let all = cluster.ids();
     let topic = unique("dur");
@@ -231,11 +244,17 @@ async fn a_consumer_survives_node_1_and_leader_kills_and_a_full_restart_and_resu
     }
     cluster.wait_for_leader(ELECTION).await;
     wait_acked_everywhere(&cluster, &all, &name, acked).await;
-    // It resumes right after: the next event on any node is e-60, delivered for the first time
-    // there.
+    // It resumes right after: the next event on any node is the one after the last
+    // acknowledged (every event seen so far was acknowledged, in order), delivered for the
+    // first time there.
+    let following = format!("e-{}", seen.len());
     for &id in &all {
         let got = next(&cluster, id, &name, "batch=1&wait=2s").await.unwrap();
-        assert_eq!((got[0].0.as_str(), got[0].2), ("e-60", 1), "node {id}: {got:?}");
+        assert_eq!(
+            (got[0].0.as_str(), got[0].2),
+            (following.as_str(), 1),
+            "node {id}: {got:?}"
+        );
         if id == all[0] {
             seen.push((got[0].0.clone(), got[0].1));
         }
@@ -247,7 +266,11 @@ async fn a_consumer_survives_node_1_and_leader_kills_and_a_full_restart_and_resu
     // Nothing left: lag 0 everywhere once the last ack is applied.
     wait_acked_everywhere(&cluster, &all, &name, acked).await;
     for &id in &all {
-        assert_eq!(info(&cluster, id, &name).await["lag_events"], 0, "node {id}");
+        assert_eq!(
+            info(&cluster, id, &name).await["lag_events"],
+            0,
+            "node {id}"
+        );
         let stats = cluster
             .probe
             .get(&cluster.url(id), "/stats?consistency=eventual")
@@ -256,7 +279,9 @@ async fn a_consumer_survives_node_1_and_leader_kills_and_a_full_restart_and_resu
         assert_eq!(stats.body["consumers"][&name], acked, "node {id}");
         let page = cluster.metrics_page(id).await;
         assert!(
-            page.contains(&format!("aggregator_consumer_lag_events{{consumer=\"{name}\"}} 0")),
+            page.contains(&format!(
+                "aggregator_consumer_lag_events{{consumer=\"{name}\"}} 0"
+            )),
             "node {id}"
         );
         assert!(tests::metric_value(&page, "aggregator_consumers").is_some_and(|n| n >= 1.0));
@@ -302,9 +327,14 @@ async fn unacked_events_come_again_after_ack_wait_and_listed_acks_move_over_the_
 
     // Listed acks: e-3 and e-5 alone leave the position at e-1; e-2 then closes the gap to e-3.
     let cursor = |i: usize| again[i].1;
-    let a = ack(&cluster, follower, "redo", json!({"cursors": [cursor(1), cursor(3)]}))
-        .await
-        .unwrap();
+    let a = ack(
+        &cluster,
+        follower,
+        "redo",
+        json!({"cursors": [cursor(1), cursor(3)]}),
+    )
+    .await
+    .unwrap();
     assert_eq!(a, first[1].1);
     let a = ack(&cluster, follower, "redo", json!({"cursors": [cursor(0)]}))
         .await
@@ -322,7 +352,11 @@ async fn unacked_events_come_again_after_ack_wait_and_listed_acks_move_over_the_
         .await
         .unwrap();
     assert_eq!(r.status, 400, "{}", r.body);
-    let third = all.iter().copied().find(|i| *i != leader && *i != follower).unwrap();
+    let third = all
+        .iter()
+        .copied()
+        .find(|i| *i != leader && *i != follower)
+        .unwrap();
     let r = cluster
         .client
         .post(
@@ -352,8 +386,17 @@ async fn consumers_converge_on_every_replica_including_one_rebuilt_from_a_snapsh
     let all = cluster.ids();
     let topic = unique("conv");
     publish(&cluster, &all, &topic, 0, 30).await;
-    for (name, from) in [("conv-a", "earliest"), ("conv-b", "latest"), ("conv-c", "5")] {
-        create(&cluster, &all, json!({"name": name, "topic": topic, "from": from})).await;
+    for (name, from) in [
+        ("conv-a", "earliest"),
+        ("conv-b", "latest"),
+        ("conv-c", "5"),
+    ] {
+        create(
+            &cluster,
+            &all,
+            json!({"name": name, "topic": topic, "from": from}),
+        )
+        .await;
     }
     let got = next(&cluster, 2, "conv-a", "batch=10").await.unwrap();
     ack(&cluster, 2, "conv-a", json!({"cursor": got[9].1}))
@@ -374,7 +417,11 @@ async fn consumers_converge_on_every_replica_including_one_rebuilt_from_a_snapsh
     let filler = unique("filler");
     for i in 0..60 {
         cluster
-            .publish_until_ok(&live, &event(&filler, &format!("f-{i}")), Duration::from_secs(20))
+            .publish_until_ok(
+                &live,
+                &event(&filler, &format!("f-{i}")),
+                Duration::from_secs(20),
+            )
             .await;
     }
     let got = next(&cluster, live[0], "conv-a", "batch=10").await.unwrap();
@@ -382,10 +429,20 @@ async fn consumers_converge_on_every_replica_including_one_rebuilt_from_a_snapsh
     ack(&cluster, live[0], "conv-a", json!({"cursor": acked_a}))
         .await
         .unwrap();
-    create(&cluster, &live, json!({"name": "conv-d", "topic": "conv.>"})).await;
+    create(
+        &cluster,
+        &live,
+        json!({"name": "conv-d", "topic": "conv.>"}),
+    )
+    .await;
     let r = cluster
         .client
-        .send(Method::DELETE, &cluster.url(live[1]), "/consumers/conv-c", None)
+        .send(
+            Method::DELETE,
+            &cluster.url(live[1]),
+            "/consumers/conv-c",
+            None,
+        )
         .await
         .unwrap();
     assert_eq!(r.status, 204, "{}", r.body);
@@ -399,7 +456,11 @@ async fn consumers_converge_on_every_replica_including_one_rebuilt_from_a_snapsh
     let lists: Vec<Value> = {
         let mut lists = Vec::new();
         for &id in &all {
-            let r = cluster.probe.get(&cluster.url(id), "/consumers").await.unwrap();
+            let r = cluster
+                .probe
+                .get(&cluster.url(id), "/consumers")
+                .await
+                .unwrap();
             assert_eq!(r.status, 200);
             // What is the node's own (pending, served_by) left out.
             let mut list = r.body["consumers"].clone();
@@ -440,6 +501,8 @@ async fn bad_names_bodies_cursors_and_unknown_consumers_are_4xx_json_and_change_
     let def = json!({"name": "good", "topic": topic, "ack_wait": "5s"});
     let made = create(&cluster, &all, def.clone()).await;
     let url = cluster.url(2);
+    // Node 2 has applied the creation before the "before" picture is taken.
+    wait_acked_everywhere(&cluster, &[2], "good", 0).await;
     let snapshot = |c: &TestCluster| {
         let c = c.client.clone();
         let url = url.clone();
@@ -452,29 +515,129 @@ async fn bad_names_bodies_cursors_and_unknown_consumers_are_4xx_json_and_change_
     let before = snapshot(&cluster).await;
     let long = "n".repeat(65);
     for (method, path, body, status) in [
-        (Method::POST, "/consumers".to_owned(), json!({"name": "a b", "topic": "t"}), 400),
-        (Method::POST, "/consumers".to_owned(), json!({"name": long, "topic": "t"}), 400),
-        (Method::POST, "/consumers".to_owned(), json!({"name": "x", "topic": "a.>.b"}), 400),
-        (Method::POST, "/consumers".to_owned(), json!({"name": "x", "topic": "t", "from": "soon"}), 400),
-        (Method::POST, "/consumers".to_owned(), json!({"name": "x", "topic": "t", "ack_wait": "5"}), 400),
-        (Method::POST, "/consumers".to_owned(), json!({"name": "x", "topic": "t", "max_ack_pending": 0}), 400),
-        (Method::POST, "/consumers".to_owned(), json!({"name": "x", "topic": "t", "from": "99999999"}), 400),
-        (Method::POST, "/consumers".to_owned(), json!(["x", "t"]), 400),
+        (
+            Method::POST,
+            "/consumers".to_owned(),
+            json!({"name": "a b", "topic": "t"}),
+            400,
+        ),
+        (
+            Method::POST,
+            "/consumers".to_owned(),
+            json!({"name": long, "topic": "t"}),
+            400,
+        ),
+        (
+            Method::POST,
+            "/consumers".to_owned(),
+            json!({"name": "x", "topic": "a.>.b"}),
+            400,
+        ),
+        (
+            Method::POST,
+            "/consumers".to_owned(),
+            json!({"name": "x", "topic": "t", "from": "soon"}),
+            400,
+        ),
+        (
+            Method::POST,
+            "/consumers".to_owned(),
+            json!({"name": "x", "topic": "t", "ack_wait": "5"}),
+            400,
+        ),
+        (
+            Method::POST,
+            "/consumers".to_owned(),
+            json!({"name": "x", "topic": "t", "max_ack_pending": 0}),
+            400,
+        ),
+        (
+            Method::POST,
+            "/consumers".to_owned(),
+            json!({"name": "x", "topic": "t", "from": "99999999"}),
+            400,
+        ),
+        (
+            Method::POST,
+            "/consumers".to_owned(),
+            json!(["x", "t"]),
+            400,
+        ),
         // Same name, another definition.
-        (Method::POST, "/consumers".to_owned(), json!({"name": "good", "topic": "other"}), 409),
+        (
+            Method::POST,
+            "/consumers".to_owned(),
+            json!({"name": "good", "topic": "other"}),
+            409,
+        ),
         (Method::GET, "/consumers/nope".to_owned(), Value::Null, 404),
-        (Method::GET, "/consumers/nope/next".to_owned(), Value::Null, 404),
-        (Method::DELETE, "/consumers/nope".to_owned(), Value::Null, 404),
-        (Method::POST, "/consumers/nope/ack".to_owned(), json!({"cursor": 1}), 404),
+        (
+            Method::GET,
+            "/consumers/nope/next".to_owned(),
+            Value::Null,
+            404,
+        ),
+        (
+            Method::DELETE,
+            "/consumers/nope".to_owned(),
+            Value::Null,
+            404,
+        ),
+        (
+            Method::POST,
+            "/consumers/nope/ack".to_owned(),
+            json!({"cursor": 1}),
+            404,
+        ),
         (Method::GET, "/consumers/a%20b".to_owned(), Value::Null, 400),
-        (Method::GET, "/consumers/good/next?batch=0".to_owned(), Value::Null, 400),
-        (Method::GET, "/consumers/good/next?batch=5000".to_owned(), Value::Null, 400),
-        (Method::GET, "/consumers/good/next?wait=1h".to_owned(), Value::Null, 400),
-        (Method::GET, "/consumers/good/next?wait=soon".to_owned(), Value::Null, 400),
-        (Method::POST, "/consumers/good/ack".to_owned(), json!({"cursor": 999_999_999}), 400),
-        (Method::POST, "/consumers/good/ack".to_owned(), json!({"cursor": "x"}), 400),
-        (Method::POST, "/consumers/good/ack".to_owned(), json!({}), 400),
-        (Method::POST, "/consumers/good/ack".to_owned(), json!({"cursor": 1, "cursors": [1]}), 400),
+        (
+            Method::GET,
+            "/consumers/good/next?batch=0".to_owned(),
+            Value::Null,
+            400,
+        ),
+        (
+            Method::GET,
+            "/consumers/good/next?batch=5000".to_owned(),
+            Value::Null,
+            400,
+        ),
+        (
+            Method::GET,
+            "/consumers/good/next?wait=1h".to_owned(),
+            Value::Null,
+            400,
+        ),
+        (
+            Method::GET,
+            "/consumers/good/next?wait=soon".to_owned(),
+            Value::Null,
+            400,
+        ),
+        (
+            Method::POST,
+            "/consumers/good/ack".to_owned(),
+            json!({"cursor": 999_999_999}),
+            400,
+        ),
+        (
+            Method::POST,
+            "/consumers/good/ack".to_owned(),
+            json!({"cursor": "x"}),
+            400,
+        ),
+        (
+            Method::POST,
+            "/consumers/good/ack".to_owned(),
+            json!({}),
+            400,
+        ),
+        (
+            Method::POST,
+            "/consumers/good/ack".to_owned(),
+            json!({"cursor": 1, "cursors": [1]}),
+            400,
+        ),
     ] {
         let body = (!body.is_null()).then_some(&body);
         let r = cluster
@@ -496,7 +659,11 @@ async fn bad_names_bodies_cursors_and_unknown_consumers_are_4xx_json_and_change_
     let got = next(&cluster, 2, "good", "batch=1").await.unwrap();
     let r = cluster
         .client
-        .post(&url, "/consumers/good/ack", &json!({"cursor": got[0].1 + 1}))
+        .post(
+            &url,
+            "/consumers/good/ack",
+            &json!({"cursor": got[0].1 + 1}),
+        )
         .await
         .unwrap();
     assert_eq!(r.status, 400, "{}", r.body);
@@ -618,15 +785,38 @@ async fn bench_what_acks_cost() {
     let targets = cluster.targets(&all);
     let send = |events: &str| {
         args(&[
-            "send", "--targets", &targets, "--events", events, "--batch", "100",
-            "--concurrency", "16", "--topics", "3", "--progress", "off",
+            "send",
+            "--targets",
+            &targets,
+            "--events",
+            events,
+            "--batch",
+            "100",
+            "--concurrency",
+            "16",
+            "--topics",
+            "3",
+            "--progress",
+            "off",
         ])
     };
     let alone = publisher::run(&send("60000"), Duration::from_secs(300)).await;
     alone.assert_success("send alone");
     let reader = publisher::spawn(&args(&[
-        "subscribe", "--targets", &targets, "--topic", "logs.>", "--from", "latest",
-        "--consumer", "cost-reader", "--quiet", "--idle-exit", "5s", "--duration", "300s",
+        "subscribe",
+        "--targets",
+        &targets,
+        "--topic",
+        "logs.>",
+        "--from",
+        "latest",
+        "--consumer",
+        "cost-reader",
+        "--quiet",
+        "--idle-exit",
+        "5s",
+        "--duration",
+        "300s",
     ]));
     let with = publisher::run(&send("60000"), Duration::from_secs(300)).await;
     with.assert_success("send with a consumer");

@@ -73,7 +73,10 @@ pub fn router(state: AppState, surface: Surface) -> Router {
         // Durable consumers: creating, deleting, taking deliveries and acknowledging change
         // state, so they need the client token like a publish.
         .route("/consumers", post(consumers::create))
-        .route("/consumers/{name}", axum::routing::delete(consumers::delete))
+        .route(
+            "/consumers/{name}",
+            axum::routing::delete(consumers::delete),
+        )
         .route("/consumers/{name}/next", get(consumers::next))
         .route("/consumers/{name}/ack", post(consumers::ack))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))

@@ -183,7 +183,12 @@ mod tests {
         assert_eq!(change(&mut state, &ack("c", 3, 5), 5), Some("c".into()));
         let after_first = state.clone();
         // Replays, lower acks, other incarnations and acks past the clock change nothing.
-        for control in [ack("c", 3, 5), ack("c", 3, 2), ack("c", 9, 8), ack("c", 3, 11)] {
+        for control in [
+            ack("c", 3, 5),
+            ack("c", 3, 2),
+            ack("c", 9, 8),
+            ack("c", 3, 11),
+        ] {
             assert_eq!(change(&mut state, &control, 6), None, "{control:?}");
             assert_eq!(state, after_first);
         }
@@ -197,7 +202,11 @@ mod tests {
         // An ack for the deleted consumer, and a delete of nothing, change nothing.
         assert_eq!(change(&mut state, &ack("c", 3, 10), 9), None);
         assert_eq!(
-            change(&mut state, &Control::DeleteConsumer { name: "c".into() }, 10),
+            change(
+                &mut state,
+                &Control::DeleteConsumer { name: "c".into() },
+                10
+            ),
             None
         );
         // Created again: a new incarnation, which the old one's acks do not move.

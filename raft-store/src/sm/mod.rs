@@ -4,8 +4,8 @@
 //! the node's RocksDB (`machine_db.rs`: the database plus the state kept beside it).
 
 mod apply;
-pub(crate) mod consumers;
 pub(crate) mod bookkeeping;
+pub(crate) mod consumers;
 pub(crate) mod dedup_index;
 pub(crate) mod index_runs;
 pub(crate) mod machine_db;

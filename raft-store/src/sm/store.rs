@@ -31,10 +31,10 @@ use crate::sm::apply::apply_entries;
 use crate::sm::bookkeeping::Bookkeeping;
 use crate::sm::dedup_index::SharedDedupIndex;
 use crate::sm::machine_db::StateMachineDb;
-use crate::sm::{consumers, retention};
 use crate::sm::snapshot::build::SnapshotBuilder;
 use crate::sm::snapshot::file::SnapshotFile;
 use crate::sm::snapshot::{self, install};
+use crate::sm::{consumers, retention};
 use crate::types::{entry_events, BatchOutcome, Node, NodeId, TypeConfig};
 
 type Entry = openraft::Entry<TypeConfig>;
@@ -213,7 +213,9 @@ impl StateMachineStore {
             }
         };
         if let EntryPayload::Normal(Command::Control(
-            control @ (Control::CreateConsumer(_) | Control::Ack(_) | Control::DeleteConsumer { .. }),
+            control @ (Control::CreateConsumer(_)
+            | Control::Ack(_)
+            | Control::DeleteConsumer { .. }),
         )) = &entry.payload
         {
             // One small record and the meta: less work than a hop to the blocking pool.

@@ -160,9 +160,11 @@ impl Deliveries {
         seeking: bool,
     ) -> Arc<tokio::sync::Mutex<Tracker>> {
         let mut map = self.map();
-        let entry = map
-            .entry(name.to_owned())
-            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(Tracker::new(generation, acked, seeking))));
+        let entry = map.entry(name.to_owned()).or_insert_with(|| {
+            Arc::new(tokio::sync::Mutex::new(Tracker::new(
+                generation, acked, seeking,
+            )))
+        });
         // A tracker in use by a request is locked: it is that request's to replace.
         if let Ok(mut t) = entry.try_lock() {
             if t.generation != generation {

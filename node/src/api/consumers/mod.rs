@@ -215,7 +215,11 @@ pub async fn next(
                 )));
             }
             // A long poll must end before the client routes' total time does.
-            d.min(st.limits.client_request_timeout.saturating_sub(Duration::from_secs(2)))
+            d.min(
+                st.limits
+                    .client_request_timeout
+                    .saturating_sub(Duration::from_secs(2)),
+            )
         }
     };
     let record = find(&st, &name).await?;
@@ -254,12 +258,19 @@ pub async fn next(
         let mut out = Vec::new();
         let mut trimmed = Vec::new();
         if room > 0 {
-            out = fill(&st.reader, &selection, seek, &mut t, room, ack_wait, &mut trimmed).await?;
+            out = fill(
+                &st.reader,
+                &selection,
+                seek,
+                &mut t,
+                room,
+                ack_wait,
+                &mut trimmed,
+            )
+            .await?;
         }
         if !out.is_empty() || Instant::now() >= deadline {
-            st.metrics
-                .consumer_deliveries
-                .inc_by(out.len() as u64);
+            st.metrics.consumer_deliveries.inc_by(out.len() as u64);
             let body = render_batch(&name, t.acked, &out, &trimmed, st.id);
             return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
         }
@@ -398,8 +409,7 @@ pub async fn ack(
             if !forwarded {
                 if let Some(tracker) = st.deliveries.existing(&name) {
                     let t = tracker.lock().await;
-                    if t.generation == record.generation && *c > t.read_to && c.0 > record.acked.0
-                    {
+                    if t.generation == record.generation && *c > t.read_to && c.0 > record.acked.0 {
                         return Err(ApiError::bad_request(format!(
                             "cursor {c} is beyond what this node delivered to consumer \
                              {name:?} (up to {})",
@@ -581,7 +591,9 @@ fn parse_request(body: &[u8]) -> Result<(String, ConsumerDefinition), ApiError> 
     };
     let ack_wait = match r.ack_wait.as_deref() {
         None => DEFAULT_ACK_WAIT,
-        Some(w) => parse_duration(w).map_err(|e| ApiError::bad_request(format!("ack_wait: {e}")))?,
+        Some(w) => {
+            parse_duration(w).map_err(|e| ApiError::bad_request(format!("ack_wait: {e}")))?
+        }
     };
     if !(MIN_ACK_WAIT..=MAX_ACK_WAIT).contains(&ack_wait) {
         return Err(ApiError::bad_request(format!(
@@ -739,7 +751,10 @@ fn render_batch(
     trimmed: &[api_types::TrimmedTopic],
     served_by: raft_store::NodeId,
 ) -> Vec<u8> {
-    let size: usize = events.iter().map(|(e, _, _)| e.event.approx_bytes() + 200).sum();
+    let size: usize = events
+        .iter()
+        .map(|(e, _, _)| e.event.approx_bytes() + 200)
+        .sum();
     let mut out = Vec::with_capacity(size + 128);
     out.extend_from_slice(b"{\"consumer\":");
     push_json(&mut out, name);
@@ -819,13 +834,21 @@ mod tests {
             b"",
         ] {
             let e = parse_request(bad).unwrap_err();
-            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                e.status,
+                StatusCode::BAD_REQUEST,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
     #[test]
     fn an_ack_is_one_cursor_or_a_list() {
-        assert_eq!(parse_ack(br#"{"cursor":5}"#).unwrap().cursor, Some(Cursor(5)));
+        assert_eq!(
+            parse_ack(br#"{"cursor":5}"#).unwrap().cursor,
+            Some(Cursor(5))
+        );
         assert!(parse_ack(br#"{"cursors":[1,2]}"#).is_ok());
         for bad in [
             &br#"{}"#[..],

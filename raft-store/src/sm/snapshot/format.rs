@@ -359,7 +359,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s");
         let mut state = Bookkeeping::default();
-        state.retention.floors.insert("t".into(), crate::types::LamportStamp(3));
+        state
+            .retention
+            .floors
+            .insert("t".into(), crate::types::LamportStamp(3));
         let old = HeaderBeforeConsumers {
             meta: state.meta.clone(),
             topics: vec![("t".into(), 0)],
