@@ -187,8 +187,8 @@ async fn consume(
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     while Instant::now() < deadline
-        && !args.idle_exit.is_some_and(|d| last_event.elapsed() >= d)
-        && !args.max_events.is_some_and(|n| received.count >= n)
+        && args.idle_exit.is_none_or(|d| last_event.elapsed() < d)
+        && args.max_events.is_none_or(|n| received.count < n)
     {
         let base = &args.conn.targets[target % args.conn.targets.len()];
         let step = async {
