@@ -11,6 +11,7 @@
 //! Depends on serde alone: a client that links it links no server code.
 
 mod cluster;
+mod consumers;
 mod error;
 mod event;
 mod overview;
@@ -21,6 +22,10 @@ mod subscribe;
 
 pub use cluster::{
     ClusterMember, ClusterResponse, LearnerRequest, MembershipRequest, SnapshotResponse,
+};
+pub use consumers::{
+    consumer_name_problem, parse_duration, AckRequest, AckResponse, ConsumerInfo, ConsumerList,
+    ConsumerRequest, Delivery, DurationError, NextBatch, TrimmedTopic, MAX_CONSUMER_NAME_BYTES,
 };
 pub use error::{ErrorBody, FieldError};
 pub use event::{EventKey, LamportStamp, NodeId};

@@ -202,6 +202,8 @@ pub struct StatsResponse {
     pub raft: RaftStats,
     /// Order-independent digest of the stored set, 32 hex digits.
     pub digest: String,
+    /// Each durable consumer's acknowledged cursor (`/consumers` has the rest).
+    pub consumers: BTreeMap<String, crate::Cursor>,
     /// How the answer was served.
     pub consistency: ConsistencyMarker,
 }

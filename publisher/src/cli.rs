@@ -67,6 +67,9 @@ pub enum Command {
         right after it on any node. With --verify-history, checks on exit that every acknowledged \
         event of a matching topic in that `send --history` file arrived exactly once, in commit \
         order, and prints ack-to-delivery latency.\n\n\
+        With --consumer NAME, reads through a durable consumer instead (next + one cumulative ack \
+        per batch): at least once, in commit order, resuming after the last acknowledged batch on \
+        any node.\n\n\
         Exit status: 0 when done (and the check holds), 1 when the check fails, 2 on a usage error \
         or a request every node refuses (a bad pattern or cursor)."
     )]
@@ -245,9 +248,19 @@ pub struct SubscribeArgs {
     #[arg(long, default_value = "45s", value_parser = parse_duration)]
     pub stall: Duration,
     /// When stopped, check against this `send --history` file that every acknowledged event of
-    /// a matching topic arrived exactly once, in commit order; exit 1 otherwise.
+    /// a matching topic arrived exactly once, in commit order; exit 1 otherwise. With
+    /// --consumer: at least once, in commit order once repeats are dropped by event key, and
+    /// repeats only after a failover or a redelivery.
     #[arg(long)]
     pub verify_history: Option<PathBuf>,
+    /// Read through this durable consumer (created from --topic, --source, --from and
+    /// --ack-wait when it does not exist) with `next`, acknowledging each batch with one
+    /// cumulative ack; resumes after the last acknowledged batch on any node.
+    #[arg(long)]
+    pub consumer: Option<String>,
+    /// With --consumer: the consumer's ack wait when it is created (`<digits>ms|s|m`).
+    #[arg(long, requires = "consumer")]
+    pub ack_wait: Option<String>,
 }
 
 /// Normalizes a target to a base URL without a trailing slash, adding `http://` when missing.

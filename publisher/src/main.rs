@@ -5,6 +5,7 @@
 mod bench;
 mod cli;
 mod client;
+mod consume;
 mod generator;
 mod history;
 mod progress;

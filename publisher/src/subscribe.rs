@@ -49,6 +49,9 @@ struct Received {
 
 /// Runs the command; `Ok(false)` when a check failed.
 pub async fn command(args: SubscribeArgs) -> anyhow::Result<bool> {
+    if let Some(name) = &args.consumer {
+        return crate::consume::command(&args, name).await;
+    }
     let pattern = TopicPattern::parse(&args.topic).map_err(|e| anyhow::anyhow!("{e}"))?;
     if args.verify_history.is_some() && args.source.is_some() {
         bail!("--verify-history checks whole topics: it cannot be combined with --source");

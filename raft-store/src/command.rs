@@ -1,7 +1,7 @@
 //! What a Raft entry asks the state machine to do ([`Command`], openraft's application data):
-//! store a batch of events, change the retention policies, or trim events by explicit
-//! cut-offs; and its byte encoding, which keeps every entry written before retention existed
-//! readable as it is.
+//! store a batch of events, change the retention policies, trim events by explicit cut-offs,
+//! or create, acknowledge and delete durable consumers; and its byte encoding, which keeps
+//! every entry written before retention (and before consumers) existed readable as it is.
 //!
 //! An entry of events encodes exactly as a `Vec<Event>` always did (`len varint | events`).
 //! Every other command encodes as the sequence length [`CONTROL_MARK`] followed by one
@@ -49,6 +49,11 @@ impl Command {
                 64 + trim.cuts.iter().map(|c| c.topic.len() + 16).sum::<usize>()
             }
             Command::Control(Control::Retention(_)) => 320,
+            Command::Control(Control::CreateConsumer(c)) => {
+                128 + c.name.len() + c.definition.topic.len()
+            }
+            Command::Control(Control::Ack(a)) => 48 + a.name.len(),
+            Command::Control(Control::DeleteConsumer { name }) => 32 + name.len(),
         }
     }
 }
@@ -73,6 +78,13 @@ impl fmt::Display for Command {
             Command::Control(Control::Trim(trim)) => {
                 write!(f, "Trim({} cuts at {} ms)", trim.cuts.len(), trim.at_ms)
             }
+            Command::Control(Control::CreateConsumer(c)) => {
+                write!(f, "CreateConsumer({:?} at {})", c.name, c.start)
+            }
+            Command::Control(Control::Ack(a)) => write!(f, "Ack({:?} to {})", a.name, a.cursor),
+            Command::Control(Control::DeleteConsumer { name }) => {
+                write!(f, "DeleteConsumer({name:?})")
+            }
         }
     }
 }
@@ -84,6 +96,72 @@ pub enum Control {
     Retention(RetentionChange),
     /// Deletes events below explicit per-topic cut-offs.
     Trim(Trim),
+    // Variants are encoded by their position: new ones only ever go at the end, so every
+    // entry written before them decodes as it did.
+    /// Creates a durable consumer unless one of that name exists (`sm/consumers.rs`).
+    CreateConsumer(CreateConsumer),
+    /// Moves a consumer's acknowledged position up (never down).
+    Ack(ConsumerAck),
+    /// Deletes a consumer.
+    DeleteConsumer {
+        /// Its name.
+        name: String,
+    },
+}
+
+/// Where a consumer starts, as its creator asked (kept in the definition so that creating
+/// the same consumer again compares equal; the leader resolves it to a cursor once, in
+/// [`CreateConsumer::start`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConsumerFrom {
+    /// Before every event.
+    Earliest,
+    /// After the last event applied on the leader when it proposed the creation.
+    Latest,
+    /// After this cursor (a stamp).
+    Cursor(u64),
+    /// At the first selected event whose producer timestamp is at or after this RFC 3339
+    /// time (the serving node seeks while the position is still the start).
+    Time(String),
+}
+
+/// What a consumer delivers and how: everything its creator chose. Two creations of one
+/// name are the same consumer exactly when their definitions are equal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerDefinition {
+    /// The topic pattern (api-types' `TopicPattern` grammar), as written.
+    pub topic: String,
+    /// Only this producer's events, when set.
+    pub source: Option<String>,
+    /// Where it starts.
+    pub from: ConsumerFrom,
+    /// How long a delivered event may stay unacknowledged before it is delivered again.
+    pub ack_wait_ms: u64,
+    /// Most events delivered and not yet acknowledged at once.
+    pub max_ack_pending: u32,
+}
+
+/// Creates consumer `name`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateConsumer {
+    /// Its name.
+    pub name: String,
+    /// Its definition.
+    pub definition: ConsumerDefinition,
+    /// Its first acknowledged position: the `from` resolved by the leader.
+    pub start: LamportStamp,
+}
+
+/// Acknowledges consumer `name` up to `cursor`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerAck {
+    /// The consumer.
+    pub name: String,
+    /// The incarnation acknowledged (the log index that created it): an ack meant for a
+    /// consumer that was deleted and created again under the same name changes nothing.
+    pub generation: u64,
+    /// Everything of the consumer up to and including this stamp is acknowledged.
+    pub cursor: LamportStamp,
 }
 
 /// Limits on what one topic keeps; each one that is set trims the oldest events past it.
@@ -242,11 +320,48 @@ mod tests {
                 ..RetentionPolicy::default()
             },
         }));
-        for command in [trim, change] {
+        let create = Command::Control(Control::CreateConsumer(CreateConsumer {
+            name: "c".into(),
+            definition: ConsumerDefinition {
+                topic: "logs.>".into(),
+                source: None,
+                from: ConsumerFrom::Time("2024-01-01T00:00:00Z".into()),
+                ack_wait_ms: 30_000,
+                max_ack_pending: 1000,
+            },
+            start: LamportStamp(4),
+        }));
+        let ack = Command::Control(Control::Ack(ConsumerAck {
+            name: "c".into(),
+            generation: 3,
+            cursor: LamportStamp(9),
+        }));
+        let delete = Command::Control(Control::DeleteConsumer { name: "c".into() });
+        for command in [trim, change, create, ack, delete] {
             let bytes = postcard::to_stdvec(&command).unwrap();
             assert_eq!(postcard::from_bytes::<Command>(&bytes).unwrap(), command);
             // An older release reading it finds a batch it cannot hold, not events.
             assert!(postcard::from_bytes::<EventBatch>(&bytes).is_err());
         }
+    }
+
+    /// The bytes of control entries written before consumers existed, pinned: they must keep
+    /// decoding to the same commands (new variants only go at the end of `Control`).
+    #[test]
+    fn control_entries_written_before_consumers_still_decode() {
+        let change = Command::Control(Control::Retention(RetentionChange::RemoveTopic {
+            topic: "t".into(),
+        }));
+        // mark u32::MAX varint | variant 0 (Retention) | variant 2 (RemoveTopic) | "t"
+        let old = [0xFF, 0xFF, 0xFF, 0xFF, 0x0F, 0, 2, 1, b't'];
+        assert_eq!(postcard::to_stdvec(&change).unwrap(), old);
+        assert_eq!(postcard::from_bytes::<Command>(&old).unwrap(), change);
+        let trim = Command::Control(Control::Trim(Trim {
+            at_ms: 1,
+            clock: LamportStamp(2),
+            cuts: vec![],
+        }));
+        let old = [0xFF, 0xFF, 0xFF, 0xFF, 0x0F, 1, 1, 2, 0];
+        assert_eq!(postcard::from_bytes::<Command>(&old).unwrap(), trim);
     }
 }

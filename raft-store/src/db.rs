@@ -35,11 +35,13 @@ pub(crate) const CF_SM_META: &str = "sm_meta";
 pub(crate) const CF_TOPICS: &str = "topics";
 /// Per-producer tracking: `source -> postcard(ProducerStats)`.
 pub(crate) const CF_PRODUCERS: &str = "producers";
+/// Durable consumers: `name -> postcard(ConsumerRecord)` (`sm/consumers.rs`).
+pub(crate) const CF_CONSUMERS: &str = "consumers";
 /// The current snapshot's record: its meta and the file holding its data.
 pub(crate) const CF_SNAPSHOT: &str = "snapshot";
 
 /// Column families holding the state machine: exactly what a snapshot install replaces.
-pub(crate) const STATE_MACHINE_CFS: [&str; 8] = [
+pub(crate) const STATE_MACHINE_CFS: [&str; 9] = [
     CF_EVENTS,
     CF_KEYS,
     CF_KEY_HASHES,
@@ -48,9 +50,10 @@ pub(crate) const STATE_MACHINE_CFS: [&str; 8] = [
     CF_SM_META,
     CF_TOPICS,
     CF_PRODUCERS,
+    CF_CONSUMERS,
 ];
 
-const ALL_CFS: [&str; 11] = [
+const ALL_CFS: [&str; 12] = [
     CF_LOG,
     CF_RAFT_META,
     CF_EVENTS,
@@ -61,6 +64,7 @@ const ALL_CFS: [&str; 11] = [
     CF_SM_META,
     CF_TOPICS,
     CF_PRODUCERS,
+    CF_CONSUMERS,
     CF_SNAPSHOT,
 ];
 

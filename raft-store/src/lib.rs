@@ -30,11 +30,15 @@ pub mod types;
 
 pub use backup::restore::{restore, RestoreOptions, Restored};
 pub use backup::{BackupSource, BACKUP_MAGIC};
-pub use command::{Command, Control, RetentionChange, RetentionPolicy, Trim, TrimCut};
+pub use command::{
+    Command, ConsumerAck, ConsumerDefinition, ConsumerFrom, Control, CreateConsumer,
+    RetentionChange, RetentionPolicy, Trim, TrimCut,
+};
 pub use error::StoreError;
 pub use log::{LogCacheReads, LogStore};
 pub use open::{open, open_with, StoreOptions, Stores, DEFAULT_PRODUCER_CACHE};
 pub use reader::StoreReader;
+pub use sm::consumers::{ConsumerRecord, MAX_CONSUMERS};
 pub use sm::{SnapshotBuilder, SnapshotFile, SnapshotStats, StateMachineStore};
 pub use timings::{DurationHistogram, HistogramSnapshot, BUCKET_BOUNDS_MICROS};
 pub use types::*;

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use crate::backup::{self, BackupSource};
 use crate::codec;
 use crate::command::Trim;
-use crate::db::{Db, CF_BY_SOURCE, CF_BY_TOPIC, CF_EVENTS};
+use crate::db::{Db, CF_BY_SOURCE, CF_BY_TOPIC, CF_CONSUMERS, CF_EVENTS};
 use crate::error::StoreError;
 use crate::keys;
 use crate::log::{LogCacheReads, LogView};
@@ -25,8 +25,8 @@ use crate::sm::bookkeeping::{self, Bookkeeping};
 use crate::sm::dedup_index::SharedDedupIndex;
 use crate::sm::index_runs;
 use crate::sm::machine_db::StateMachineDb;
-use crate::sm::retention;
 use crate::sm::snapshot::dir::SnapshotStats;
+use crate::sm::{consumers, retention};
 use crate::timings::DurationHistogram;
 use crate::types::{
     AppliedPosition, Digest, Event, EventKey, EventPage, LamportStamp, NodeId, RetentionView,
@@ -168,6 +168,60 @@ impl StoreReader {
             .map(|(topic, floor)| (topic.clone(), floor.0 - 1)))
     }
 
+    /// Every durable consumer's record, by name (`sm/consumers.rs`).
+    pub fn consumers(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, crate::ConsumerRecord>, StoreError> {
+        let view = self.db.reader_view()?;
+        consumers::read_all(&self.db, &view)
+    }
+
+    /// One durable consumer's record, with the applied clock and log id it was read at.
+    pub fn consumer(
+        &self,
+        name: &str,
+    ) -> Result<(Option<crate::ConsumerRecord>, AppliedPosition), StoreError> {
+        let view = self.db.reader_view()?;
+        let meta = bookkeeping::read_meta(&self.db, &view)?;
+        let record = match view.get_pinned_cf(self.db.cf(CF_CONSUMERS)?, name.as_bytes())? {
+            Some(bytes) => Some(codec::decode("consumer", &bytes)?),
+            None => None,
+        };
+        let position = AppliedPosition {
+            index: meta.last_applied.map_or(0, |id| id.index),
+            clock: meta.clock,
+        };
+        Ok((record, position))
+    }
+
+    /// The stored events with these stamps, in the same order; a stamp with no event (trimmed)
+    /// is left out.
+    pub fn events_at(&self, stamps: &[LamportStamp]) -> Result<Vec<StoredEvent>, StoreError> {
+        let view = self.db.reader_view()?;
+        let cf = self.db.cf(CF_EVENTS)?;
+        let values = view.multi_get_cf(stamps.iter().map(|s| (cf, keys::lamport_key(*s))));
+        let mut events = Vec::with_capacity(stamps.len());
+        for value in values {
+            if let Some(value) = value? {
+                events.push(codec::decode("stored event", &value)?);
+            }
+        }
+        Ok(events)
+    }
+
+    /// How many events of `topic` are stamped above `after`, counting at most `cap` (then
+    /// `cap` is the answer and the true count is larger).
+    pub fn count_topic_after(
+        &self,
+        topic: &str,
+        after: LamportStamp,
+        cap: usize,
+    ) -> Result<usize, StoreError> {
+        let view = self.db.reader_view()?;
+        let from = LamportStamp(after.0.saturating_add(1));
+        Ok(index_runs::scan(&self.db, &view, CF_BY_TOPIC, topic, from, cap)?.len())
+    }
+
     /// The next trim the applied state calls for, at most `budget` events, planned at the
     /// wall clock read after the state (see `sm/retention.rs`); `None` when nothing is due.
     /// Only the leader proposes what this returns.
@@ -304,6 +358,11 @@ impl StoreReader {
             digest: state.meta.digest,
             last_applied: state.meta.last_applied,
             trimmed: state.retention.trimmed,
+            consumers: state
+                .consumers
+                .iter()
+                .map(|(name, c)| (name.clone(), c.acked))
+                .collect(),
         })
     }
 

@@ -276,6 +276,8 @@ pub struct StoreStats {
     pub last_applied: Option<openraft::LogId<NodeId>>,
     /// What trims deleted.
     pub trimmed: TrimCounters,
+    /// Each durable consumer's acknowledged position.
+    pub consumers: BTreeMap<String, LamportStamp>,
 }
 
 /// How far the state machine has applied, as readers see it: the last applied log index

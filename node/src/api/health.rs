@@ -76,6 +76,8 @@ pub async fn metrics(State(st): State<AppState>) -> Response {
     let sampled = tokio::task::spawn_blocking(move || crate::metrics::sample(&reader, &dir))
         .await
         .unwrap_or_default();
+    let mut sampled = sampled;
+    sampled.consumer_pending = st.deliveries.pending();
     let text = st.metrics.render(&crate::metrics::Scrape {
         raft: &st.raft,
         quorum_silence_ms: st.quorum_silence_ms(),

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod backup;
 pub mod consistency;
+pub mod consumers;
 pub mod error;
 pub mod forward;
 #[cfg(test)]
@@ -69,6 +70,15 @@ pub fn router(state: AppState, surface: Surface) -> Router {
     let client_limits = limits::ClientLimits::new(&state.limits);
     let publish = Router::new()
         .route("/publish", post(publish::publish))
+        // Durable consumers: creating, deleting, taking deliveries and acknowledging change
+        // state, so they need the client token like a publish.
+        .route("/consumers", post(consumers::create))
+        .route(
+            "/consumers/{name}",
+            axum::routing::delete(consumers::delete),
+        )
+        .route("/consumers/{name}/next", get(consumers::next))
+        .route("/consumers/{name}/ack", post(consumers::ack))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         // Outermost: bounds every client request's count, body bytes and time (limits.rs).
         .route_layer(middleware::from_fn_with_state(
@@ -82,6 +92,8 @@ pub fn router(state: AppState, surface: Surface) -> Router {
         .route("/cluster", get(admin::cluster))
         .route("/cluster/overview", get(overview::overview))
         .route("/retention", get(retention::get))
+        .route("/consumers", get(consumers::list))
+        .route("/consumers/{name}", get(consumers::get))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_read))
         .route_layer(middleware::from_fn_with_state(client_limits, limits::admit));
     // Streams last as long as their subscribers: outside the client routes' total time and

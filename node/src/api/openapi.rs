@@ -13,8 +13,9 @@
 #![allow(dead_code)]
 
 use api_types::{
-    ClusterOverview, ClusterResponse, ConsistencyLevel, DigestResponse, ErrorBody, EventsPage,
-    LearnerRequest, MembershipRequest, PublishEvent, PublishResponse, RetentionPolicy,
+    AckRequest, AckResponse, ClusterOverview, ClusterResponse, ConsistencyLevel, ConsumerInfo,
+    ConsumerList, ConsumerRequest, DigestResponse, ErrorBody, EventsPage, LearnerRequest,
+    MembershipRequest, NextBatch, PublishEvent, PublishResponse, RetentionPolicy,
     RetentionResponse, SnapshotResponse, StatsResponse, StreamEnd,
 };
 use serde::Serialize;
@@ -201,6 +202,92 @@ fn retention_put_topic() {}
     security((), ("bearer" = [])))]
 fn retention_delete_topic() {}
 
+#[utoipa::path(post, path = "/consumers", tag = "consumers",
+    request_body(content = ConsumerRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created: committed and applied on the leader", body = ConsumerInfo),
+        (status = 200, description = "The same consumer exists already (idempotent)", body = ConsumerInfo),
+        (status = 400, description = "Bad name, pattern, from, ack_wait or max_ack_pending; nothing changed", body = ErrorBody),
+        (status = 401, description = "Token required", body = ErrorBody),
+        (status = 403, description = "The read-only token may not do this", body = ErrorBody),
+        (status = 409, description = "A consumer of that name exists with another definition, or the cluster holds 1,000", body = ErrorBody),
+        (status = 429, description = "Over a limit", body = ErrorBody),
+        (status = 503, description = "No leader, or not committed in time", body = ErrorBody),
+    ),
+    security((), ("bearer" = [])))]
+fn consumers_create() {}
+
+#[utoipa::path(get, path = "/consumers", tag = "consumers",
+    responses(
+        (status = 200, description = "Every consumer, from the answering node's applied state", body = ConsumerList),
+        (status = 401, description = "Token required", body = ErrorBody),
+        (status = 429, description = "Over a limit", body = ErrorBody),
+        (status = 503, description = "The node's state is being replaced by a snapshot", body = ErrorBody),
+    ),
+    security((), ("bearer" = [])))]
+fn consumers_list() {}
+
+#[utoipa::path(get, path = "/consumers/{name}", tag = "consumers",
+    params(("name" = String, Path, min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]+$", description = "The consumer")),
+    responses(
+        (status = 200, description = "Definition, acknowledged position, pending, lag", body = ConsumerInfo),
+        (status = 400, description = "Not a consumer name", body = ErrorBody),
+        (status = 401, description = "Token required", body = ErrorBody),
+        (status = 404, description = "No such consumer", body = ErrorBody),
+        (status = 429, description = "Over a limit", body = ErrorBody),
+        (status = 503, description = "The node's state is being replaced by a snapshot", body = ErrorBody),
+    ),
+    security((), ("bearer" = [])))]
+fn consumers_get() {}
+
+#[utoipa::path(delete, path = "/consumers/{name}", tag = "consumers",
+    params(("name" = String, Path, min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]+$", description = "The consumer")),
+    responses(
+        (status = 204, description = "Deleted: committed and applied on the leader"),
+        (status = 400, description = "Not a consumer name", body = ErrorBody),
+        (status = 401, description = "Token required", body = ErrorBody),
+        (status = 403, description = "The read-only token may not do this", body = ErrorBody),
+        (status = 404, description = "No such consumer", body = ErrorBody),
+        (status = 429, description = "Over a limit", body = ErrorBody),
+        (status = 503, description = "No leader, or not committed in time", body = ErrorBody),
+    ),
+    security((), ("bearer" = [])))]
+fn consumers_delete() {}
+
+#[utoipa::path(get, path = "/consumers/{name}/next", tag = "consumers",
+    params(
+        ("name" = String, Path, min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]+$", description = "The consumer"),
+        ("batch" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Most events to answer (default 100); the answer also stops past 1 MiB"),
+        ("wait" = Option<String>, Query, description = "Long poll: wait up to this long for the first event, `<digits>ms|s|m`, at most 20s (default: answer at once)"),
+    ),
+    responses(
+        (status = 200, description = "Up to `batch` deliveries in commit order (none when the wait ended first)", body = NextBatch),
+        (status = 400, description = "Bad name, batch or wait", body = ErrorBody),
+        (status = 401, description = "Token required", body = ErrorBody),
+        (status = 403, description = "The read-only token may not do this", body = ErrorBody),
+        (status = 404, description = "No such consumer", body = ErrorBody),
+        (status = 429, description = "Over a limit", body = ErrorBody),
+        (status = 503, description = "The node's state is being replaced by a snapshot", body = ErrorBody),
+    ),
+    security((), ("bearer" = [])))]
+fn consumers_next() {}
+
+#[utoipa::path(post, path = "/consumers/{name}/ack", tag = "consumers",
+    params(("name" = String, Path, min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]+$", description = "The consumer")),
+    request_body(content = AckRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The acknowledged position, committed and applied on the leader", body = AckResponse),
+        (status = 400, description = "Bad body, or a cursor beyond what exists or was delivered; nothing changed", body = ErrorBody),
+        (status = 401, description = "Token required", body = ErrorBody),
+        (status = 403, description = "The read-only token may not do this", body = ErrorBody),
+        (status = 404, description = "No such consumer", body = ErrorBody),
+        (status = 409, description = "Listed cursors sent to a node that has nothing of this consumer out for delivery", body = ErrorBody),
+        (status = 429, description = "Over a limit", body = ErrorBody),
+        (status = 503, description = "No leader, or not committed in time", body = ErrorBody),
+    ),
+    security((), ("bearer" = [])))]
+fn consumers_ack() {}
+
 #[utoipa::path(get, path = "/subscribe", tag = "read",
     params(
         ("topic" = String, Query, min_length = 1, description = "Topic pattern: `.` or `/` separated segments, `*` one segment, `>` the rest"),
@@ -320,7 +407,8 @@ impl Modify for BearerAuth {
     paths(
         publish, events, subscribe, stats, digest, cluster, cluster_overview, cluster_learners,
         cluster_membership, cluster_snapshot, backup, retention_get, retention_put_default,
-        retention_put_topic, retention_delete_topic, health, ready, metrics
+        retention_put_topic, retention_delete_topic, consumers_create, consumers_list,
+        consumers_get, consumers_delete, consumers_next, consumers_ack, health, ready, metrics
     ),
     // The last message of a stream (`event: end`), which no operation's body names.
     components(schemas(StreamEnd)),
@@ -330,6 +418,7 @@ impl Modify for BearerAuth {
         (name = "read", description = "Reading events and counters"),
         (name = "cluster", description = "Membership and administration"),
         (name = "retention", description = "How long events are kept"),
+        (name = "consumers", description = "Durable consumers: server-side positions, at least once"),
         (name = "probes", description = "Health, readiness and metrics (no token)"),
     )
 )]
@@ -396,19 +485,20 @@ mod tests {
             if undocumented(path) {
                 continue;
             }
-            let item = doc
+            // Any fitting template with the method: `/consumers/{name}` also fits
+            // `/consumers/c1/ack`, which `/consumers/{name}/ack` documents.
+            let has_method = doc
                 .paths
                 .paths
                 .iter()
-                .find(|(template, _)| matches(template, path))
-                .map(|(_, item)| item);
-            let has_method = item.is_some_and(|item| match *method {
-                "GET" => item.get.is_some(),
-                "POST" => item.post.is_some(),
-                "PUT" => item.put.is_some(),
-                "DELETE" => item.delete.is_some(),
-                _ => false,
-            });
+                .filter(|(template, _)| matches(template, path))
+                .any(|(_, item)| match *method {
+                    "GET" => item.get.is_some(),
+                    "POST" => item.post.is_some(),
+                    "PUT" => item.put.is_some(),
+                    "DELETE" => item.delete.is_some(),
+                    _ => false,
+                });
             assert!(
                 has_method,
                 "{method} {path} is routed but not in the OpenAPI document"

@@ -244,6 +244,11 @@ pub(crate) async fn local_stats(
         trimmed_bytes: s.trimmed.bytes,
         dedup_window: "retained".to_owned(),
         digest: s.digest.hex(),
+        consumers: s
+            .consumers
+            .into_iter()
+            .map(|(name, acked)| (name, api_types::Cursor(acked.0)))
+            .collect(),
         consistency: p.marker.clone(),
     };
     Ok((body, p))

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use raft_store::{NodeId, StoreReader};
 
+use super::consumers::Deliveries;
 use super::forward::Forwarder;
 use super::snapshot_intake::SnapshotIntake;
 use super::subscribe::Subscriptions;
@@ -61,6 +62,8 @@ pub struct Shared {
     pub raft_streams: Arc<tokio::sync::Semaphore>,
     /// Live subscriptions: their limit and the stop signal.
     pub subscriptions: Subscriptions,
+    /// What this node has out for delivery to durable consumers (in memory).
+    pub deliveries: Deliveries,
     /// Process start, for `uptime_seconds`.
     pub started: Instant,
     /// The node's data directory (its filesystem's free space is a metric).
@@ -118,6 +121,7 @@ impl Shared {
             max_snapshot_bytes: cfg.max_snapshot_bytes,
             raft_streams: Arc::new(tokio::sync::Semaphore::new(cfg.max_raft_streams)),
             subscriptions,
+            deliveries: Deliveries::default(),
             started: Instant::now(),
             data_dir: cfg.data_dir.clone(),
             elections: ElectionLog::default(),

@@ -84,6 +84,14 @@ pub struct Inner {
     trimmed_bytes: IntCounter,
     /// Trim entries this node proposed and saw applied (as leader).
     pub trim_entries: IntCounter,
+    /// Events this node delivered to durable consumers (`next`), redeliveries included.
+    pub consumer_deliveries: IntCounter,
+    /// Rewinds of a consumer to its acknowledged position because an `ack_wait` expired.
+    pub consumer_redeliveries: IntCounter,
+    consumers: IntGauge,
+    consumer_lag: IntGaugeVec,
+    consumer_acked: IntGaugeVec,
+    consumer_pending: IntGaugeVec,
 }
 
 impl std::ops::Deref for Metrics {
@@ -110,6 +118,10 @@ pub struct Sampled {
     pub trimmed: Option<TrimCounters>,
     /// The data directory's filesystem space (`None`: `statvfs` failed).
     pub disk: Option<DiskSpace>,
+    /// Per durable consumer: acknowledged cursor and lag in events (`None`: unreadable now).
+    pub consumers: Option<std::collections::BTreeMap<String, (u64, u64)>>,
+    /// Per durable consumer: events this node delivered and not yet acknowledged.
+    pub consumer_pending: Vec<(String, u64)>,
 }
 
 /// Reads what a scrape needs from disk: the store's counters record (one read, however many
@@ -120,6 +132,8 @@ pub fn sample(reader: &StoreReader, data_dir: &std::path::Path) -> Sampled {
         counters: reader.counters().ok(),
         trimmed: reader.trimmed().ok(),
         disk: host::disk_space(data_dir),
+        consumers: crate::api::consumers::sample(reader),
+        consumer_pending: Vec::new(),
     }
 }
 
@@ -314,6 +328,44 @@ impl Metrics {
             "retention_trim_entries_total",
             "Trim entries this node proposed as leader and saw applied",
         )?;
+        let consumer_deliveries = IntCounter::new(
+            "consumer_deliveries_total",
+            "Events this node delivered to durable consumers, redeliveries included",
+        )?;
+        let consumer_redeliveries = IntCounter::new(
+            "consumer_redeliveries_total",
+            "Times a durable consumer was rewound to its acknowledged position on this node \
+             because an event stayed unacknowledged past ack_wait",
+        )?;
+        let consumers = IntGauge::new("consumers", "Durable consumers defined in the cluster")?;
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new(
+                "consumer_lag_events",
+                "Selected events stored after a durable consumer's acknowledged position \
+                 (capped: 1,000,000 for a topic, 10,000 examined for a pattern)",
+            ),
+            &["consumer"],
+        )?;
+        let consumer_acked = IntGaugeVec::new(
+            Opts::new(
+                "consumer_acked_cursor",
+                "A durable consumer's acknowledged position (a cursor)",
+            ),
+            &["consumer"],
+        )?;
+        let consumer_pending = IntGaugeVec::new(
+            Opts::new(
+                "consumer_pending_events",
+                "Events this node delivered to a durable consumer and not yet acknowledged",
+            ),
+            &["consumer"],
+        )?;
+        registry.register(Box::new(consumer_deliveries.clone()))?;
+        registry.register(Box::new(consumer_redeliveries.clone()))?;
+        registry.register(Box::new(consumers.clone()))?;
+        registry.register(Box::new(consumer_lag.clone()))?;
+        registry.register(Box::new(consumer_acked.clone()))?;
+        registry.register(Box::new(consumer_pending.clone()))?;
         registry.register(Box::new(store_trimmed.clone()))?;
         registry.register(Box::new(trimmed_bytes.clone()))?;
         registry.register(Box::new(trim_entries.clone()))?;
@@ -391,6 +443,12 @@ impl Metrics {
             store_trimmed,
             trimmed_bytes,
             trim_entries,
+            consumer_deliveries,
+            consumer_redeliveries,
+            consumers,
+            consumer_lag,
+            consumer_acked,
+            consumer_pending,
         })))
     }
 
@@ -476,6 +534,27 @@ impl Metrics {
                 .set(i64::try_from(disk.available).unwrap_or(i64::MAX));
             self.disk_capacity
                 .set(i64::try_from(disk.capacity).unwrap_or(i64::MAX));
+        }
+        if let Some(consumers) = &sampled.consumers {
+            self.consumers
+                .set(i64::try_from(consumers.len()).unwrap_or(i64::MAX));
+            // Deleted consumers' series go.
+            self.consumer_lag.reset();
+            self.consumer_acked.reset();
+            for (name, (acked, lag)) in consumers {
+                self.consumer_acked
+                    .with_label_values(&[name])
+                    .set(i64::try_from(*acked).unwrap_or(i64::MAX));
+                self.consumer_lag
+                    .with_label_values(&[name])
+                    .set(i64::try_from(*lag).unwrap_or(i64::MAX));
+            }
+        }
+        self.consumer_pending.reset();
+        for (name, pending) in &sampled.consumer_pending {
+            self.consumer_pending
+                .with_label_values(&[name])
+                .set(i64::try_from(*pending).unwrap_or(i64::MAX));
         }
         let mut families = self.registry.gather();
         families.extend(self.process.gather());

@@ -1,5 +1,6 @@
 //! The state machine's bookkeeping — counters, clock, digest, applied log id, membership,
-//! topic counts and bytes, producer tracking and the retention record — and how it is read
+//! topic counts and bytes, producer tracking, the retention record and the durable
+//! consumers — and how it is read
 //! from one RocksDB view.
 
 use std::collections::{BTreeMap, HashMap};
@@ -13,6 +14,7 @@ use crate::codec;
 use crate::db::{Db, CF_PRODUCERS, CF_SM_META, CF_TOPICS};
 use crate::error::StoreError;
 use crate::keys;
+use crate::sm::consumers::{self, ConsumerRecord};
 use crate::sm::retention::{self, RetentionState};
 use crate::types::{AppliedPosition, Counters, Digest, LamportStamp, Node, NodeId, ProducerStats};
 
@@ -46,6 +48,8 @@ pub(crate) struct Bookkeeping {
     pub(crate) topic_bytes: HashMap<String, u64>,
     /// Retention policies, floors, trimmed counters and marks.
     pub(crate) retention: RetentionState,
+    /// Durable consumers by name (at most `consumers::MAX_CONSUMERS`, all in memory).
+    pub(crate) consumers: BTreeMap<String, ConsumerRecord>,
     /// Per-producer tracking: every producer when read by [`Bookkeeping::load`]; in the
     /// state machine's live copy ([`Bookkeeping::load_live`]) only a cache of those applies
     /// touched lately, the rest read back from RocksDB when next needed
@@ -113,6 +117,7 @@ impl Bookkeeping {
             topics,
             topic_bytes,
             retention: retention::read(db, view)?,
+            consumers: consumers::read_all(db, view)?,
             producers: HashMap::new(),
         })
     }

@@ -5,6 +5,7 @@
 
 mod apply;
 pub(crate) mod bookkeeping;
+pub(crate) mod consumers;
 pub(crate) mod dedup_index;
 pub(crate) mod index_runs;
 pub(crate) mod machine_db;

@@ -31,10 +31,10 @@ use crate::sm::apply::apply_entries;
 use crate::sm::bookkeeping::Bookkeeping;
 use crate::sm::dedup_index::SharedDedupIndex;
 use crate::sm::machine_db::StateMachineDb;
-use crate::sm::retention;
 use crate::sm::snapshot::build::SnapshotBuilder;
 use crate::sm::snapshot::file::SnapshotFile;
 use crate::sm::snapshot::{self, install};
+use crate::sm::{consumers, retention};
 use crate::types::{entry_events, BatchOutcome, Node, NodeId, TypeConfig};
 
 type Entry = openraft::Entry<TypeConfig>;
@@ -198,8 +198,9 @@ impl StateMachineStore {
         }
     }
 
-    /// Applies one control command (`retention.rs`), always on the blocking pool: a trim
-    /// reads and deletes up to a plan's budget of events.
+    /// Applies one control command: a consumer's here (`consumers.rs`), the others
+    /// (`retention.rs`) on the blocking pool, since a trim reads and deletes up to a plan's
+    /// budget of events.
     async fn apply_control(&mut self, entry: Entry) -> Result<BatchOutcome, StorageError<NodeId>> {
         let log_id = entry.log_id;
         let to_storage = |e: StoreError| StorageError::IO {
@@ -211,6 +212,26 @@ impl StateMachineStore {
                 Bookkeeping::load_live(&self.db, &self.db.rocks.snapshot()).map_err(to_storage)?
             }
         };
+        if let EntryPayload::Normal(Command::Control(
+            control @ (Control::CreateConsumer(_)
+            | Control::Ack(_)
+            | Control::DeleteConsumer { .. }),
+        )) = &entry.payload
+        {
+            // One small record and the meta: less work than a hop to the blocking pool.
+            state.meta.last_applied = Some(log_id);
+            return match consumers::apply(&self.db, &mut state, control, log_id.index) {
+                Ok(()) => {
+                    self.db.note_applied(state.position());
+                    self.state = Some(state);
+                    Ok(BatchOutcome::default())
+                }
+                Err(e) => {
+                    self.state = None;
+                    Err(to_storage(e))
+                }
+            };
+        }
         let (db, index) = (self.db.clone(), self.index.clone());
         let joined = tokio::task::spawn_blocking(move || {
             let result = retention::apply_control(&db, &mut state, &index, &entry);
@@ -219,6 +240,8 @@ impl StateMachineStore {
         .await;
         match joined {
             Ok((state, Ok(()))) => {
+                // Readers waiting on the applied position learn of a trim (or a new index).
+                self.db.note_applied(state.position());
                 self.state = Some(state);
                 Ok(BatchOutcome::default())
             }

@@ -44,8 +44,29 @@ impl Selection {
 
     /// Reads the next events after `after` (a blocking call: run it off the async threads).
     pub fn read(&self, reader: &StoreReader, after: Cursor) -> Result<Batch, StoreError> {
+        self.read_checked(reader, after, true)
+    }
+
+    /// As [`Selection::read`], but a pattern or producer read goes on past events retention
+    /// deleted (an exact topic's index still answers `Trimmed`): for a reader that reports
+    /// what was trimmed itself (a durable consumer's `next` names each such topic) and must
+    /// not skip the other topics' events held in between.
+    pub fn read_past_trims(
+        &self,
+        reader: &StoreReader,
+        after: Cursor,
+    ) -> Result<Batch, StoreError> {
+        self.read_checked(reader, after, false)
+    }
+
+    fn read_checked(
+        &self,
+        reader: &StoreReader,
+        after: Cursor,
+        check_trims: bool,
+    ) -> Result<Batch, StoreError> {
         let stamp = Some(LamportStamp(after.0));
-        if self.pattern.exact_topic().is_none() || self.source.is_some() {
+        if check_trims && (self.pattern.exact_topic().is_none() || self.source.is_some()) {
             // The topic index checks its own topic's floor; the other two reads must ask.
             if let Some((topic, earliest)) =
                 reader.trimmed_past(LamportStamp(after.0), |t| self.pattern.matches(t))?

@@ -16,11 +16,16 @@ use xxhash_rust::xxh3::Xxh3;
 use crate::codec;
 use crate::error::StoreError;
 use crate::sm::bookkeeping::{Bookkeeping, StateMachineMeta};
+use crate::sm::consumers::ConsumerRecord;
 use crate::sm::retention::RetentionState;
 use crate::types::{Digest, ProducerStats, StoredEvent};
 
-/// Written since retention: the header carries the retention record.
-const MAGIC: &[u8; 8] = b"AGSNAP02";
+/// Written since durable consumers: the header carries the consumers after the retention
+/// record.
+const MAGIC: &[u8; 8] = b"AGSNAP03";
+/// Written from retention until consumers (header without them); still read, as "no
+/// consumers".
+const MAGIC_BEFORE_CONSUMERS: &[u8; 8] = b"AGSNAP02";
 /// Written before retention (header without it); still read, as "no retention".
 const MAGIC_BEFORE_RETENTION: &[u8; 8] = b"AGSNAP01";
 /// Bytes written between two syncs of the data file: like RocksDB's `bytes_per_sync`, so a
@@ -41,6 +46,16 @@ pub(crate) struct SnapshotHeader {
     pub(crate) topics: Vec<(String, u64)>,
     pub(crate) producers: Vec<(String, ProducerStats)>,
     pub(crate) retention: RetentionState,
+    pub(crate) consumers: Vec<(String, ConsumerRecord)>,
+}
+
+/// The header of [`MAGIC_BEFORE_CONSUMERS`] snapshots.
+#[derive(Serialize, Deserialize)]
+struct HeaderBeforeConsumers {
+    meta: StateMachineMeta,
+    topics: Vec<(String, u64)>,
+    producers: Vec<(String, ProducerStats)>,
+    retention: RetentionState,
 }
 
 /// The header of [`MAGIC_BEFORE_RETENTION`] snapshots.
@@ -59,6 +74,11 @@ impl SnapshotHeader {
             topics: state.sorted_topics().into_iter().collect(),
             producers: state.sorted_producers().into_iter().collect(),
             retention: state.retention.clone(),
+            consumers: state
+                .consumers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         }
     }
 
@@ -69,6 +89,7 @@ impl SnapshotHeader {
             topics: self.topics.into_iter().collect(),
             topic_bytes: Default::default(),
             retention: self.retention,
+            consumers: self.consumers.into_iter().collect(),
             producers: self.producers.into_iter().collect(),
         }
     }
@@ -161,7 +182,8 @@ impl FormatReader {
             frame: Vec::new(),
         };
         let mut magic = [0; MAGIC.len()];
-        if !r.fill(&mut magic)? || (&magic != MAGIC && &magic != MAGIC_BEFORE_RETENTION) {
+        let known = [MAGIC, MAGIC_BEFORE_CONSUMERS, MAGIC_BEFORE_RETENTION];
+        if !r.fill(&mut magic)? || !known.contains(&&magic) {
             return Err(StoreError::corrupt("snapshot", "bad magic"));
         }
         if !r.next_frame(u32::MAX)? {
@@ -169,6 +191,15 @@ impl FormatReader {
         }
         let header = if &magic == MAGIC {
             codec::decode("snapshot header", &r.frame)?
+        } else if &magic == MAGIC_BEFORE_CONSUMERS {
+            let old: HeaderBeforeConsumers = codec::decode("snapshot header", &r.frame)?;
+            SnapshotHeader {
+                meta: old.meta,
+                topics: old.topics,
+                producers: old.producers,
+                retention: old.retention,
+                consumers: Vec::new(),
+            }
         } else {
             let old: HeaderBeforeRetention = codec::decode("snapshot header", &r.frame)?;
             SnapshotHeader {
@@ -176,6 +207,7 @@ impl FormatReader {
                 topics: old.topics,
                 producers: old.producers,
                 retention: RetentionState::default(),
+                consumers: Vec::new(),
             }
         };
         Ok((r, header))
@@ -319,5 +351,32 @@ mod tests {
         std::fs::write(&path, &huge).unwrap();
         let (mut r, _) = FormatReader::new(File::open(&path).unwrap()).unwrap();
         assert!(r.next_event().is_err());
+    }
+
+    /// A snapshot written before consumers (`AGSNAP02`) still reads, as one without them.
+    #[test]
+    fn a_snapshot_from_before_consumers_reads_without_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let mut state = Bookkeeping::default();
+        state
+            .retention
+            .floors
+            .insert("t".into(), crate::types::LamportStamp(3));
+        let old = HeaderBeforeConsumers {
+            meta: state.meta.clone(),
+            topics: vec![("t".into(), 0)],
+            producers: vec![],
+            retention: state.retention.clone(),
+        };
+        let mut bytes = MAGIC_BEFORE_CONSUMERS.to_vec();
+        let header = codec::encode("h", &old).unwrap();
+        bytes.extend_from_slice(&(header.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(&header);
+        std::fs::write(&path, &bytes).unwrap();
+        let (mut r, read) = FormatReader::new(File::open(&path).unwrap()).unwrap();
+        assert!(read.consumers.is_empty());
+        assert_eq!(read.retention, state.retention);
+        assert_eq!(r.next_event().unwrap(), None);
     }
 }

@@ -34,7 +34,7 @@ use crate::sm::bookkeeping::Bookkeeping;
 use crate::sm::dedup_index::{self, DedupIndex, SharedDedupIndex};
 use crate::sm::index_runs::IndexRuns;
 use crate::sm::machine_db::StateMachineDb;
-use crate::sm::retention;
+use crate::sm::{consumers, retention};
 use crate::types::StoredEvent;
 
 /// Bytes of state-machine writes an install queues before writing them: its memory, beside the
@@ -229,6 +229,9 @@ fn replay(
     let mut state = header.into_state();
     state.topic_bytes = topic_bytes;
     retention::put(db, &mut batch, &state.retention)?;
+    for name in state.consumers.keys() {
+        consumers::put(db, &mut batch, &state, name)?;
+    }
     for topic in state.topics.keys() {
         state.put_topic(db, &mut batch, topic)?;
     }
