@@ -113,7 +113,10 @@ async fn a_key_that_aged_out_of_memory_is_a_duplicate_on_every_node_across_resta
     for &id in &all {
         let page = cluster.metrics_page(id).await;
         let lookups = tests::metric_value(&page, "aggregator_dedup_cold_lookups_total");
-        assert!(lookups.is_some_and(|v| v >= 300.0), "node {id}: {lookups:?}");
+        assert!(
+            lookups.is_some_and(|v| v >= 300.0),
+            "node {id}: {lookups:?}"
+        );
     }
 
     // Node 1 restarts: it loads only its hot tier and still finds every original.
@@ -146,7 +149,10 @@ async fn a_node_that_dies_in_the_middle_of_an_eviction_comes_back_exact() {
     let topic = unique("evict");
     let first = publish(&cluster, &all, &topic, 0, 100).await;
     check_nodes(&cluster, &all).await;
-    for (turn, point) in raft_store::failpoints::DEDUP_CRASH_POINTS.iter().enumerate() {
+    for (turn, point) in raft_store::failpoints::DEDUP_CRASH_POINTS
+        .iter()
+        .enumerate()
+    {
         // A follower, armed to die at its next eviction.
         let leader = cluster.wait_for_leader(ELECTION).await;
         let victim = *all.iter().find(|&&id| id != leader).unwrap();

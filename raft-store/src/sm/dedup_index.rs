@@ -59,7 +59,9 @@ use hashbrown::HashTable;
 use rocksdb::{Snapshot, WriteBatch};
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::db::{self, synced, Db, CF_DEDUP_COLD, CF_KEYS, CF_KEY_HASHES, CF_RAFT_META, CF_SM_META};
+use crate::db::{
+    self, synced, Db, CF_DEDUP_COLD, CF_KEYS, CF_KEY_HASHES, CF_RAFT_META, CF_SM_META,
+};
 use crate::error::StoreError;
 use crate::failpoints;
 use crate::keys;
@@ -192,7 +194,10 @@ pub(crate) fn cold_key(hash: KeyHash, stamp: LamportStamp) -> [u8; 16] {
 
 /// The hot floor recorded in `sm_meta` (0, everything hot, when none is).
 fn read_hot_floor(db: &Db) -> Result<LamportStamp, StoreError> {
-    match db.rocks.get_pinned_cf(db.cf(CF_SM_META)?, keys::DEDUP_HOT_FLOOR)? {
+    match db
+        .rocks
+        .get_pinned_cf(db.cf(CF_SM_META)?, keys::DEDUP_HOT_FLOOR)?
+    {
         Some(bytes) => keys::decode_u64(&bytes)
             .map(LamportStamp)
             .ok_or_else(|| StoreError::corrupt("dedup hot floor", "not 8 bytes")),
@@ -237,11 +242,6 @@ impl DedupIndex {
     /// The hash of a key, as this index files it.
     pub(crate) fn hash(&self, topic: &str, event_id: &str) -> KeyHash {
         dedup_hash(self.hash_seed, topic, event_id)
-    }
-
-    /// Events stamped at or below are in the cold tier.
-    pub(crate) fn hot_floor(&self) -> LamportStamp {
-        self.hot_floor
     }
 
     /// Stamps in the hot tier whose key hashes to `hash` (usually none or one).
@@ -399,7 +399,9 @@ impl DedupIndex {
         let (hashes_cf, cold_cf) = (db.cf(CF_KEY_HASHES)?, db.cf(CF_DEDUP_COLD)?);
         let mut moving: Vec<(KeyHash, LamportStamp)> = Vec::with_capacity(count);
         let mut it = db.rocks.raw_iterator_cf(hashes_cf);
-        it.seek(keys::lamport_key(LamportStamp(self.hot_floor.0.saturating_add(1))));
+        it.seek(keys::lamport_key(LamportStamp(
+            self.hot_floor.0.saturating_add(1),
+        )));
         while let Some((key, value)) = it.item() {
             if moving.len() >= count {
                 break;
@@ -424,7 +426,11 @@ impl DedupIndex {
             keys::lamport_key(LamportStamp(0)),
             keys::lamport_key(LamportStamp(floor.0.saturating_add(1))),
         );
-        batch.put_cf(db.cf(CF_SM_META)?, keys::DEDUP_HOT_FLOOR, floor.0.to_be_bytes());
+        batch.put_cf(
+            db.cf(CF_SM_META)?,
+            keys::DEDUP_HOT_FLOOR,
+            floor.0.to_be_bytes(),
+        );
         failpoints::crash_point(failpoints::DEDUP_EVICT_BEFORE_WRITE);
         db.rocks.write_opt(batch, &db::state_machine_write())?;
         failpoints::crash_point(failpoints::DEDUP_EVICT_AFTER_WRITE);
@@ -449,7 +455,9 @@ impl DedupIndex {
         index.hot_floor = read_hot_floor(db)?;
         let view: Snapshot<'_> = db.rocks.snapshot();
         let mut it = view.raw_iterator_cf(db.cf(CF_KEY_HASHES)?);
-        it.seek(keys::lamport_key(LamportStamp(index.hot_floor.0.saturating_add(1))));
+        it.seek(keys::lamport_key(LamportStamp(
+            index.hot_floor.0.saturating_add(1),
+        )));
         // Loading evicts in larger steps than apply does: nothing waits on each one.
         let step = (index.capacity / 4).max(1);
         while let Some((key, value)) = it.item() {
@@ -822,7 +830,10 @@ mod tests {
             let got = s.reader.get_event(&key).unwrap().unwrap();
             assert_eq!(got.lamport, stored[0].lamport);
             let counters = s.reader.stats().unwrap().counters;
-            assert_eq!((counters.unique_processed, counters.duplicate_dropped), (120, 100));
+            assert_eq!(
+                (counters.unique_processed, counters.duplicate_dropped),
+                (120, 100)
+            );
         }
 
         #[test]
@@ -842,7 +853,10 @@ mod tests {
                 let n = s.reader.stats().unwrap().counters.received;
                 let again = publish(&mut s, 1000 + n, &ids(0..200), 50);
                 assert!(again.iter().all(|o| o.status == ApplyStatus::Duplicate));
-                assert!(again.iter().zip(&stored).all(|(a, b)| a.lamport == b.lamport));
+                assert!(again
+                    .iter()
+                    .zip(&stored)
+                    .all(|(a, b)| a.lamport == b.lamport));
             }
         }
 
@@ -861,7 +875,10 @@ mod tests {
             assert_eq!(f.evicted, 300 - f.hot_entries);
             let again = publish(&mut s, 1000, &ids(0..300), 100);
             assert!(again.iter().all(|o| o.status == ApplyStatus::Duplicate));
-            assert!(again.iter().zip(&stored).all(|(a, b)| a.lamport == b.lamport));
+            assert!(again
+                .iter()
+                .zip(&stored)
+                .all(|(a, b)| a.lamport == b.lamport));
         }
 
         #[test]
@@ -884,7 +901,10 @@ mod tests {
             assert!(s.reader.dedup_figures().evicted >= 54);
             let again = publish(&mut s, 100, &ids(0..60), 7);
             assert!(again.iter().all(|o| o.status == ApplyStatus::Duplicate));
-            assert!(again.iter().zip(&stored).all(|(a, b)| a.lamport == b.lamport));
+            assert!(again
+                .iter()
+                .zip(&stored)
+                .all(|(a, b)| a.lamport == b.lamport));
             let fresh = publish(&mut s, 200, &ids(60..90), 7);
             assert!(fresh.iter().all(|o| o.status == ApplyStatus::Stored));
             // Each cold lookup found many candidates, all but one (or none) refused by key.
@@ -894,6 +914,47 @@ mod tests {
             let mut s = open(dir.path(), 6);
             let more = publish(&mut s, 300, &ids(0..90), 11);
             assert!(more.iter().all(|o| o.status == ApplyStatus::Duplicate));
+        }
+
+        #[test]
+        fn an_install_reloads_a_bounded_hot_tier() {
+            use openraft::RaftSnapshotBuilder;
+            let (source_dir, target_dir) =
+                (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+            let mut source = open(source_dir.path(), 4);
+            let stored = publish(&mut source, 1, &ids(0..80), 9);
+            let snapshot = rt().block_on(async {
+                let mut builder = source.state_machine.get_snapshot_builder().await;
+                builder.build_snapshot().await.unwrap()
+            });
+            {
+                let mut target = open(target_dir.path(), 5);
+                publish(&mut target, 1, &ids(500..520), 10);
+                rt().block_on(
+                    target
+                        .state_machine
+                        .install_snapshot(&snapshot.meta, snapshot.snapshot),
+                )
+                .unwrap();
+                let f = target.reader.dedup_figures();
+                assert!(f.hot_entries <= 5, "{f:?}");
+                let again = publish(&mut target, 100, &ids(0..80), 20);
+                assert!(again.iter().all(|o| o.status == ApplyStatus::Duplicate));
+                assert!(again
+                    .iter()
+                    .zip(&stored)
+                    .all(|(a, b)| a.lamport == b.lamport));
+                // The target's own events before the install are gone with their records.
+                let gone = publish(&mut target, 200, &ids(500..520), 20);
+                assert!(gone.iter().all(|o| o.status == ApplyStatus::Stored));
+            }
+            let mut target = open(target_dir.path(), 5);
+            assert!(target.reader.dedup_figures().hot_entries <= 5);
+            let again = publish(&mut target, 300, &ids(0..80), 20);
+            assert!(again
+                .iter()
+                .zip(&stored)
+                .all(|(a, b)| a.lamport == b.lamport && a.status == ApplyStatus::Duplicate));
         }
 
         #[test]
@@ -908,8 +969,8 @@ mod tests {
             };
             {
                 let db = Db::open(dir.path()).unwrap();
-                let mut index = DedupIndex::load(&db, ensure_hash_seed(&db).unwrap(), 1_000)
-                    .unwrap();
+                let mut index =
+                    DedupIndex::load(&db, ensure_hash_seed(&db).unwrap(), 1_000).unwrap();
                 assert_eq!(index.evict_oldest(&db, 20).unwrap(), 20);
                 assert_eq!(index.evict_oldest(&db, 20).unwrap(), 20);
                 assert_eq!(index.len(), 10);
@@ -919,7 +980,10 @@ mod tests {
             assert_eq!(s.reader.dedup_figures().hot_entries, 10);
             let again = publish(&mut s, 100, &ids(0..50), 10);
             assert!(again.iter().all(|o| o.status == ApplyStatus::Duplicate));
-            assert!(again.iter().zip(&stored).all(|(a, b)| a.lamport == b.lamport));
+            assert!(again
+                .iter()
+                .zip(&stored)
+                .all(|(a, b)| a.lamport == b.lamport));
             drop(s);
             {
                 // The same eviction again (as after a replay): idempotent.

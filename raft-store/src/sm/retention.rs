@@ -566,7 +566,9 @@ mod tests {
         // a0..a25, stamps 1..=26: every cold one, the last ones perhaps hot.
         node.trim(&[("a", 27)]);
         let (db, _) = node.stores.state_machine.parts();
-        let mut it = db.rocks.raw_iterator_cf(db.cf(crate::db::CF_DEDUP_COLD).unwrap());
+        let mut it = db
+            .rocks
+            .raw_iterator_cf(db.cf(crate::db::CF_DEDUP_COLD).unwrap());
         it.seek_to_first();
         assert!(!it.valid(), "no cold record outlives its event");
         drop(it);
