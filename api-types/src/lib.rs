@@ -32,8 +32,8 @@ pub use event::{EventKey, LamportStamp, NodeId};
 pub use overview::{ClusterOverview, ElectionRecord, MemberOverview};
 pub use publish::{EventResult, EventStatus, PublishEvent, PublishResponse};
 pub use read::{
-    ConsistencyLevel, ConsistencyMarker, DigestResponse, EventsPage, ProducerStats, RaftStats,
-    StatsResponse, StoredEvent,
+    ConsistencyLevel, ConsistencyMarker, DedupIndexStats, DigestResponse, EventsPage,
+    ProducerStats, RaftStats, StatsResponse, StoredEvent,
 };
 pub use retention::{RetentionPolicy, RetentionResponse};
 pub use subscribe::{

@@ -182,6 +182,8 @@ pub struct StatsResponse {
     /// How long a duplicate is detected (`--dedup-window`): `"retained"` (while the original
     /// is held; the only window so far).
     pub dedup_window: String,
+    /// The answering node's dedup index: its tiers and what they did since it started.
+    pub dedup: DedupIndexStats,
     /// Topic names, sorted.
     pub topics: Vec<String>,
     /// Seconds since the answering process started.
@@ -206,6 +208,27 @@ pub struct StatsResponse {
     pub consumers: BTreeMap<String, crate::Cursor>,
     /// How the answer was served.
     pub consistency: ConsistencyMarker,
+}
+
+/// `GET /stats`, `dedup`: the answering node's dedup index (docs/architecture.md, "The dedup
+/// index"). Recent keys are held in memory (the hot tier), older ones on disk (the cold tier);
+/// both answer exactly.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(default)]
+pub struct DedupIndexStats {
+    /// Entries in memory (the most recently stored events).
+    pub hot_entries: u64,
+    /// Bytes those entries' tables have allocated.
+    pub hot_bytes: u64,
+    /// Most entries held in memory (`--dedup-memory-entries`).
+    pub hot_capacity: u64,
+    /// Key hashes looked up on disk since the node started.
+    pub cold_lookups: u64,
+    /// Records those lookups found on disk, each confirmed against its stored event.
+    pub cold_candidates: u64,
+    /// Entries moved from memory to disk since the node started.
+    pub evicted: u64,
 }
 
 /// `GET /digest`: the answering node's own applied state (never forwarded).

@@ -228,6 +228,14 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub trim_batch_events: u64,
 
+    /// Most entries the dedup index keeps in memory (its hot tier: the most recently stored
+    /// events, about 16-24 bytes each; the default, 3,145,728, is about 71 MB). Older keys are
+    /// answered from disk, exactly, at the cost of a filter probe per new event and a read per
+    /// duplicate found there (docs/operations.md, "Memory").
+    #[arg(long, env = "AGG_DEDUP_MEMORY_ENTRIES", default_value_t = raft_store::DEFAULT_DEDUP_MEMORY_ENTRIES as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
+    pub dedup_memory_entries: u64,
+
     /// Clients must send `Authorization: Bearer TOKEN` (except /health, /ready, /metrics).
     #[arg(long, env = "AGG_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
@@ -424,6 +432,8 @@ pub struct NodeConfig {
     pub trim_interval: Duration,
     /// Most events one trim entry deletes.
     pub trim_batch_events: usize,
+    /// Most entries of the dedup index kept in memory.
+    pub dedup_memory_entries: usize,
     /// Client bearer token.
     pub api_token: Option<String>,
     /// Admin bearer token.
@@ -610,6 +620,7 @@ impl RunArgs {
             log_preallocate: self.log_preallocate,
             trim_interval: Duration::from_millis(self.trim_interval_ms),
             trim_batch_events: usize::try_from(self.trim_batch_events).unwrap_or(usize::MAX),
+            dedup_memory_entries: usize::try_from(self.dedup_memory_entries).unwrap_or(usize::MAX),
             api_token,
             admin_token,
             cluster_secret,

@@ -158,6 +158,7 @@ async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let options = raft_store::StoreOptions {
         log_segment_bytes: cfg.log_segment_bytes,
         log_preallocate: cfg.log_preallocate,
+        dedup_memory_entries: cfg.dedup_memory_entries,
         ..raft_store::StoreOptions::default()
     };
     let stores = raft_store::open_with(&cfg.data_dir, &options)

@@ -44,6 +44,17 @@ pub const PURGE_AFTER_RECORD: &str = "purge-after-record";
 /// deleted in the background from here (so a crash leaves them for the next open to delete).
 pub const PURGE_BEFORE_DELETE: &str = "purge-before-delete";
 
+/// Crash points inside an eviction of the dedup index's hot tier (`sm/dedup_index.rs`), reached
+/// only once the hot tier is over its capacity; apart from [`CRASH_POINTS`], whose tests do not
+/// fill it.
+pub const DEDUP_CRASH_POINTS: &[&str] = &[DEDUP_EVICT_BEFORE_WRITE, DEDUP_EVICT_AFTER_WRITE];
+
+/// An eviction has read the entries it moves and written nothing.
+pub const DEDUP_EVICT_BEFORE_WRITE: &str = "dedup-evict-before-write";
+/// An eviction's batch (cold records, `key_hashes` deleted, floor raised) is written without
+/// the WAL and not flushed; the entries are still in memory.
+pub const DEDUP_EVICT_AFTER_WRITE: &str = "dedup-evict-after-write";
+
 /// Places that tests make slow rather than crash at (`name=sleep(ms)`); armable like the crash
 /// points, but not in [`CRASH_POINTS`], whose every entry a test crashes at in turn.
 pub const SLOW_POINTS: &[&str] = &[SNAPSHOT_FILE_CLOSE];
@@ -80,7 +91,10 @@ pub fn arm_from_env() -> Result<Vec<String>, String> {
         let (name, actions) = item
             .split_once('=')
             .ok_or_else(|| format!("AGG_FAILPOINTS entry `{item}` is not name=actions"))?;
-        if !CRASH_POINTS.contains(&name) && !SLOW_POINTS.contains(&name) {
+        if ![CRASH_POINTS, DEDUP_CRASH_POINTS, SLOW_POINTS]
+            .iter()
+            .any(|points| points.contains(&name))
+        {
             return Err(format!("AGG_FAILPOINTS names no crash point `{name}`"));
         }
         arm(name, actions)?;

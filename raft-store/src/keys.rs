@@ -10,6 +10,9 @@ use crate::types::LamportStamp;
 pub(crate) const STATE_MACHINE_META: &[u8] = b"state";
 /// Key of the retention record in `sm_meta` (`sm/retention.rs`).
 pub(crate) const RETENTION: &[u8] = b"retention";
+/// Key of the dedup index's hot floor in `sm_meta` (`u64 BE`): events stamped at or below it
+/// have their dedup record in the cold tier (`sm/dedup_index.rs`).
+pub(crate) const DEDUP_HOT_FLOOR: &[u8] = b"dedup_hot_floor";
 /// Key of the vote in `raft_meta`.
 pub(crate) const VOTE: &[u8] = b"vote";
 /// Key of the committed log id in `raft_meta`.

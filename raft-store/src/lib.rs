@@ -39,6 +39,7 @@ pub use log::{LogCacheReads, LogStore};
 pub use open::{open, open_with, StoreOptions, Stores, DEFAULT_PRODUCER_CACHE};
 pub use reader::StoreReader;
 pub use sm::consumers::{ConsumerRecord, MAX_CONSUMERS};
+pub use sm::dedup_index::{DedupFigures, DEFAULT_DEDUP_MEMORY_ENTRIES};
 pub use sm::{SnapshotBuilder, SnapshotFile, SnapshotStats, StateMachineStore};
 pub use timings::{DurationHistogram, HistogramSnapshot, BUCKET_BOUNDS_MICROS};
 pub use types::*;

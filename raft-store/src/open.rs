@@ -1,5 +1,5 @@
 //! Opening a store: the start-up order (RocksDB, an interrupted install finished, the log
-//! recovered, the dedup index loaded) and the handles it gives.
+//! recovered, the dedup index's hot tier loaded) and the handles it gives.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -35,6 +35,9 @@ pub struct StoreOptions {
     /// writes them, when an event of theirs next arrives. Bounds what clients can make a node
     /// hold by inventing producers.
     pub producer_cache: usize,
+    /// Most entries the dedup index keeps in memory (its hot tier, about 16-24 bytes each);
+    /// older ones are answered from disk (`sm/dedup_index.rs`). At least 1.
+    pub dedup_memory_entries: usize,
 }
 
 /// Default of [`StoreOptions::producer_cache`]: at most about 40 MB of tracking.
@@ -46,6 +49,7 @@ impl Default for StoreOptions {
             log_segment_bytes: log::DEFAULT_SEGMENT_BYTES,
             log_preallocate: true,
             producer_cache: DEFAULT_PRODUCER_CACHE,
+            dedup_memory_entries: crate::DEFAULT_DEDUP_MEMORY_ENTRIES,
         }
     }
 }
@@ -74,7 +78,8 @@ pub fn open_with(dir: &Path, options: &StoreOptions) -> Result<Stores, StoreErro
     let log_view = log_store.view();
     let hash_seed = sm::dedup_index::ensure_hash_seed(&db)?;
     sm::dedup_index::migrate_keys(&db, hash_seed)?;
-    let index = sm::dedup_index::DedupIndex::load(&db, &db.rocks.snapshot(), hash_seed)?;
+    // Only the hot tier: bounded by `dedup_memory_entries`, whatever the store's size.
+    let index = sm::dedup_index::DedupIndex::load(&db, hash_seed, options.dedup_memory_entries)?;
     let index = sm::dedup_index::SharedDedupIndex::new(index);
     Ok(Stores {
         log_store,

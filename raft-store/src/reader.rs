@@ -63,10 +63,16 @@ impl StoreReader {
         backup::open(&self.db, taken_from)
     }
 
-    /// Stored events in the in-memory dedup index, and the bytes its table has allocated.
+    /// Entries in the dedup index's hot tier (in memory), and the bytes its tables have
+    /// allocated.
     pub fn dedup_index_size(&self) -> (usize, usize) {
         let index = self.index.read();
         (index.len(), index.allocated_bytes())
+    }
+
+    /// The dedup index's figures: both tiers and what they did since start.
+    pub fn dedup_figures(&self) -> crate::DedupFigures {
+        self.index.read().figures()
     }
 
     /// Bytes of Raft log records in the segment files, purged ones not yet deleted included.
@@ -329,7 +335,13 @@ impl StoreReader {
                 return Err(StoreError::Installing);
             }
             let hash = index.hash(&key.topic, &key.event_id);
-            index.candidates(hash).collect()
+            // Both tiers under the lock: an eviction (which needs the write lock) moves an
+            // entry to disk before it leaves memory, so one of the two has it.
+            index
+                .all_candidates(&self.db, &[hash])?
+                .into_iter()
+                .map(|(stamp, _)| stamp)
+                .collect()
         };
         let events_cf = self.db.cf(CF_EVENTS)?;
         for stamp in candidates {

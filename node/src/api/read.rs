@@ -4,7 +4,7 @@
 //! into [`api_types::EventsPage`]. Where and how consistently each read is served is decided
 //! in [`consistency`](super::consistency).
 
-use api_types::{DigestResponse, ProducerStats, RaftStats, StatsResponse};
+use api_types::{DedupIndexStats, DigestResponse, ProducerStats, RaftStats, StatsResponse};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Uri};
@@ -243,6 +243,7 @@ pub(crate) async fn local_stats(
         trimmed_events: s.trimmed.events,
         trimmed_bytes: s.trimmed.bytes,
         dedup_window: "retained".to_owned(),
+        dedup: dedup_stats(st.reader.dedup_figures()),
         digest: s.digest.hex(),
         consumers: s
             .consumers
@@ -252,6 +253,17 @@ pub(crate) async fn local_stats(
         consistency: p.marker.clone(),
     };
     Ok((body, p))
+}
+
+fn dedup_stats(f: raft_store::DedupFigures) -> DedupIndexStats {
+    DedupIndexStats {
+        hot_entries: f.hot_entries,
+        hot_bytes: f.hot_bytes,
+        hot_capacity: f.hot_capacity,
+        cold_lookups: f.cold_lookups,
+        cold_candidates: f.cold_candidates,
+        evicted: f.evicted,
+    }
 }
 
 /// `GET /digest`: this node's own applied state, never forwarded.

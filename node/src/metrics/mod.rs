@@ -80,6 +80,10 @@ pub struct Inner {
     snapshot_bytes: IntGauge,
     dedup_index_entries: IntGauge,
     dedup_index_bytes: IntGauge,
+    dedup_index_capacity: IntGauge,
+    dedup_cold_lookups: IntCounter,
+    dedup_cold_candidates: IntCounter,
+    dedup_evicted: IntCounter,
     store_trimmed: IntCounter,
     trimmed_bytes: IntCounter,
     /// Trim entries this node proposed and saw applied (as leader).
@@ -289,11 +293,28 @@ impl Metrics {
             IntGauge::new("snapshot_bytes", "Size of the current snapshot's data file")?;
         let dedup_index_entries = IntGauge::new(
             "dedup_index_entries",
-            "Stored events in the in-memory dedup index (one per stored event)",
+            "Entries in the dedup index's hot tier (in memory; older ones are on disk)",
         )?;
         let dedup_index_bytes = IntGauge::new(
             "dedup_index_bytes",
-            "Memory the dedup index's hash table has allocated",
+            "Memory the dedup index's hot tier has allocated",
+        )?;
+        let dedup_index_capacity = IntGauge::new(
+            "dedup_index_capacity",
+            "Most entries the dedup index keeps in memory (--dedup-memory-entries)",
+        )?;
+        let dedup_cold_lookups = IntCounter::new(
+            "dedup_cold_lookups_total",
+            "Key hashes looked up in the dedup index's cold tier (on disk) since start",
+        )?;
+        let dedup_cold_candidates = IntCounter::new(
+            "dedup_cold_candidates_total",
+            "Records those cold lookups found on disk (each confirmed against its event); \
+             the other lookups were answered by the filters or an index block",
+        )?;
+        let dedup_evicted = IntCounter::new(
+            "dedup_evicted_total",
+            "Dedup entries moved from memory to the cold tier since start",
         )?;
         let subscriptions_open =
             IntGauge::new("subscriptions_open", "Live subscriptions open on this node")?;
@@ -371,6 +392,10 @@ impl Metrics {
         registry.register(Box::new(trim_entries.clone()))?;
         registry.register(Box::new(dedup_index_entries.clone()))?;
         registry.register(Box::new(dedup_index_bytes.clone()))?;
+        registry.register(Box::new(dedup_index_capacity.clone()))?;
+        registry.register(Box::new(dedup_cold_lookups.clone()))?;
+        registry.register(Box::new(dedup_cold_candidates.clone()))?;
+        registry.register(Box::new(dedup_evicted.clone()))?;
         registry.register(Box::new(log_cache_reads.clone()))?;
         registry.register(Box::new(log_bytes.clone()))?;
         registry.register(Box::new(log_disk_bytes.clone()))?;
@@ -440,6 +465,10 @@ impl Metrics {
             snapshot_bytes,
             dedup_index_entries,
             dedup_index_bytes,
+            dedup_index_capacity,
+            dedup_cold_lookups,
+            dedup_cold_candidates,
+            dedup_evicted,
             store_trimmed,
             trimmed_bytes,
             trim_entries,
@@ -484,11 +513,18 @@ impl Metrics {
             .inc_by((build_seconds - self.snapshot_build_seconds.get()).max(0.0));
         self.snapshot_bytes
             .set(i64::try_from(snap.bytes).unwrap_or(i64::MAX));
-        let (entries, bytes) = reader.dedup_index_size();
-        self.dedup_index_entries
-            .set(i64::try_from(entries).unwrap_or(i64::MAX));
-        self.dedup_index_bytes
-            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        let dedup = reader.dedup_figures();
+        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.dedup_index_entries.set(gauge(dedup.hot_entries));
+        self.dedup_index_bytes.set(gauge(dedup.hot_bytes));
+        self.dedup_index_capacity.set(gauge(dedup.hot_capacity));
+        for (counter, now) in [
+            (&self.dedup_cold_lookups, dedup.cold_lookups),
+            (&self.dedup_cold_candidates, dedup.cold_candidates),
+            (&self.dedup_evicted, dedup.evicted),
+        ] {
+            counter.inc_by(now.saturating_sub(counter.get()));
+        }
         {
             let m = raft.metrics();
             let m = m.borrow();

@@ -142,11 +142,16 @@ pub(crate) fn apply_entries(
     for (hash, stamp) in indexed {
         index.insert(hash, stamp);
     }
+    // Not part of the apply: its batch is written, and an index over its capacity is still a
+    // whole index (the next apply tries again).
+    if let Err(e) = index.evict_excess(db) {
+        tracing::warn!(error = %e, "could not move dedup entries to disk");
+    }
     Ok(replies)
 }
 
-/// For each of `events`, the stamp of a stored event with the same key, if there is one. Only
-/// events whose hash the index holds are looked up: their candidates are read back in one
+/// For each of `events`, the stamp of a stored event with the same key, if there is one. The
+/// candidates of every event's hash, from both tiers of the index, are read back in one
 /// multi-get, in stamp order, and compared by key.
 fn stored_copies(
     db: &Db,
@@ -155,15 +160,10 @@ fn stored_copies(
     hashes: &[KeyHash],
 ) -> Result<Vec<Option<LamportStamp>>, StoreError> {
     let mut found = vec![None; events.len()];
-    let mut probes: Vec<(LamportStamp, usize)> = hashes
-        .iter()
-        .enumerate()
-        .flat_map(|(i, hash)| index.candidates(*hash).map(move |stamp| (stamp, i)))
-        .collect();
+    let probes = index.all_candidates(db, hashes)?;
     if probes.is_empty() {
         return Ok(found);
     }
-    probes.sort_unstable();
     let lookup: Vec<[u8; 8]> = probes.iter().map(|(s, _)| keys::lamport_key(*s)).collect();
     let answers = db
         .rocks

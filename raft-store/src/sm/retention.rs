@@ -221,8 +221,8 @@ pub(crate) fn apply_control(
     Ok(())
 }
 
-/// Applies one trim: deletes the events below each cut (their records, dedup records and
-/// index runs), moves the counts, bytes, digest and floors with them, records the mark, and
+/// Applies one trim: deletes the events below each cut (their records, dedup records of either
+/// tier and index runs), moves the counts, bytes, digest and floors with them, records the mark, and
 /// writes all of it with `last_applied` in one batch; then forgets the events in the in-memory
 /// dedup index. Deterministic: it reads only the state every replica has at this entry.
 pub(crate) fn apply_trim(
@@ -240,10 +240,9 @@ pub(crate) fn apply_trim(
     let mut gone_all = Vec::new();
     let mut forget = Vec::new();
     let mut done = TrimCounters::default();
-    let hash_of = {
-        let index = index.read();
-        move |topic: &str, id: &str| index.hash(topic, id)
-    };
+    // Read-locked until the batch is written: the apply that would evict runs on this same
+    // writer, after this call, so the hot floor cannot move meanwhile.
+    let dedup = index.read();
     for TrimCut { topic, below } in &trim.cuts {
         let floor = state.retention.floor(topic);
         if *below <= floor {
@@ -275,7 +274,11 @@ pub(crate) fn apply_trim(
                 }
                 bytes += value.len() as u64;
                 state.meta.digest.remove(key.topic, key.event_id, *stamp);
-                forget.push((hash_of(key.topic, key.event_id), *stamp));
+                let hash = dedup.hash(key.topic, key.event_id);
+                // A cold record goes in this batch; a hot entry once it is written.
+                if !dedup.forget_cold(db, &mut batch, hash, *stamp)? {
+                    forget.push((hash, *stamp));
+                }
             }
         }
         let n = gone.len() as u64;
@@ -322,8 +325,7 @@ pub(crate) fn apply_trim(
     put(db, &mut batch, &state.retention)?;
     state.put_meta(db, &mut batch)?;
     db.rocks.write_opt(batch, &db::state_machine_write())?;
-    // It holds the index's read lock.
-    drop(hash_of);
+    drop(dedup);
     let mut index = index.write();
     for (hash, stamp) in forget {
         index.remove(hash, stamp);
@@ -439,8 +441,17 @@ mod tests {
 
     impl Node {
         fn new() -> Node {
+            Node::with_memory(crate::DEFAULT_DEDUP_MEMORY_ENTRIES)
+        }
+
+        /// A node whose dedup index keeps at most `entries` in memory.
+        fn with_memory(entries: usize) -> Node {
             let dir = tempfile::tempdir().unwrap();
-            let stores = crate::open(dir.path()).unwrap();
+            let options = crate::StoreOptions {
+                dedup_memory_entries: entries,
+                ..crate::StoreOptions::default()
+            };
+            let stores = crate::open_with(dir.path(), &options).unwrap();
             Node {
                 _dir: dir,
                 stores,
@@ -542,6 +553,33 @@ mod tests {
         );
         // The dedup records went too: a reopened store loads no stamp without its event.
         assert_eq!(node.stores.reader.dedup_index_size().0, 7);
+    }
+
+    #[test]
+    fn a_trim_deletes_the_dedup_records_of_both_tiers() {
+        let mut node = Node::with_memory(4);
+        for i in 0..30 {
+            node.publish("a", &format!("a{i}"));
+        }
+        let figures = node.stores.reader.dedup_figures();
+        assert!(figures.hot_floor >= 20, "{figures:?}");
+        // a0..a25, stamps 1..=26: every cold one, the last ones perhaps hot.
+        node.trim(&[("a", 27)]);
+        let (db, _) = node.stores.state_machine.parts();
+        let mut it = db
+            .rocks
+            .raw_iterator_cf(db.cf(crate::db::CF_DEDUP_COLD).unwrap());
+        it.seek_to_first();
+        assert!(!it.valid(), "no cold record outlives its event");
+        drop(it);
+        // A trimmed key is new again; a held one (hot or cold) is still a duplicate.
+        assert_eq!(node.publish("a", "a3").status, ApplyStatus::Stored);
+        assert_eq!(node.publish("a", "a26").status, ApplyStatus::Duplicate);
+        for i in 31..60 {
+            node.publish("a", &format!("a{i}"));
+        }
+        assert_eq!(node.publish("a", "a27").status, ApplyStatus::Duplicate);
+        assert_eq!(node.publish("a", "a31").status, ApplyStatus::Duplicate);
     }
 
     #[test]

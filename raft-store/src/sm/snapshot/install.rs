@@ -38,7 +38,7 @@ use crate::sm::{consumers, retention};
 use crate::types::StoredEvent;
 
 /// Bytes of state-machine writes an install queues before writing them: its memory, beside the
-/// dedup index it rebuilds.
+/// dedup index's hot tier it reloads (bounded by its capacity).
 const INSTALL_BATCH_BYTES: usize = 8 << 20;
 /// Bytes an install writes into memtables between two flushes: a bulk load fills them faster
 /// than background flushes (rate-limited) empty them, and up to four 64 MiB memtables per
@@ -172,11 +172,14 @@ fn replay(
     let file = File::open(db.snapshots.path.join(&stored.file))?;
     let (mut reader, header) = FormatReader::new(file)?;
     let hash_seed = dedup_index::ensure_hash_seed(db)?;
-    // Reads are refused by now, and two full indexes would double the node's largest
-    // structure: the old one goes first.
-    let mut fresh = index.map(|shared| {
-        *shared.write() = DedupIndex::new(hash_seed);
-        DedupIndex::new(hash_seed)
+    // Reads are refused by now: the old hot tier's memory goes first. The new one is loaded
+    // from the `key_hashes` records written below, once they are on disk.
+    let capacity = index.map(|shared| {
+        let mut old = shared.write();
+        let emptied = old.emptied();
+        let capacity = emptied.figures().hot_capacity;
+        *old = emptied;
+        capacity
     });
     let write_opts = db::state_machine_write();
     let mut batch = WriteBatch::default();
@@ -194,9 +197,6 @@ fn replay(
         batch.put_cf(events_cf, keys::lamport_key(stamp), bytes);
         let hash = dedup_index::dedup_hash(hash_seed, &event.topic, &event.event_id);
         dedup_index::put_record(&mut batch, hashes_cf, hash, stamp);
-        if let Some(fresh) = fresh.as_mut() {
-            fresh.insert(hash, stamp);
-        }
         by_topic.push(&event.topic, stamp);
         by_source.push(&event.source, stamp);
         *topic_bytes.entry(event.topic.clone()).or_insert(0) += bytes.len() as u64;
@@ -245,6 +245,17 @@ fn replay(
     }
     // Everything above skipped the WAL: on disk before the batch that ends the install.
     db.flush_all()?;
+    // The hot tier, bounded: what the capacity does not hold is moved to the cold tier as it
+    // is read, by batches that skip the WAL like the ones above; a crash before they are flushed
+    // leaves every event in `key_hashes` under floor 0, a complete index all the same.
+    let fresh = match capacity {
+        Some(capacity) => Some(DedupIndex::load(
+            db,
+            hash_seed,
+            usize::try_from(capacity).unwrap_or(usize::MAX),
+        )?),
+        None => None,
+    };
     failpoints::crash_point(failpoints::INSTALL_BEFORE_SWITCH);
 
     let mut last = WriteBatch::default();
@@ -257,7 +268,7 @@ fn replay(
             // Under the index's lock, so no reader pairs the new events with the old index.
             let mut index = shared.write();
             db.rocks.write_opt(last, &db::synced())?;
-            *index = fresh;
+            *index = fresh.with_counters_of(&index);
         }
         _ => db.rocks.write_opt(last, &db::synced())?,
     }
