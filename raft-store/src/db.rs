@@ -44,7 +44,7 @@ pub(crate) const CF_CONSUMERS: &str = "consumers";
 pub(crate) const CF_SNAPSHOT: &str = "snapshot";
 
 /// Column families holding the state machine: exactly what a snapshot install replaces.
-pub(crate) const STATE_MACHINE_CFS: [&str; 9] = [
+pub(crate) const STATE_MACHINE_CFS: [&str; 10] = [
     CF_EVENTS,
     CF_KEYS,
     CF_KEY_HASHES,
@@ -57,7 +57,7 @@ pub(crate) const STATE_MACHINE_CFS: [&str; 9] = [
     CF_CONSUMERS,
 ];
 
-const ALL_CFS: [&str; 12] = [
+const ALL_CFS: [&str; 13] = [
     CF_LOG,
     CF_RAFT_META,
     CF_EVENTS,

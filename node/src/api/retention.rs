@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use api_types::{RetentionPolicy, RetentionResponse};
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, Method, Uri};
@@ -48,8 +49,10 @@ pub async fn get(
 pub async fn put_default(
     State(st): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    // A body past the route's limit is a JSON 413 like every other error.
+    let body = body?;
     let policy = parse_policy(&body)?;
     change(
         &st,
@@ -67,8 +70,10 @@ pub async fn put_topic(
     State(st): State<AppState>,
     Path(topic): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    // A body past the route's limit is a JSON 413 like every other error.
+    let body = body?;
     check_topic(&topic)?;
     let policy = parse_policy(&body)?;
     let path = format!("/retention/topics/{topic}");

@@ -19,6 +19,7 @@ use api_types::{
     ConsumerRequest, Cursor, TopicPattern,
 };
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
@@ -68,8 +69,10 @@ const LAG_CAP_SCAN: usize = 10_000;
 pub async fn create(
     State(st): State<AppState>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    // A body past the route's limit is a JSON 413 like every other error.
+    let body = body?;
     let (name, definition) = parse_request(&body)?;
     if let Some(r) = on_leader(&st, &headers, Method::POST, "/consumers", body).await? {
         return Ok(r);
@@ -387,8 +390,10 @@ pub async fn ack(
     State(st): State<AppState>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    // A body past the route's limit is a JSON 413 like every other error.
+    let body = body?;
     check_name(&name)?;
     let request = parse_ack(&body)?;
     let (record, position) = {
