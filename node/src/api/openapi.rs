@@ -358,6 +358,7 @@ fn cluster_snapshot() {}
         (status = 400, description = "Bad query", body = ErrorBody),
         (status = 401, description = "Admin token required", body = ErrorBody),
         (status = 403, description = "Not the admin token, or admin endpoints disabled", body = ErrorBody),
+        (status = 409, description = "`fresh=false` on a node that has no snapshot yet", body = ErrorBody),
         (status = 503, description = "No snapshot could be made", body = ErrorBody),
     ),
     security((), ("bearer" = [])))]
