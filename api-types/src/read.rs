@@ -175,6 +175,9 @@ pub struct StatsResponse {
     pub duplicate_dropped: u64,
     /// Events held now: `unique_processed - trimmed_events`.
     pub stored: u64,
+    /// Bytes of the events held now, as stored (the encoded records retention's `max_bytes`
+    /// counts; RocksDB's files, compressed, and the Raft log are apart).
+    pub stored_bytes: u64,
     /// Stored events deleted since by retention trims (out of `unique_processed`).
     pub trimmed_events: u64,
     /// Their bytes, as stored.

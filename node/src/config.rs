@@ -236,6 +236,14 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
     pub dedup_memory_entries: u64,
 
+    /// MiB of the block cache that all of RocksDB's reads share (events, indexes, the dedup
+    /// index's cold tier, and their index and filter blocks). It bounds what RocksDB keeps of
+    /// the store in memory whatever the store's size; a larger cache serves more reads of
+    /// older events from memory (docs/operations.md, "Memory").
+    #[arg(long, env = "AGG_ROCKSDB_CACHE_MIB", default_value_t = (raft_store::DEFAULT_BLOCK_CACHE_BYTES >> 20) as u64,
+          value_parser = clap::value_parser!(u64).range(8..=65_536))]
+    pub rocksdb_cache_mib: u64,
+
     /// Clients must send `Authorization: Bearer TOKEN` (except /health, /ready, /metrics).
     #[arg(long, env = "AGG_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
@@ -434,6 +442,8 @@ pub struct NodeConfig {
     pub trim_batch_events: usize,
     /// Most entries of the dedup index kept in memory.
     pub dedup_memory_entries: usize,
+    /// Bytes of RocksDB's shared block cache.
+    pub rocksdb_cache_bytes: usize,
     /// Client bearer token.
     pub api_token: Option<String>,
     /// Admin bearer token.
@@ -621,6 +631,8 @@ impl RunArgs {
             trim_interval: Duration::from_millis(self.trim_interval_ms),
             trim_batch_events: usize::try_from(self.trim_batch_events).unwrap_or(usize::MAX),
             dedup_memory_entries: usize::try_from(self.dedup_memory_entries).unwrap_or(usize::MAX),
+            rocksdb_cache_bytes: usize::try_from(self.rocksdb_cache_mib.saturating_mul(1 << 20))
+                .unwrap_or(usize::MAX),
             api_token,
             admin_token,
             cluster_secret,

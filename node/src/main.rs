@@ -159,6 +159,7 @@ async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         log_segment_bytes: cfg.log_segment_bytes,
         log_preallocate: cfg.log_preallocate,
         dedup_memory_entries: cfg.dedup_memory_entries,
+        rocksdb_cache_bytes: cfg.rocksdb_cache_bytes,
         ..raft_store::StoreOptions::default()
     };
     let stores = raft_store::open_with(&cfg.data_dir, &options)

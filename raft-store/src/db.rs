@@ -6,8 +6,8 @@
 use std::path::Path;
 
 use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, FlushOptions, Options, WriteOptions,
-    DB,
+    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor,
+    DBCompressionType, FlushOptions, Options, WriteOptions, DB,
 };
 
 use crate::error::StoreError;
@@ -87,20 +87,46 @@ const MAX_TOTAL_WAL_BYTES: u64 = 256 * 1024 * 1024;
 /// snapshots protected (see `Db::open`).
 const BOTTOMMOST_COMPACTION_DELAY_SECS: &str = "600";
 
+/// Default of the block cache every column family shares (`--rocksdb-cache-mib`).
+pub const DEFAULT_BLOCK_CACHE_BYTES: usize = 64 << 20;
+
+/// Most bytes all memtables together hold before RocksDB flushes the largest: the events'
+/// own memtables need about a quarter of it at full ingest, and without the bound each of the
+/// thirteen column families could hold up to four memtables of 64 MiB.
+const ALL_MEMTABLES_BYTES: usize = 256 << 20;
+
 /// Subdirectory of the data directory that RocksDB owns.
 const DB_SUBDIR: &str = "rocksdb";
 
 /// The RocksDB handle. What the halves keep beside it lives with them: the log's counters in
 /// `log/`, the snapshot folder, install flag and durable-applied watermark in `sm/`.
+///
+/// Memory: everything RocksDB reads (data, index and filter blocks) goes through one block
+/// cache of a fixed size, and the memtables have one bound together, so what RocksDB holds
+/// does not grow with the store. Index and filter blocks are partitioned: only the small
+/// top level of each file stays pinned, the partitions come and go through the cache like
+/// data. (Held outside any cache, as RocksDB does by default, the filters and indexes of
+/// every open file came to about 5 bytes per stored event, the largest term of a node's
+/// memory at 100 million events: docs/performance.md, "Growth".)
 pub(crate) struct Db {
     /// The database; every column family of [`ALL_CFS`] is open.
     pub(crate) rocks: DB,
+    /// The block cache every column family shares.
+    cache: Cache,
 }
 
 impl Db {
-    /// Opens (creating if needed) the database under `dir`.
+    /// Opens (creating if needed) the database under `dir`, with the default block cache.
+    #[cfg(test)]
     pub(crate) fn open(dir: &Path) -> Result<Db, StoreError> {
+        Db::open_with_cache(dir, DEFAULT_BLOCK_CACHE_BYTES)
+    }
+
+    /// Opens (creating if needed) the database under `dir`, with a block cache of
+    /// `cache_bytes` shared by every column family.
+    pub(crate) fn open_with_cache(dir: &Path, cache_bytes: usize) -> Result<Db, StoreError> {
         std::fs::create_dir_all(dir)?;
+        let cache = Cache::new_lru_cache(cache_bytes);
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
@@ -127,7 +153,8 @@ impl Db {
         // at one point of the write order is what keeps the state machine on disk a consistent
         // prefix of the applied log after a crash, never one column family ahead of another.
         opts.set_atomic_flush(true);
-        let cfs = ALL_CFS.map(|name| ColumnFamilyDescriptor::new(name, cf_options(name)));
+        opts.set_db_write_buffer_size(ALL_MEMTABLES_BYTES);
+        let cfs = ALL_CFS.map(|name| ColumnFamilyDescriptor::new(name, cf_options(name, &cache)));
         let rocks = DB::open_cf_descriptors(&opts, dir.join(DB_SUBDIR), cfs)?;
         // A freshly flushed file with nothing below it is "bottommost", and RocksDB rewrites it
         // whole ("BottommostFiles" compaction, to zero its sequence numbers) as soon as the
@@ -147,7 +174,13 @@ impl Db {
                 )?;
             }
         }
-        Ok(Db { rocks })
+        Ok(Db { rocks, cache })
+    }
+
+    /// Bytes the shared block cache holds now (at most its capacity, `--rocksdb-cache-mib`,
+    /// plus what readers pin for the moment).
+    pub(crate) fn block_cache_bytes(&self) -> u64 {
+        self.cache.get_usage() as u64
     }
 
     /// Flushes every column family's memtable, atomically, and waits: afterwards everything
@@ -183,7 +216,7 @@ impl Db {
     }
 }
 
-fn cf_options(name: &str) -> Options {
+fn cf_options(name: &str, cache: &Cache) -> Options {
     let mut opts = Options::default();
     if name == CF_LOG {
         // Log entries live until the next snapshot purges them; compressing every flushed
@@ -202,20 +235,30 @@ fn cf_options(name: &str) -> Options {
         // "Growth": the disk target of issue 18).
         opts.set_bottommost_compression_type(DBCompressionType::Zstd);
     }
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    // Index and filter blocks live in the cache, partitioned, so their memory is the cache's
+    // and not a sum over every open file; the partitions' small top levels and the files
+    // just flushed (read most) stay pinned, so a lookup never waits on a re-read of those.
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_cache_index_and_filter_blocks_with_high_priority(true);
+    table.set_pin_top_level_index_and_filter(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+    table.set_partition_filters(true);
+    table.set_metadata_block_size(4096);
     if name == CF_DEDUP_COLD {
         // Looked up by the 8-byte hash prefix of its keys, mostly for hashes it does not hold
         // (every new event once the hot tier has evicted anything): filters on the prefix, in
         // every file and in the memtable, answer those without reading a data block. Ribbon
         // filters take about 30% less memory than bloom filters of the same false-positive
         // rate (about 1% at 10 bits); whole keys are never looked up, so they get no filter.
-        let mut table = rocksdb::BlockBasedOptions::default();
         table.set_ribbon_filter(10.0);
         table.set_whole_key_filtering(false);
-        table.set_cache_index_and_filter_blocks(false);
-        opts.set_block_based_table_factory(&table);
         opts.set_prefix_extractor(rocksdb::SliceTransform::create_fixed_prefix(8));
         opts.set_memtable_prefix_bloom_ratio(0.1);
     }
+    opts.set_block_based_table_factory(&table);
     opts.set_level_compaction_dynamic_level_bytes(true);
     // Room for memtables waiting to be flushed, so apply does not stall behind a flush.
     opts.set_max_write_buffer_number(4);

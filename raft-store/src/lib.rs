@@ -34,6 +34,7 @@ pub use command::{
     Command, ConsumerAck, ConsumerDefinition, ConsumerFrom, Control, CreateConsumer,
     RetentionChange, RetentionPolicy, Trim, TrimCut,
 };
+pub use db::DEFAULT_BLOCK_CACHE_BYTES;
 pub use error::StoreError;
 pub use log::{LogCacheReads, LogStore};
 pub use open::{open, open_with, StoreOptions, Stores, DEFAULT_PRODUCER_CACHE};

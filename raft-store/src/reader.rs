@@ -118,6 +118,12 @@ impl StoreReader {
         self.db.memtable_bytes()
     }
 
+    /// Bytes the RocksDB block cache holds (data, index and filter blocks of every column
+    /// family; bounded by `StoreOptions::rocksdb_cache_bytes`).
+    pub fn block_cache_bytes(&self) -> u64 {
+        self.db.block_cache_bytes()
+    }
+
     /// Writes every memtable to disk and waits (blocking). It changes where data lives, not
     /// what the store holds: the one call here that is not a query. The node does it when
     /// writes pause, so the flush does not fall on the next burst of acknowledgements.
@@ -365,6 +371,7 @@ impl StoreReader {
         Ok(StoreStats {
             counters: state.meta.counters,
             topic_counts: state.sorted_topics(),
+            stored_bytes: state.topic_bytes.values().sum(),
             producers: state.sorted_producers(),
             clock: state.meta.clock,
             digest: state.meta.digest,

@@ -266,6 +266,8 @@ pub struct StoreStats {
     pub counters: Counters,
     /// Stored events per topic.
     pub topic_counts: BTreeMap<String, u64>,
+    /// Bytes of the stored events' records, all topics together.
+    pub stored_bytes: u64,
     /// Per-producer tracking.
     pub producers: BTreeMap<String, ProducerStats>,
     /// The cluster's Lamport clock: the highest stamp assigned.

@@ -240,6 +240,7 @@ pub(crate) async fn local_stats(
             .collect(),
         raft,
         stored: s.digest.count,
+        stored_bytes: s.stored_bytes,
         trimmed_events: s.trimmed.events,
         trimmed_bytes: s.trimmed.bytes,
         dedup_window: "retained".to_owned(),

@@ -81,6 +81,7 @@ pub struct Inner {
     dedup_index_entries: IntGauge,
     dedup_index_bytes: IntGauge,
     dedup_index_capacity: IntGauge,
+    rocksdb_block_cache_bytes: IntGauge,
     dedup_cold_lookups: IntCounter,
     dedup_cold_candidates: IntCounter,
     dedup_evicted: IntCounter,
@@ -303,6 +304,10 @@ impl Metrics {
             "dedup_index_capacity",
             "Most entries the dedup index keeps in memory (--dedup-memory-entries)",
         )?;
+        let rocksdb_block_cache_bytes = IntGauge::new(
+            "rocksdb_block_cache_bytes",
+            "Bytes in RocksDB's block cache: data, index and filter blocks (--rocksdb-cache-mib)",
+        )?;
         let dedup_cold_lookups = IntCounter::new(
             "dedup_cold_lookups_total",
             "Key hashes looked up in the dedup index's cold tier (on disk) since start",
@@ -393,6 +398,7 @@ impl Metrics {
         registry.register(Box::new(dedup_index_entries.clone()))?;
         registry.register(Box::new(dedup_index_bytes.clone()))?;
         registry.register(Box::new(dedup_index_capacity.clone()))?;
+        registry.register(Box::new(rocksdb_block_cache_bytes.clone()))?;
         registry.register(Box::new(dedup_cold_lookups.clone()))?;
         registry.register(Box::new(dedup_cold_candidates.clone()))?;
         registry.register(Box::new(dedup_evicted.clone()))?;
@@ -466,6 +472,7 @@ impl Metrics {
             dedup_index_entries,
             dedup_index_bytes,
             dedup_index_capacity,
+            rocksdb_block_cache_bytes,
             dedup_cold_lookups,
             dedup_cold_candidates,
             dedup_evicted,
@@ -518,6 +525,8 @@ impl Metrics {
         self.dedup_index_entries.set(gauge(dedup.hot_entries));
         self.dedup_index_bytes.set(gauge(dedup.hot_bytes));
         self.dedup_index_capacity.set(gauge(dedup.hot_capacity));
+        self.rocksdb_block_cache_bytes
+            .set(gauge(reader.block_cache_bytes()));
         for (counter, now) in [
             (&self.dedup_cold_lookups, dedup.cold_lookups),
             (&self.dedup_cold_candidates, dedup.cold_candidates),

@@ -423,9 +423,13 @@ fn assert_install_refused(
     assert_eq!(observe(&follower.reader), before);
 }
 
-/// Splits snapshot data into its magic and its frames (`len u32 BE | bytes`).
+/// Splits snapshot data into its magic and its frames (`len u32 BE | bytes`), which follow
+/// the magic as one ZSTD stream.
 fn split_frames(data: &[u8]) -> (Vec<u8>, Vec<Vec<u8>>) {
-    let (magic, mut rest) = data.split_at(8);
+    let (magic, compressed) = data.split_at(8);
+    assert_eq!(magic, b"AGSNAP04");
+    let plain = zstd::decode_all(compressed).unwrap();
+    let mut rest = plain.as_slice();
     let mut frames = Vec::new();
     while !rest.is_empty() {
         let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
@@ -452,7 +456,11 @@ fn a_snapshot_with_events_out_of_stamp_order_is_refused() {
     let (magic, mut frames) = split_frames(&bytes);
     let n = frames.len();
     frames.swap(n - 2, n - 1);
-    let data = [magic, frames.concat()].concat();
+    let data = [
+        magic,
+        zstd::encode_all(frames.concat().as_slice(), 1).unwrap(),
+    ]
+    .concat();
     assert_install_refused(&rt, &mut follower, &snap.meta, data);
 }
 
