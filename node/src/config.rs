@@ -229,7 +229,7 @@ pub struct RunArgs {
     pub trim_batch_events: u64,
 
     /// Most entries the dedup index keeps in memory (its hot tier: the most recently stored
-    /// events, about 16-24 bytes each; the default, 3,145,728, is about 71 MB). Older keys are
+    /// events, about 16-24 bytes each; the default, 1,572,864, is about 36 MB). Older keys are
     /// answered from disk, exactly, at the cost of a filter probe per new event and a read per
     /// duplicate found there (docs/operations.md, "Memory").
     #[arg(long, env = "AGG_DEDUP_MEMORY_ENTRIES", default_value_t = raft_store::DEFAULT_DEDUP_MEMORY_ENTRIES as u64,

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use rocksdb::{
     BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor,
-    DBCompressionType, FlushOptions, Options, WriteOptions, DB,
+    DBCompressionType, FlushOptions, Options, ReadOptions, WriteOptions, DB,
 };
 
 use crate::error::StoreError;
@@ -94,6 +94,9 @@ pub const DEFAULT_BLOCK_CACHE_BYTES: usize = 64 << 20;
 /// own memtables need about a quarter of it at full ingest, and without the bound each of the
 /// thirteen column families could hold up to four memtables of 64 MiB.
 const ALL_MEMTABLES_BYTES: usize = 256 << 20;
+
+/// What a whole-column-family scan reads ahead ([`scan`]).
+const SCAN_READAHEAD_BYTES: usize = 2 << 20;
 
 /// Subdirectory of the data directory that RocksDB owns.
 const DB_SUBDIR: &str = "rocksdb";
@@ -262,6 +265,16 @@ fn cf_options(name: &str, cache: &Cache) -> Options {
     opts.set_level_compaction_dynamic_level_bytes(true);
     // Room for memtables waiting to be flushed, so apply does not stall behind a flush.
     opts.set_max_write_buffer_number(4);
+    opts
+}
+
+/// Read options for a scan of a whole column family (a snapshot build, loading the dedup
+/// index's hot tier): large reads ahead, and blocks read once are not cached, so a scan of a
+/// store many times the cache's size does not evict what point lookups keep there.
+pub(crate) fn scan() -> ReadOptions {
+    let mut opts = ReadOptions::default();
+    opts.set_readahead_size(SCAN_READAHEAD_BYTES);
+    opts.fill_cache(false);
     opts
 }
 

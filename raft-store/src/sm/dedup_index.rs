@@ -42,9 +42,12 @@
 //! whichever tier holds it, in the same batch as the event.
 //!
 //! Memory: 16 bytes per hot entry in tables that grow by doubling; at the default capacity
-//! ([`DEFAULT_DEDUP_MEMORY_ENTRIES`], 3 Mi entries, 12,288 per shard on average, under the
-//! 14,336 a table of 16,384 buckets holds) about 71 MB however large the store, under 0.75 bytes
-//! per stored event at 100 million events; `/metrics` reports it. Disk: one cold record per
+//! ([`DEFAULT_DEDUP_MEMORY_ENTRIES`], 1.5 Mi entries, 6,144 per shard on average, under the
+//! 7,168 a table of 8,192 buckets holds) about 36 MB however large the store, under 0.4 bytes
+//! per stored event at 100 million events; `/metrics` reports it. The capacity is also what a
+//! start-up reads (the hot tier is loaded from `key_hashes`), so it is kept to what covers
+//! retries, not the whole store: 3 Mi entries took 6 s or more to load on a busy 2-core
+//! machine, against a start-up target of 5 s (docs/performance.md, "Growth"). Disk: one cold record per
 //! stored event (16 bytes of key, random, so compression gains little) beside the event.
 //!
 //! The hash is seeded with a random number each store draws once, at creation, and keeps in
@@ -68,8 +71,9 @@ use crate::keys;
 use crate::types::LamportStamp;
 
 /// Default of [`StoreOptions::dedup_memory_entries`](crate::StoreOptions::dedup_memory_entries):
-/// 3 Mi entries, about 71 MB of tables (module header).
-pub const DEFAULT_DEDUP_MEMORY_ENTRIES: usize = 3 << 20;
+/// 1.5 Mi entries, about 36 MB of tables (module header): about 25 s of ingest at the
+/// cluster's sustained rate, far longer than a publisher's retries take.
+pub const DEFAULT_DEDUP_MEMORY_ENTRIES: usize = 3 << 19;
 
 /// Most entries one eviction moves while the node applies: it holds up the apply that
 /// triggers it (about 10 ms for this many), so it runs often and small.
@@ -454,7 +458,7 @@ impl DedupIndex {
         let mut index = DedupIndex::with_capacity(hash_seed, capacity);
         index.hot_floor = read_hot_floor(db)?;
         let view: Snapshot<'_> = db.rocks.snapshot();
-        let mut it = view.raw_iterator_cf(db.cf(CF_KEY_HASHES)?);
+        let mut it = view.raw_iterator_cf_opt(db.cf(CF_KEY_HASHES)?, db::scan());
         it.seek(keys::lamport_key(LamportStamp(
             index.hot_floor.0.saturating_add(1),
         )));

@@ -85,7 +85,7 @@ pub(crate) fn build(db: &StateMachineDb) -> Result<(Meta, SnapshotFile), StoreEr
     };
     let new = new_file(db, &meta);
     let mut writer = FormatWriter::new(create(&new.path())?, &SnapshotHeader::of(&state))?;
-    let mut it = view.raw_iterator_cf(db.cf(CF_EVENTS)?);
+    let mut it = view.raw_iterator_cf_opt(db.cf(CF_EVENTS)?, db::scan());
     it.seek_to_first();
     while let Some(value) = it.value() {
         writer.event(value)?;
