@@ -342,23 +342,23 @@ fn handle(
     match m.event {
         "" | "message" => {}
         "consistency" => {
-            if let Ok(marker) = serde_json::from_str::<ConsistencyMarker>(m.data) {
+            if let Ok(marker) = serde_json::from_slice::<ConsistencyMarker>(m.data) {
                 tracing::info!(?marker, "subscribed");
             }
             return Handled::Other;
         }
-        "end" => return Handled::End(serde_json::from_str(m.data).unwrap_or_default()),
+        "end" => return Handled::End(serde_json::from_slice(m.data).unwrap_or_default()),
         _ => return Handled::Other,
     }
     let Some(id) = m.id.and_then(|i| i.parse::<Cursor>().ok()) else {
-        tracing::warn!(data = m.data, "an event without a cursor; skipped");
+        tracing::warn!(data = %m.text(), "an event without a cursor; skipped");
         return Handled::Other;
     };
     *cursor = Some(id);
     received.count += 1;
     if args.json {
         // As the node sent it: no need to parse.
-        let _ = writeln!(out, "{}", m.data);
+        let _ = out.write_all(m.data).and_then(|()| out.write_all(b"\n"));
     }
     let summary = !args.json && !args.quiet;
     if !summary && !received.keep {
@@ -366,7 +366,7 @@ fn handle(
         return Handled::Event;
     }
     // The payload is skipped unread (`IgnoredAny`): only the key and the header are needed.
-    let event: StoredEvent = match serde_json::from_str(m.data) {
+    let event: StoredEvent = match serde_json::from_slice(m.data) {
         Ok(e) => e,
         Err(e) => {
             tracing::warn!(error = %e, "an event that does not parse");

@@ -19,10 +19,18 @@ use std::ops::ControlFlow;
 pub struct Message<'a> {
     /// `event:`; empty means the default type (`message`).
     pub event: &'a str,
-    /// The `data:` lines joined with LF.
-    pub data: &'a str,
+    /// The `data:` lines joined with LF, as bytes: a caller that only counts events does not
+    /// pay for checking them as UTF-8 ([`Message::text`] does).
+    pub data: &'a [u8],
     /// The last event id as of this message (`id:` of this one or an earlier one).
     pub id: Option<&'a str>,
+}
+
+impl<'a> Message<'a> {
+    /// The data as text (invalid UTF-8 replaced, as the standard's decoder does).
+    pub fn text(&self) -> Cow<'a, str> {
+        String::from_utf8_lossy(self.data)
+    }
 }
 
 /// An incremental parser: feed it bytes, it hands out the messages they complete.
@@ -106,10 +114,9 @@ impl Parser {
     ) -> ControlFlow<()> {
         if line.is_empty() {
             let flow = if self.has_data {
-                let data = String::from_utf8_lossy(&self.data);
                 on_message(Message {
                     event: &self.event,
-                    data: &data,
+                    data: &self.data,
                     id: self.last_id.as_deref(),
                 })
             } else {
@@ -174,7 +181,7 @@ mod tests {
         p.feed(bytes, |m| {
             out.push(Owned {
                 event: m.event.to_owned(),
-                data: m.data.to_owned(),
+                data: m.text().into_owned(),
                 id: m.id.map(str::to_owned),
             });
             ControlFlow::Continue(())
