@@ -4,12 +4,12 @@
 //! Why: a stream that reads and renders for itself costs a store read, a decode and a JSON
 //! render per event per stream, so sixteen subscribers made the node do sixteen times the work
 //! of one (docs/performance.md, "Subscriptions"). With the tail, that work is done once per
-//! event, and a caught-up stream only matches each entry's topic and clones a reference-counted
-//! message. The messages of one read of the store are rendered into one block, so a stream
-//! whose selection keeps consecutive events takes them as one slice of that block (a reference
-//! count, no copy), and sends them as one piece of its body. A stream that is behind the ring (a catch-up from `earliest`, or one that fell
-//! further back than the ring holds) reads the store itself, as before, until it reaches the
-//! ring.
+//! event, and a caught-up stream only matches each entry's topic. The messages of one read of
+//! the store are rendered into one block, so a stream whose selection keeps consecutive events
+//! takes them as one slice of that block (a reference count, no copy) and sends them as one
+//! piece of its body. A stream that is behind the ring (a catch-up from `earliest`, or one that
+//! fell further back than the ring holds) reads the store itself, as before, until it reaches
+//! the ring.
 //!
 //! # Invariants
 //! - The ring holds every stored event stamped in `(start, end]`, in stamp order, and nothing
