@@ -261,6 +261,11 @@ pub struct SubscribeArgs {
     /// With --consumer: the consumer's ack wait when it is created (`<digits>ms|s|m`).
     #[arg(long, requires = "consumer")]
     pub ack_wait: Option<String>,
+    /// Read the stream of the first target without parsing it and count its bytes only: the
+    /// idle-client baseline of a benchmark (what the node's side of a fan-out costs when the
+    /// subscribers do next to nothing). No reconnect, no check.
+    #[arg(long, conflicts_with_all = ["json", "verify_history", "consumer", "max_events"])]
+    pub discard: bool,
 }
 
 /// Normalizes a target to a base URL without a trailing slash, adding `http://` when missing.

@@ -30,10 +30,15 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // A subscriber is one connection read in one task: on one thread, the connection's task
+    // hands each chunk to it without waking another thread (sixteen subscribers in the fan-out
+    // benchmark share the machine with the nodes). Everything else runs many requests at once.
+    let mut builder = if matches!(cli.command, Command::Subscribe(_)) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

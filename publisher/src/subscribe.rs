@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
@@ -62,6 +63,9 @@ pub async fn command(args: SubscribeArgs) -> anyhow::Result<bool> {
         .tcp_nodelay(true)
         .build()
         .context("building the HTTP client")?;
+    if args.discard {
+        return discard(&client, &args).await;
+    }
     let started = Instant::now();
     let received = follow(&client, &args).await?;
     let secs = started.elapsed().as_secs_f64();
@@ -80,6 +84,51 @@ pub async fn command(args: SubscribeArgs) -> anyhow::Result<bool> {
         Some(path) => verify(&pattern, path, &received),
         None => Ok(true),
     }
+}
+
+/// `--discard`: reads one stream until a stop condition, counting bytes and nothing else.
+async fn discard(client: &reqwest::Client, args: &SubscribeArgs) -> anyhow::Result<bool> {
+    let base = &args.conn.targets[0];
+    let mut rb = client
+        .get(format!("{base}/subscribe"))
+        .query(&[("topic", &args.topic), ("from", &args.from)])
+        .header(ACCEPT, "text/event-stream");
+    if let Some(s) = &args.source {
+        rb = rb.query(&[("source", s)]);
+    }
+    if let Some(t) = &args.conn.token {
+        rb = rb.header(AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let started = Instant::now();
+    let deadline = started + args.duration;
+    let mut resp = tokio::time::timeout(args.stall, rb.send())
+        .await
+        .context("no answer within --stall")??
+        .error_for_status()?;
+    let (mut bytes, mut last) = (0u64, Instant::now());
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let idle = args
+            .idle_exit
+            .map_or(left, |d| d.saturating_sub(last.elapsed()));
+        match tokio::time::timeout(left.min(idle).min(args.stall), resp.chunk()).await {
+            Ok(Ok(Some(c))) => {
+                bytes += c.len() as u64;
+                // Heartbeats do not count as traffic for --idle-exit.
+                if c.as_ref() != b": heartbeat\n\n" {
+                    last = Instant::now();
+                }
+            }
+            Ok(Ok(None)) | Err(_) => break,
+            Ok(Err(e)) => return Err(e.into()),
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "subscribe: {bytes} bytes in {secs:.2} s ({:.0} bytes/s), discarded unparsed",
+        bytes as f64 / secs.max(1e-9)
+    );
+    Ok(true)
 }
 
 /// Follows the stream across reconnects until a stop condition.
@@ -228,7 +277,6 @@ async fn stream_once(
         });
     }
     let mut parser = Parser::new(MAX_LINE);
-    let mut messages = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let wait = match args.idle_exit {
@@ -249,20 +297,31 @@ async fn stream_once(
                 return Ok(Ended::Cut);
             }
         };
-        if let Err(e) = parser.feed(&chunk, &mut messages) {
+        let before = received.count;
+        let mut ended = None;
+        let fed = parser.feed(&chunk, |m| match handle(m, args, cursor, received, out) {
+            Handled::Event => {
+                if args.max_events.is_some_and(|n| received.count >= n) {
+                    ended = Some(Ended::Stop);
+                    return ControlFlow::Break(());
+                }
+                ControlFlow::Continue(())
+            }
+            Handled::Other => ControlFlow::Continue(()),
+            Handled::End(end) => {
+                ended = Some(Ended::Node(end));
+                ControlFlow::Break(())
+            }
+        });
+        if let Err(e) = fed {
             return Err(Failure::Retry(e.into()));
         }
-        for m in messages.drain(..) {
-            match handle(m, args, cursor, received, out) {
-                Handled::Event => {
-                    *last_event = Instant::now();
-                    if args.max_events.is_some_and(|n| received.count >= n) {
-                        return Ok(Ended::Stop);
-                    }
-                }
-                Handled::Other => {}
-                Handled::End(end) => return Ok(Ended::Node(end)),
-            }
+        // One clock read per chunk: a chunk holds many events.
+        if received.count > before {
+            *last_event = Instant::now();
+        }
+        if let Some(ended) = ended {
+            return Ok(ended);
         }
     }
 }
@@ -274,32 +333,32 @@ enum Handled {
 }
 
 fn handle(
-    m: Message,
+    m: Message<'_>,
     args: &SubscribeArgs,
     cursor: &mut Option<Cursor>,
     received: &mut Received,
     out: &mut impl Write,
 ) -> Handled {
-    match m.event.as_str() {
+    match m.event {
         "" | "message" => {}
         "consistency" => {
-            if let Ok(marker) = serde_json::from_str::<ConsistencyMarker>(&m.data) {
+            if let Ok(marker) = serde_json::from_slice::<ConsistencyMarker>(m.data) {
                 tracing::info!(?marker, "subscribed");
             }
             return Handled::Other;
         }
-        "end" => return Handled::End(serde_json::from_str(&m.data).unwrap_or_default()),
+        "end" => return Handled::End(serde_json::from_slice(m.data).unwrap_or_default()),
         _ => return Handled::Other,
     }
-    let Some(id) = m.id.as_deref().and_then(|i| i.parse::<Cursor>().ok()) else {
-        tracing::warn!(data = m.data, "an event without a cursor; skipped");
+    let Some(id) = m.id.and_then(|i| i.parse::<Cursor>().ok()) else {
+        tracing::warn!(data = %m.text(), "an event without a cursor; skipped");
         return Handled::Other;
     };
     *cursor = Some(id);
     received.count += 1;
     if args.json {
         // As the node sent it: no need to parse.
-        let _ = writeln!(out, "{}", m.data);
+        let _ = out.write_all(m.data).and_then(|()| out.write_all(b"\n"));
     }
     let summary = !args.json && !args.quiet;
     if !summary && !received.keep {
@@ -307,7 +366,7 @@ fn handle(
         return Handled::Event;
     }
     // The payload is skipped unread (`IgnoredAny`): only the key and the header are needed.
-    let event: StoredEvent = match serde_json::from_str(&m.data) {
+    let event: StoredEvent = match serde_json::from_slice(m.data) {
         Ok(e) => e,
         Err(e) => {
             tracing::warn!(error = %e, "an event that does not parse");

@@ -223,43 +223,26 @@ fn parse_start(headers: &HeaderMap, from: Option<&str>) -> Result<Requested, Api
     }
 }
 
-/// Largest HTTP chunk the body gathers from messages that are ready at once.
-const CHUNK_BYTES: usize = 64 * 1024;
-
-/// The body: the buffered messages in order, every message that is ready gathered into one
-/// chunk (up to [`CHUNK_BYTES`] past the first), each releasing its buffer space as it is
-/// copied into the chunk; a heartbeat comment after `heartbeat` without a message. Ends after
-/// the feeder's last message (or when it is gone).
+/// The body: the buffered pieces in order, each one HTTP chunk handed to the connection as it
+/// is (no copy), releasing its buffer space; a heartbeat comment after `heartbeat` without a
+/// piece. A piece is a run of consecutive events' messages (`stream::RUN_BYTES`), and hyper
+/// gathers the chunks that are ready into one vectored write. Ends after the feeder's last
+/// message (or when it is gone).
 fn messages(
     rx: mpsc::UnboundedReceiver<Item>,
     heartbeat: Duration,
 ) -> impl Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static {
     futures::stream::unfold(rx, move |mut rx| async move {
-        let first = match tokio::time::timeout(heartbeat, rx.recv()).await {
-            Err(_) => return Some((Ok(bytes::Bytes::from_static(sse::HEARTBEAT)), rx)),
-            Ok(item) => item?,
+        let text = match tokio::time::timeout(heartbeat, rx.recv()).await {
+            Err(_) => bytes::Bytes::from_static(sse::HEARTBEAT),
+            // Its buffer space is free from here on: the connection holds it.
+            Ok(item) => match item? {
+                Item::Counted(bytes, _permit) => bytes,
+                Item::Free(bytes) => bytes,
+            },
         };
-        let mut chunk = Vec::new();
-        add(&mut chunk, first);
-        while chunk.len() < CHUNK_BYTES {
-            match rx.try_recv() {
-                Ok(item) => add(&mut chunk, item),
-                Err(_) => break,
-            }
-        }
-        Some((Ok(chunk.into()), rx))
+        Some((Ok(text), rx))
     })
-}
-
-/// Copies a message into the chunk; its buffer space is free from here on.
-fn add(chunk: &mut Vec<u8>, item: Item) {
-    match item {
-        Item::Counted(bytes, permit) => {
-            chunk.extend_from_slice(&bytes);
-            drop(permit);
-        }
-        Item::Free(bytes) => chunk.extend_from_slice(&bytes),
-    }
 }
 
 /// A relayed stream keeps its slot on this node until its body ends.

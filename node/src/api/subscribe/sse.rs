@@ -3,6 +3,8 @@
 //! Written here rather than through axum's `Sse` so that the body can put every message that
 //! is ready into one HTTP chunk: one write for the node and one read for the subscriber per
 //! batch instead of per event, which is most of what fan-out costs (docs/performance.md).
+//! [`event`] frames an event's message around JSON rendered straight into the output, so
+//! framing costs no allocation and no copy unless the JSON holds a line break.
 
 /// The comment an idle stream gets every heartbeat interval.
 pub const HEARTBEAT: &[u8] = b": heartbeat\n\n";
@@ -46,6 +48,25 @@ pub fn message(out: &mut Vec<u8>, event: Option<&str>, id: Option<&str>, data: &
     out.push(b'\n');
 }
 
+/// Appends one event's message: `id: ID`, then the data that `write_data` appends to `out`.
+/// The data is rendered in place after `data: `; only when it holds a line break (a payload
+/// stored with its producer's whitespace) is it copied out and framed by [`message`].
+pub fn event(out: &mut Vec<u8>, id: u64, write_data: impl FnOnce(&mut Vec<u8>)) {
+    use std::io::Write;
+    let start = out.len();
+    // Writing to a Vec cannot fail.
+    let _ = write!(out, "id: {id}\ndata: ");
+    let data_at = out.len();
+    write_data(out);
+    if !out[data_at..].iter().any(|&b| b == b'\n' || b == b'\r') {
+        out.extend_from_slice(b"\n\n");
+        return;
+    }
+    let data = out.split_off(data_at);
+    out.truncate(start);
+    message(out, None, Some(&id.to_string()), &data);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,5 +90,22 @@ mod tests {
         );
         assert_eq!(text(None, None, ""), "data: \n\n");
         assert_eq!(text(None, None, "x\n"), "data: x\ndata: \n\n");
+    }
+
+    #[test]
+    fn an_event_rendered_in_place_is_framed_as_a_message() {
+        for data in [r#"{"a":1}"#, "", "{\"a\":\r\n1}", "x\n", "\r"] {
+            let mut framed = b"before".to_vec();
+            event(&mut framed, 42, |out| {
+                out.extend_from_slice(data.as_bytes())
+            });
+            let mut expected = b"before".to_vec();
+            message(&mut expected, None, Some("42"), data.as_bytes());
+            assert_eq!(
+                String::from_utf8(framed).unwrap(),
+                String::from_utf8(expected).unwrap(),
+                "{data:?}"
+            );
+        }
     }
 }

@@ -24,17 +24,20 @@ use tokio_util::sync::CancellationToken;
 
 use super::select::{cursor_of, Batch, Selection};
 use super::sse;
-use super::tail::{Follower, Tail};
+use super::tail::{Follower, Run, Tail};
 use crate::api::read::push_event;
 use crate::metrics::Metrics;
 use crate::raft::Raft;
 
 /// Buffer permits are KiB.
 const UNIT: u64 = 1024;
+/// The messages of consecutive events go into the body as one piece up to about this size:
+/// a piece is the unit of buffer accounting, of the body's wake-ups and of HTTP chunks.
+pub const RUN_BYTES: usize = 64 * 1024;
 
-/// One message of the stream's body, and the buffer space it holds until it is sent.
+/// One piece of the stream's body, and the buffer space it holds until it is sent.
 pub enum Item {
-    /// A message that holds part of the budget.
+    /// Events' messages (one run), holding part of the budget.
     Counted(Bytes, OwnedSemaphorePermit),
     /// A message outside it: the first (the consistency marker) and the last (`end`).
     Free(Bytes),
@@ -144,24 +147,21 @@ impl Feeder {
                 if let Some(stop) = self.confirm().await {
                     return stop;
                 }
-                let batch = match self.read(*position).await {
+                let batch = match self.read(*position, *seeking).await {
                     Ok(b) => b,
                     Err(stop) => return stop,
                 };
                 let more = batch.more;
-                for event in batch.events {
-                    if let Some(t) = *seeking {
-                        if !at_or_after(&event, t) {
-                            *position = cursor_of(event.lamport);
-                            continue;
-                        }
-                        *seeking = None;
-                    }
-                    let cursor = cursor_of(event.lamport);
-                    if let Some(stop) = self.push(render(&event, cursor)).await {
+                // Past events skipped while seeking: they come before any event kept.
+                *position = (*position).max(batch.skipped_to);
+                if !batch.seeking {
+                    *seeking = None;
+                }
+                for run in batch.runs {
+                    if let Some(stop) = self.push(run.text, run.events).await {
                         return stop;
                     }
-                    *position = cursor;
+                    *position = run.last;
                 }
                 // Past events that were read but not selected (or skipped while seeking).
                 *position = (*position).max(batch.position);
@@ -206,11 +206,11 @@ impl Feeder {
         loop {
             let seen = *end.borrow_and_update();
             let read = tail.read_after(*position, &self.selection)?;
-            for (cursor, message) in read.messages {
-                if let Some(stop) = self.push(message).await {
+            for run in read.runs {
+                if let Some(stop) = self.push(run.text, run.events).await {
                     return Some(stop);
                 }
-                *position = cursor;
+                *position = run.last;
             }
             *position = (*position).max(read.position);
             if read.more {
@@ -256,10 +256,21 @@ impl Feeder {
         }
     }
 
-    async fn read(&self, after: Cursor) -> Result<Batch, Stop> {
+    /// Reads the next batch after `after` and renders it, both on the blocking pool (rendering
+    /// a catch-up's thousand events would otherwise hold the node's async thread).
+    async fn read(
+        &self,
+        after: Cursor,
+        seeking: Option<DateTime<FixedOffset>>,
+    ) -> Result<Rendered, Stop> {
         let reader = self.reader.clone();
         let selection = self.selection.clone();
-        match tokio::task::spawn_blocking(move || selection.read(&reader, after)).await {
+        let read = move || {
+            selection
+                .read(&reader, after)
+                .map(|batch| render_batch(batch, after, seeking))
+        };
+        match tokio::task::spawn_blocking(read).await {
             Ok(Ok(batch)) => Ok(batch),
             Ok(Err(e @ StoreError::Installing)) => {
                 Err(Stop::End(EndReason::Unavailable, e.to_string()))
@@ -278,8 +289,9 @@ impl Feeder {
         }
     }
 
-    /// Puts one message in the buffer, waiting for room at most `stall`.
-    async fn push(&self, message: Bytes) -> Option<Stop> {
+    /// Puts one piece of the body (the messages of `events` events) in the buffer, waiting for
+    /// room at most `stall`.
+    async fn push(&self, message: Bytes, events: u64) -> Option<Stop> {
         let kib = u64::try_from(message.len())
             .unwrap_or(u64::MAX)
             .div_ceil(UNIT);
@@ -310,7 +322,7 @@ impl Feeder {
         };
         match self.out.send(Item::Counted(message, permit)) {
             Ok(()) => {
-                self.metrics.subscription_events.inc();
+                self.metrics.subscription_events.inc_by(events);
                 None
             }
             Err(_) => Some(Stop::Gone),
@@ -318,13 +330,73 @@ impl Feeder {
     }
 }
 
-/// An event as its SSE message: `id:` its cursor, `data:` the event as `/events` renders it.
-pub fn render(event: &StoredEvent, cursor: Cursor) -> Bytes {
-    let mut json = Vec::with_capacity(event.event.approx_bytes() + 160);
-    push_event(&mut json, event);
-    let mut text = Vec::with_capacity(json.len() + 40);
-    sse::message(&mut text, None, Some(&cursor.to_string()), &json);
-    text.into()
+/// A batch read from the store, rendered.
+struct Rendered {
+    /// The messages of the events kept, in runs of about [`RUN_BYTES`].
+    runs: Vec<Run>,
+    /// Events up to here were skipped while seeking a start time.
+    skipped_to: Cursor,
+    /// Still seeking: no event of the batch was at or after the start time.
+    seeking: bool,
+    /// Everything up to here was read.
+    position: Cursor,
+    /// The store held more.
+    more: bool,
+}
+
+/// Renders the events of `batch` (read after `after`) that are at or after `seeking`, if
+/// given, into runs: each run one piece of the body, so one buffer slot, one wake-up of the
+/// body and one chunk per run rather than per event.
+fn render_batch(
+    batch: Batch,
+    after: Cursor,
+    mut seeking: Option<DateTime<FixedOffset>>,
+) -> Rendered {
+    let mut rendered = Rendered {
+        runs: Vec::new(),
+        skipped_to: after,
+        seeking: seeking.is_some(),
+        position: batch.position,
+        more: batch.more,
+    };
+    let mut text = Vec::new();
+    let (mut events, mut last) = (0u64, after);
+    for event in batch.events {
+        let cursor = cursor_of(event.lamport);
+        if let Some(t) = seeking {
+            if !at_or_after(&event, t) {
+                rendered.skipped_to = cursor;
+                continue;
+            }
+            seeking = None;
+        }
+        render_into(&mut text, &event, cursor);
+        events += 1;
+        last = cursor;
+        if text.len() >= RUN_BYTES {
+            rendered.runs.push(Run {
+                text: std::mem::take(&mut text).into(),
+                events,
+                last,
+            });
+            events = 0;
+        }
+    }
+    if events > 0 {
+        rendered.runs.push(Run {
+            text: text.into(),
+            events,
+            last,
+        });
+    }
+    rendered.seeking = seeking.is_some();
+    rendered
+}
+
+/// Appends an event's SSE message to `out`: `id:` its cursor, `data:` the event as `/events`
+/// renders it (rendered in place, [`sse::event`]).
+pub fn render_into(out: &mut Vec<u8>, event: &StoredEvent, cursor: Cursor) {
+    sse::event(out, cursor.0, |out| push_event(out, event));
 }
 
 /// Whether the event's producer timestamp is at or after `t` (an unreadable one is not:

@@ -4,10 +4,12 @@
 //! Why: a stream that reads and renders for itself costs a store read, a decode and a JSON
 //! render per event per stream, so sixteen subscribers made the node do sixteen times the work
 //! of one (docs/performance.md, "Subscriptions"). With the tail, that work is done once per
-//! event, and a caught-up stream only matches each entry's topic and clones a reference-counted
-//! message. A stream that is behind the ring (a catch-up from `earliest`, or one that fell
-//! further back than the ring holds) reads the store itself, as before, until it reaches the
-//! ring.
+//! event, and a caught-up stream only matches each entry's topic. The messages of one read of
+//! the store are rendered into one block, so a stream whose selection keeps consecutive events
+//! takes them as one slice of that block (a reference count, no copy) and sends them as one
+//! piece of its body. A stream that is behind the ring (a catch-up from `earliest`, or one that
+//! fell further back than the ring holds) reads the store itself, as before, until it reaches
+//! the ring.
 //!
 //! # Invariants
 //! - The ring holds every stored event stamped in `(start, end]`, in stamp order, and nothing
@@ -32,7 +34,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::select::{cursor_of, Selection, BATCH_BYTES, BATCH_EVENTS, SCAN_EXAMINED};
-use super::stream::render;
+use super::stream::{render_into, RUN_BYTES};
 use crate::metrics::Metrics;
 
 /// How long the tail waits before reading again after a failed read of the store.
@@ -43,14 +45,22 @@ struct Entry {
     cursor: Cursor,
     topic: Box<str>,
     source: Box<str>,
-    /// The SSE message, as every stream sends it.
-    message: Bytes,
+    /// The rendered messages of the store read this event came from, one after the other.
+    block: Bytes,
+    /// This event's SSE message, as every stream sends it: `block[start..end]`.
+    start: usize,
+    end: usize,
 }
 
 impl Entry {
     /// What the entry costs the ring.
     fn bytes(&self) -> usize {
-        self.message.len() + self.topic.len() + self.source.len() + 64
+        self.end - self.start + self.topic.len() + self.source.len() + 80
+    }
+
+    /// Whether `next`'s message follows this one's in the same block.
+    fn continued_by(&self, next: &Entry) -> bool {
+        self.end == next.start && self.block.as_ptr() == next.block.as_ptr()
     }
 }
 
@@ -87,10 +97,21 @@ impl Ring {
     }
 }
 
+/// The messages of consecutive selected events, in one piece.
+pub struct Run {
+    /// The SSE messages, one after the other.
+    pub text: Bytes,
+    /// How many.
+    pub events: u64,
+    /// The cursor of the last one.
+    pub last: Cursor,
+}
+
 /// What a stream got from the ring.
 pub struct TailRead {
-    /// Selected messages after the stream's position, in order, with their cursors.
-    pub messages: Vec<(Cursor, Bytes)>,
+    /// Selected messages after the stream's position, in order, in runs of at most about
+    /// [`RUN_BYTES`].
+    pub runs: Vec<Run>,
     /// Everything up to here was examined: the stream's next position.
     pub position: Cursor,
     /// The ring held more after `position`.
@@ -214,17 +235,27 @@ impl Tail {
                     BATCH_BYTES,
                     SCAN_EXAMINED,
                 )?;
+                // Every message of the read in one block, each entry a range of it.
+                let mut block = Vec::new();
+                let mut spans = Vec::with_capacity(page.events.len());
+                for e in &page.events {
+                    let cursor = cursor_of(e.lamport);
+                    let start = block.len();
+                    render_into(&mut block, e, cursor);
+                    spans.push((cursor, start, block.len()));
+                }
+                let block = Bytes::from(block);
                 let rendered: Vec<Entry> = page
                     .events
                     .iter()
-                    .map(|e| {
-                        let cursor = cursor_of(e.lamport);
-                        Entry {
-                            cursor,
-                            topic: e.event.topic.as_str().into(),
-                            source: e.event.source.as_str().into(),
-                            message: render(e, cursor),
-                        }
+                    .zip(spans)
+                    .map(|(e, (cursor, start, end))| Entry {
+                        cursor,
+                        topic: e.event.topic.as_str().into(),
+                        source: e.event.source.as_str().into(),
+                        block: block.clone(),
+                        start,
+                        end,
                     })
                     .collect();
                 Ok::<_, StoreError>(Ok((rendered, page.more)))
@@ -290,24 +321,51 @@ fn read_ring(ring: &Ring, position: Cursor, selection: &Selection) -> Option<Tai
     }
     let first = ring.entries.partition_point(|e| e.cursor <= position);
     let mut read = TailRead {
-        messages: Vec::new(),
+        runs: Vec::new(),
         position,
         more: false,
     };
-    let mut bytes = 0;
+    let (mut bytes, mut events) = (0, 0);
+    // The run being gathered: its first and last entries and how many it holds.
+    let mut open: Option<(&Entry, &Entry, u64)> = None;
     for (examined, entry) in ring.entries.range(first..).enumerate() {
-        if examined >= SCAN_EXAMINED || read.messages.len() >= BATCH_EVENTS || bytes >= BATCH_BYTES
-        {
+        if examined >= SCAN_EXAMINED || events >= BATCH_EVENTS || bytes >= BATCH_BYTES {
             read.more = true;
             break;
         }
         if selection.wants(&entry.topic, &entry.source) {
-            bytes += entry.message.len();
-            read.messages.push((entry.cursor, entry.message.clone()));
+            bytes += entry.end - entry.start;
+            events += 1;
+            open = match open {
+                Some((first, last, n))
+                    if last.continued_by(entry) && entry.end - first.start <= RUN_BYTES =>
+                {
+                    Some((first, entry, n + 1))
+                }
+                Some(run) => {
+                    read.runs.push(run_of(run));
+                    Some((entry, entry, 1))
+                }
+                None => Some((entry, entry, 1)),
+            };
+        } else if let Some(run) = open.take() {
+            read.runs.push(run_of(run));
         }
         read.position = entry.cursor;
     }
+    if let Some(run) = open {
+        read.runs.push(run_of(run));
+    }
     Some(read)
+}
+
+/// The run from `first` to `last` (consecutive entries of one block) as one slice of it.
+fn run_of((first, last, events): (&Entry, &Entry, u64)) -> Run {
+    Run {
+        text: first.block.slice(first.start..last.end),
+        events,
+        last: last.cursor,
+    }
 }
 
 #[cfg(test)]
@@ -319,14 +377,40 @@ mod tests {
             cursor: Cursor(cursor),
             topic: topic.into(),
             source: "s".into(),
-            message: Bytes::from(vec![b'x'; 36]),
+            block: Bytes::from(vec![b'x'; 20]),
+            start: 0,
+            end: 20,
         }
+    }
+
+    /// Entries rendered by one read: one block, one range each (the message names the cursor).
+    fn block(entries: &[(u64, &str)]) -> Vec<Entry> {
+        let mut text = Vec::new();
+        let mut spans = Vec::new();
+        for (c, _) in entries {
+            let start = text.len();
+            text.extend_from_slice(format!("<{c}>").as_bytes());
+            spans.push((start, text.len()));
+        }
+        let text = Bytes::from(text);
+        entries
+            .iter()
+            .zip(spans)
+            .map(|((c, t), (start, end))| Entry {
+                cursor: Cursor(*c),
+                topic: (*t).into(),
+                source: "s".into(),
+                block: text.clone(),
+                start,
+                end,
+            })
+            .collect()
     }
 
     #[test]
     fn the_ring_drops_its_oldest_entries_past_its_bytes_and_says_where_it_starts() {
         let mut ring = Ring::default();
-        // Each entry costs 36 + 1 + 1 + 64 = 102 bytes.
+        // Each entry costs 20 + 1 + 1 + 80 = 102 bytes.
         for c in 1..=5 {
             ring.push(entry(c, "t"), 310);
         }
@@ -355,7 +439,7 @@ mod tests {
         };
         let got = read_ring(&ring, Cursor(11), &selection).unwrap();
         assert_eq!(
-            got.messages.iter().map(|m| m.0).collect::<Vec<_>>(),
+            got.runs.iter().map(|r| r.last).collect::<Vec<_>>(),
             [Cursor(13)]
         );
         assert_eq!(got.position, Cursor(13));
@@ -364,7 +448,46 @@ mod tests {
         assert!(read_ring(&ring, Cursor(9), &selection).is_none());
         // Caught up: nothing, position kept.
         let none = read_ring(&ring, Cursor(13), &selection).unwrap();
-        assert!(none.messages.is_empty());
+        assert!(none.runs.is_empty());
         assert_eq!(none.position, Cursor(13));
+    }
+
+    #[test]
+    fn consecutive_selected_events_of_one_read_come_as_one_slice() {
+        let mut ring = Ring::default();
+        for e in block(&[(1, "a"), (2, "a"), (3, "b"), (4, "a")]) {
+            ring.push(e, usize::MAX);
+        }
+        for e in block(&[(5, "a"), (6, "a")]) {
+            ring.push(e, usize::MAX);
+        }
+        let selection = Selection {
+            pattern: api_types::TopicPattern::parse("a").unwrap(),
+            source: None,
+        };
+        let got = read_ring(&ring, Cursor(0), &selection).unwrap();
+        let runs: Vec<(&[u8], u64, Cursor)> = got
+            .runs
+            .iter()
+            .map(|r| (r.text.as_ref(), r.events, r.last))
+            .collect();
+        // Broken by the unselected event 3 and by the second read's block.
+        assert_eq!(
+            runs,
+            [
+                (&b"<1><2>"[..], 2, Cursor(2)),
+                (&b"<4>"[..], 1, Cursor(4)),
+                (&b"<5><6>"[..], 2, Cursor(6)),
+            ]
+        );
+        assert_eq!(got.position, Cursor(6));
+        let all = Selection {
+            pattern: api_types::TopicPattern::parse(">").unwrap(),
+            source: None,
+        };
+        let got = read_ring(&ring, Cursor(1), &all).unwrap();
+        assert_eq!(got.runs.len(), 2);
+        assert_eq!(got.runs[0].text.as_ref(), b"<2><3><4>");
+        assert_eq!(got.runs[0].events, 3);
     }
 }
