@@ -163,8 +163,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpSocket;
 
-    async fn echo_server(addr: SocketAddr) {
-        let l = TcpListener::bind(addr).await.unwrap();
+    fn echo_server(l: TcpListener) {
         tokio::spawn(async move {
             loop {
                 let (mut s, _) = l.accept().await.unwrap();
@@ -195,10 +194,21 @@ mod tests {
 
     #[tokio::test]
     async fn cuts_new_and_existing_connections_and_heals() {
-        let port = crate::ports::allocate(3);
-        let real = SocketAddr::from(([127, 0, 0, 2], port));
-        let front = SocketAddr::from(([127, 0, 0, 2], port + 1));
-        echo_server(real).await;
+        // `allocate` probes that ports are free and then lets them go: another process on the
+        // machine can take one in between (a CI run saw 127.0.0.2:P+1 taken). Both listeners
+        // are bound here, so a pair lost that way is only skipped.
+        let (real, front, echo) = loop {
+            let port = crate::ports::allocate(3);
+            let real = SocketAddr::from(([127, 0, 0, 2], port));
+            let front = SocketAddr::from(([127, 0, 0, 2], port + 1));
+            let Ok(echo) = TcpListener::bind(real).await else {
+                continue;
+            };
+            if std::net::TcpListener::bind(front).is_ok() {
+                break (real, front, echo);
+            }
+        };
+        echo_server(echo);
         let links = LinkControl::new();
         let _proxy = Proxy::start(2, front, real, &links).await;
 
