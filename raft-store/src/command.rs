@@ -200,6 +200,15 @@ pub enum RetentionChange {
         /// The topic.
         topic: String,
     },
+    // Variants are encoded by their position: new ones only ever go at the end.
+    /// Sets the dedup window (`sm/dedup_window.rs`): a trimmed event's key stays a duplicate
+    /// until at least this many milliseconds after the event was stored. 0: only while the
+    /// event is held.
+    SetDedupWindow(u64),
+    /// As [`RetentionChange::SetDedupWindow`], unless the cluster has a window already: what a
+    /// leader proposes from its `--dedup-window` flag, so a flag never overrides a window set
+    /// through the API.
+    SetDedupWindowIfUnset(u64),
 }
 
 /// A trim: every replica deletes exactly the events below these cut-offs, whatever its clock

@@ -28,6 +28,11 @@ pub(crate) const CF_KEY_HASHES: &str = "key_hashes";
 /// The dedup index's cold tier: `hash u64 BE | lamport u64 BE -> ()` for the events at or below
 /// the hot floor, looked up by the hash prefix (`sm/dedup_index.rs`).
 pub(crate) const CF_DEDUP_COLD: &str = "dedup_cold";
+/// The dedup window's tombstones: `hash u64 BE | lamport u64 BE -> postcard(Tombstone)`, looked
+/// up by the hash prefix like [`CF_DEDUP_COLD`] (`sm/dedup_window.rs`).
+pub(crate) const CF_DEDUP_WINDOW: &str = "dedup_window";
+/// The same tombstones by expiry: `expiry ms u64 BE | lamport u64 BE -> hash u64 BE`.
+pub(crate) const CF_DEDUP_WINDOW_BY_TIME: &str = "dedup_window_by_time";
 /// Topic index: `len-prefixed topic | first lamport BE -> run of stamps` (`sm/index_runs.rs`).
 pub(crate) const CF_BY_TOPIC: &str = "by_topic";
 /// Producer index: `len-prefixed source | first lamport BE -> run of stamps`.
@@ -44,11 +49,13 @@ pub(crate) const CF_CONSUMERS: &str = "consumers";
 pub(crate) const CF_SNAPSHOT: &str = "snapshot";
 
 /// Column families holding the state machine: exactly what a snapshot install replaces.
-pub(crate) const STATE_MACHINE_CFS: [&str; 10] = [
+pub(crate) const STATE_MACHINE_CFS: [&str; 12] = [
     CF_EVENTS,
     CF_KEYS,
     CF_KEY_HASHES,
     CF_DEDUP_COLD,
+    CF_DEDUP_WINDOW,
+    CF_DEDUP_WINDOW_BY_TIME,
     CF_BY_TOPIC,
     CF_BY_SOURCE,
     CF_SM_META,
@@ -57,13 +64,15 @@ pub(crate) const STATE_MACHINE_CFS: [&str; 10] = [
     CF_CONSUMERS,
 ];
 
-const ALL_CFS: [&str; 13] = [
+const ALL_CFS: [&str; 15] = [
     CF_LOG,
     CF_RAFT_META,
     CF_EVENTS,
     CF_KEYS,
     CF_KEY_HASHES,
     CF_DEDUP_COLD,
+    CF_DEDUP_WINDOW,
+    CF_DEDUP_WINDOW_BY_TIME,
     CF_BY_TOPIC,
     CF_BY_SOURCE,
     CF_SM_META,
@@ -250,7 +259,7 @@ fn cf_options(name: &str, cache: &Cache) -> Options {
     table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
     table.set_partition_filters(true);
     table.set_metadata_block_size(4096);
-    if name == CF_DEDUP_COLD {
+    if name == CF_DEDUP_COLD || name == CF_DEDUP_WINDOW {
         // Looked up by the 8-byte hash prefix of its keys, mostly for hashes it does not hold
         // (every new event once the hot tier has evicted anything): filters on the prefix, in
         // every file and in the memtable, answer those without reading a data block. Ribbon

@@ -10,6 +10,8 @@ use crate::types::LamportStamp;
 pub(crate) const STATE_MACHINE_META: &[u8] = b"state";
 /// Key of the retention record in `sm_meta` (`sm/retention.rs`).
 pub(crate) const RETENTION: &[u8] = b"retention";
+/// Key of the dedup window's record in `sm_meta` (`sm/dedup_window.rs`).
+pub(crate) const DEDUP_WINDOW: &[u8] = b"dedup_window";
 /// Key of the dedup index's hot floor in `sm_meta` (`u64 BE`): events stamped at or below it
 /// have their dedup record in the cold tier (`sm/dedup_index.rs`).
 pub(crate) const DEDUP_HOT_FLOOR: &[u8] = b"dedup_hot_floor";

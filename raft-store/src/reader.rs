@@ -26,7 +26,7 @@ use crate::sm::dedup_index::SharedDedupIndex;
 use crate::sm::index_runs;
 use crate::sm::machine_db::StateMachineDb;
 use crate::sm::snapshot::dir::SnapshotStats;
-use crate::sm::{consumers, retention};
+use crate::sm::{consumers, dedup_window, retention};
 use crate::timings::DurationHistogram;
 use crate::types::{
     AppliedPosition, Digest, Event, EventKey, EventPage, LamportStamp, NodeId, RetentionView,
@@ -158,7 +158,19 @@ impl StoreReader {
     /// The retention policies, each trimmed topic's earliest cursor and the trimmed counters.
     pub fn retention(&self) -> Result<RetentionView, StoreError> {
         let view = self.db.reader_view()?;
-        Ok(retention::read(&self.db, &view)?.view())
+        let mut retention = retention::read(&self.db, &view)?.view();
+        retention.dedup_window = dedup_window::read(&self.db, &view)?.view();
+        Ok(retention)
+    }
+
+    /// The dedup window, its tombstones and the duplicates they caught.
+    pub fn dedup_window(&self) -> Result<crate::types::DedupWindowView, StoreError> {
+        Ok(dedup_window::read(&self.db, &self.db.reader_view()?)?.view())
+    }
+
+    /// The cluster's dedup window in milliseconds, `None` while none was ever set.
+    pub fn dedup_window_ms(&self) -> Result<Option<u64>, StoreError> {
+        Ok(dedup_window::read(&self.db, &self.db.reader_view()?)?.window_ms)
     }
 
     /// Whether retention deleted events stamped above `after` from a topic that `matches`:
@@ -374,7 +386,7 @@ impl StoreReader {
             stored_bytes: state.topic_bytes.values().sum(),
             producers: state.sorted_producers(),
             clock: state.meta.clock,
-            digest: state.meta.digest,
+            digest: state.meta.digest.with_tombstones(&state.window),
             last_applied: state.meta.last_applied,
             trimmed: state.retention.trimmed,
             consumers: state
@@ -382,6 +394,7 @@ impl StoreReader {
                 .iter()
                 .map(|(name, c)| (name.clone(), c.acked))
                 .collect(),
+            dedup_window: state.window.view(),
         })
     }
 
@@ -398,8 +411,10 @@ impl StoreReader {
 
     /// The digest together with the log id it is the state of.
     pub fn digest(&self) -> Result<(Option<LogId<NodeId>>, Digest), StoreError> {
-        let meta = bookkeeping::read_meta(&self.db, &self.db.reader_view()?)?;
-        Ok((meta.last_applied, meta.digest))
+        let view = self.db.reader_view()?;
+        let meta = bookkeeping::read_meta(&self.db, &view)?;
+        let window = dedup_window::read(&self.db, &view)?;
+        Ok((meta.last_applied, meta.digest.with_tombstones(&window)))
     }
 
     /// Last log id applied to the state machine.

@@ -162,6 +162,10 @@ pub struct EventOutcome {
     pub status: ApplyStatus,
     /// The cluster's stamp on the stored event (the original's, for a duplicate).
     pub lamport: LamportStamp,
+    /// A duplicate of an event retention trimmed, caught by the dedup window's tombstone
+    /// (`sm/dedup_window.rs`): the original is no longer readable.
+    #[serde(default)]
+    pub original_trimmed: bool,
 }
 
 /// Result of applying one Raft entry: one outcome per event, in batch order.
@@ -245,6 +249,18 @@ pub struct TrimCounters {
     pub bytes: u64,
 }
 
+/// The dedup window and what it keeps (`sm/dedup_window.rs`).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DedupWindowView {
+    /// A trimmed event's key stays a duplicate until at least this many milliseconds after
+    /// the event was stored; 0: only while the event is held.
+    pub window_ms: u64,
+    /// Keys of trimmed events held for the window.
+    pub tombstones: u64,
+    /// Publishes answered as duplicates of a trimmed event (counted in `duplicate_dropped`).
+    pub duplicates_of_trimmed: u64,
+}
+
 /// The retention policies in force and what trims left, read consistently.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RetentionView {
@@ -257,6 +273,8 @@ pub struct RetentionView {
     pub earliest_cursors: BTreeMap<String, LamportStamp>,
     /// What trims deleted.
     pub trimmed: TrimCounters,
+    /// The dedup window.
+    pub dedup_window: DedupWindowView,
 }
 
 /// A snapshot of the state machine's bookkeeping, read consistently.
@@ -280,6 +298,8 @@ pub struct StoreStats {
     pub trimmed: TrimCounters,
     /// Each durable consumer's acknowledged position.
     pub consumers: BTreeMap<String, LamportStamp>,
+    /// The dedup window.
+    pub dedup_window: DedupWindowView,
 }
 
 /// How far the state machine has applied, as readers see it: the last applied log index

@@ -196,6 +196,10 @@ fn rewrite(db: &StateMachineDb, backup: &Path, plan: &Plan) -> Result<PathBuf, S
         while let Some(event) = reader.next_event()? {
             writer.event(event)?;
         }
+        writer.window(&reader.window()?)?;
+        while let Some(tombstone) = reader.next_tombstone()? {
+            writer.tombstone(tombstone)?;
+        }
         let expected = Sealed {
             len: header.data_len,
             checksum: header.data_checksum,

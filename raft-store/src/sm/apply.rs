@@ -14,6 +14,7 @@ use crate::error::StoreError;
 use crate::keys;
 use crate::sm::bookkeeping::Bookkeeping;
 use crate::sm::dedup_index::{self, DedupIndex, KeyHash, SharedDedupIndex};
+use crate::sm::dedup_window;
 use crate::sm::index_runs::IndexRuns;
 use crate::types::{
     entry_events, ApplyStatus, BatchOutcome, Event, EventOutcome, LamportStamp, StoredEvent,
@@ -57,6 +58,7 @@ pub(crate) fn apply_entries(
     let mut batch = WriteBatch::with_capacity_bytes(events.len() * 320);
     let mut scratch = Vec::new();
     let mut replies = Vec::with_capacity(entries.len());
+    let mut window_changed = false;
     for entry in &entries {
         state.meta.last_applied = Some(entry.log_id);
         let entry_events: &[Event] = match &entry.payload {
@@ -87,8 +89,26 @@ pub(crate) fn apply_entries(
                 results.push(EventOutcome {
                     status: ApplyStatus::Duplicate,
                     lamport: original,
+                    original_trimmed: false,
                 });
                 continue;
+            }
+            // Not held: a tombstone of the dedup window may still make it a duplicate. None
+            // can be in this call's batch (only trims write them).
+            if state.window.tombstones > 0 {
+                if let Some(original) =
+                    dedup_window::find(db, *hash, &event.topic, &event.event_id)?
+                {
+                    state.meta.counters.duplicate_dropped += 1;
+                    state.window.duplicates_of_trimmed += 1;
+                    window_changed = true;
+                    results.push(EventOutcome {
+                        status: ApplyStatus::Duplicate,
+                        lamport: original,
+                        original_trimmed: true,
+                    });
+                    continue;
+                }
             }
 
             let producer_clock = event.lamport.unwrap_or(0).min(MAX_PRODUCER_LAMPORT);
@@ -117,6 +137,7 @@ pub(crate) fn apply_entries(
             results.push(EventOutcome {
                 status: ApplyStatus::Stored,
                 lamport: stamp,
+                original_trimmed: false,
             });
         }
         replies.push(BatchOutcome { results });
@@ -132,6 +153,9 @@ pub(crate) fn apply_entries(
     by_topic.write(&mut batch, topic_cf)?;
     by_source.write(&mut batch, source_cf)?;
     state.put_meta(db, &mut batch)?;
+    if window_changed {
+        dedup_window::put(db, &mut batch, &state.window)?;
+    }
     batch_bytes.fetch_add(batch.size_in_bytes() as u64, Ordering::Relaxed);
     db.rocks.write_opt(batch, &db::state_machine_write())?;
     // Written through: producers may leave the cache now and be read back when next needed.

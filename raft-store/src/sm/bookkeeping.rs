@@ -1,6 +1,6 @@
 //! The state machine's bookkeeping — counters, clock, digest, applied log id, membership,
-//! topic counts and bytes, producer tracking, the retention record and the durable
-//! consumers — and how it is read
+//! topic counts and bytes, producer tracking, the retention record, the dedup window and the
+//! durable consumers — and how it is read
 //! from one RocksDB view.
 
 use std::collections::{BTreeMap, HashMap};
@@ -15,6 +15,7 @@ use crate::db::{Db, CF_PRODUCERS, CF_SM_META, CF_TOPICS};
 use crate::error::StoreError;
 use crate::keys;
 use crate::sm::consumers::{self, ConsumerRecord};
+use crate::sm::dedup_window::{self, WindowState};
 use crate::sm::retention::{self, RetentionState};
 use crate::types::{AppliedPosition, Counters, Digest, LamportStamp, Node, NodeId, ProducerStats};
 
@@ -48,6 +49,8 @@ pub(crate) struct Bookkeeping {
     pub(crate) topic_bytes: HashMap<String, u64>,
     /// Retention policies, floors, trimmed counters and marks.
     pub(crate) retention: RetentionState,
+    /// The dedup window and its tombstones' count and digest.
+    pub(crate) window: WindowState,
     /// Durable consumers by name (at most `consumers::MAX_CONSUMERS`, all in memory).
     pub(crate) consumers: BTreeMap<String, ConsumerRecord>,
     /// Per-producer tracking: every producer when read by [`Bookkeeping::load`]; in the
@@ -117,6 +120,7 @@ impl Bookkeeping {
             topics,
             topic_bytes,
             retention: retention::read(db, view)?,
+            window: dedup_window::read(db, view)?,
             consumers: consumers::read_all(db, view)?,
             producers: HashMap::new(),
         })
@@ -239,6 +243,14 @@ pub(crate) fn digest_hash(topic: &str, event_id: &str, lamport: LamportStamp) ->
 }
 
 impl Digest {
+    /// The digest `/digest` shows: the events' with the dedup window's tombstones folded in
+    /// (their count is apart), so replicas that hold different tombstones, and would answer
+    /// a publish differently, differ in it.
+    pub(crate) fn with_tombstones(mut self, window: &WindowState) -> Digest {
+        self.value = self.value.wrapping_add(window.digest);
+        self
+    }
+
     /// Adds one stored event; addition commutes, so the digest ignores apply order.
     pub(crate) fn add(&mut self, topic: &str, event_id: &str, lamport: LamportStamp) {
         self.count += 1;

@@ -29,6 +29,7 @@ use crate::error::StoreError;
 use crate::keys;
 use crate::sm::bookkeeping::Bookkeeping;
 use crate::sm::dedup_index::SharedDedupIndex;
+use crate::sm::dedup_window::{self, Tombstone};
 use crate::sm::index_runs;
 use crate::types::{LamportStamp, RetentionView, TrimCounters, TypeConfig};
 
@@ -89,6 +90,7 @@ impl RetentionState {
                 .map(|(t, f)| (t.clone(), LamportStamp(f.0.saturating_sub(1))))
                 .collect(),
             trimmed: self.trimmed,
+            dedup_window: Default::default(),
         }
     }
 
@@ -102,18 +104,25 @@ impl RetentionState {
             RetentionChange::RemoveTopic { topic } => {
                 self.topics.remove(topic);
             }
+            // The window's own record (`dedup_window.rs`); `apply_control` sends them there.
+            RetentionChange::SetDedupWindow(_) | RetentionChange::SetDedupWindowIfUnset(_) => {}
         }
     }
 
-    fn ages(&self) -> impl Iterator<Item = u64> + '_ {
-        std::iter::once(&self.default)
-            .chain(self.topics.values())
+    /// The ages marks must serve: every policy's `max_age`, and the dedup window (`window`,
+    /// when set) while some policy trims at all, since a tombstone's expiry is bounded through
+    /// the marks (`stored_by`).
+    fn ages(&self, window: Option<u64>) -> impl Iterator<Item = u64> + '_ {
+        let policies = || std::iter::once(&self.default).chain(self.topics.values());
+        let trims = policies().any(|p| !p.is_unlimited());
+        policies()
             .filter_map(|p| p.max_age_ms)
+            .chain(window.filter(|_| trims))
     }
 
     /// How far apart marks are kept.
-    fn mark_spacing_ms(&self) -> u64 {
-        self.ages()
+    fn mark_spacing_ms(&self, window: Option<u64>) -> u64 {
+        self.ages(window)
             .min()
             .map_or(MIN_MARK_SPACING_MS, |shortest| shortest / MARKS_PER_AGE)
             .max(MIN_MARK_SPACING_MS)
@@ -123,13 +132,13 @@ impl RetentionState {
     /// mark when it is closer than the spacing to the one before; then drops the marks no age
     /// policy can use (all but the newest at or before the longest age's horizon; all but the
     /// newest when no policy has an age).
-    pub(crate) fn record_mark(&mut self, at_ms: u64, clock: LamportStamp) {
+    pub(crate) fn record_mark(&mut self, at_ms: u64, clock: LamportStamp, window: Option<u64>) {
         if let Some(&(last_at, last_clock)) = self.marks.last() {
             if at_ms < last_at || clock < last_clock {
                 return;
             }
         }
-        let spacing = self.mark_spacing_ms();
+        let spacing = self.mark_spacing_ms(window);
         let len = self.marks.len();
         match self.marks.get(len.wrapping_sub(2)) {
             Some(&(before_at, _)) if at_ms - before_at < spacing => {
@@ -137,7 +146,7 @@ impl RetentionState {
             }
             _ => self.marks.push((at_ms, clock)),
         }
-        let horizon = self.ages().max().map(|a| at_ms.saturating_sub(a));
+        let horizon = self.ages(window).max().map(|a| at_ms.saturating_sub(a));
         let useless = match horizon {
             Some(h) => self.marks.iter().take_while(|(at, _)| *at <= h).count(),
             None => self.marks.len(),
@@ -160,16 +169,25 @@ impl RetentionState {
             .map(|(_, clock)| *clock)
     }
 
-    /// Whether a trim entry is worth proposing for its mark alone: some policy has an age and
-    /// the newest mark is older than the spacing and behind `clock`.
-    fn mark_due(&self, now_ms: u64, clock: LamportStamp) -> bool {
-        if self.ages().next().is_none() || clock == LamportStamp(0) {
+    /// An upper bound of when the event stamped `stamp` was stored: the time of the first
+    /// mark that covers it, else `fallback_ms` (a trim's own time, which covers every stamp it
+    /// deletes).
+    pub(crate) fn stored_by(&self, stamp: LamportStamp, fallback_ms: u64) -> u64 {
+        let first = self.marks.partition_point(|(_, clock)| *clock < stamp);
+        self.marks.get(first).map_or(fallback_ms, |(at, _)| *at)
+    }
+
+    /// Whether a trim entry is worth proposing for its mark alone: some age needs marks (a
+    /// policy's or the dedup window's) and the newest mark is older than the spacing and
+    /// behind `clock`.
+    fn mark_due(&self, now_ms: u64, clock: LamportStamp, window: Option<u64>) -> bool {
+        if self.ages(window).next().is_none() || clock == LamportStamp(0) {
             return false;
         }
         match self.marks.last() {
             None => true,
             Some(&(at, last_clock)) => {
-                last_clock < clock && now_ms.saturating_sub(at) >= self.mark_spacing_ms()
+                last_clock < clock && now_ms.saturating_sub(at) >= self.mark_spacing_ms(window)
             }
         }
     }
@@ -210,9 +228,21 @@ pub(crate) fn apply_control(
             apply_trim(db, state, index, trim)?;
         }
         EntryPayload::Normal(Command::Control(Control::Retention(change))) => {
-            state.retention.change(change);
             let mut batch = WriteBatch::default();
-            put(db, &mut batch, &state.retention)?;
+            match change {
+                RetentionChange::SetDedupWindow(ms) => {
+                    state.window.set(*ms, false);
+                    dedup_window::put(db, &mut batch, &state.window)?;
+                }
+                RetentionChange::SetDedupWindowIfUnset(ms) => {
+                    state.window.set(*ms, true);
+                    dedup_window::put(db, &mut batch, &state.window)?;
+                }
+                _ => {
+                    state.retention.change(change);
+                    put(db, &mut batch, &state.retention)?;
+                }
+            }
             state.put_meta(db, &mut batch)?;
             db.rocks.write_opt(batch, &db::state_machine_write())?;
         }
@@ -222,9 +252,11 @@ pub(crate) fn apply_control(
 }
 
 /// Applies one trim: deletes the events below each cut (their records, dedup records of either
-/// tier and index runs), moves the counts, bytes, digest and floors with them, records the mark, and
-/// writes all of it with `last_applied` in one batch; then forgets the events in the in-memory
-/// dedup index. Deterministic: it reads only the state every replica has at this entry.
+/// tier and index runs), moves the counts, bytes, digest and floors with them, leaves a
+/// tombstone for each deleted event still inside the dedup window and deletes the tombstones
+/// expired at the trim's time (`dedup_window.rs`), records the mark, and writes all of it with
+/// `last_applied` in one batch; then forgets the events in the in-memory dedup index.
+/// Deterministic: it reads only the state every replica has at this entry.
 pub(crate) fn apply_trim(
     db: &Db,
     state: &mut Bookkeeping,
@@ -240,6 +272,8 @@ pub(crate) fn apply_trim(
     let mut gone_all = Vec::new();
     let mut forget = Vec::new();
     let mut done = TrimCounters::default();
+    let window = state.window.active_ms();
+    dedup_window::expire(db, &mut batch, &mut state.window, trim.at_ms)?;
     // Read-locked until the batch is written: the apply that would evict runs on this same
     // writer, after this call, so the hot floor cannot move meanwhile.
     let dedup = index.read();
@@ -278,6 +312,21 @@ pub(crate) fn apply_trim(
                 // A cold record goes in this batch; a hot entry once it is written.
                 if !dedup.forget_cold(db, &mut batch, hash, *stamp)? {
                     forget.push((hash, *stamp));
+                }
+                if let Some(window) = window {
+                    let expire_at_ms = state
+                        .retention
+                        .stored_by(*stamp, trim.at_ms)
+                        .saturating_add(window);
+                    if expire_at_ms > trim.at_ms {
+                        let tombstone = Tombstone {
+                            topic: key.topic.to_owned(),
+                            event_id: key.event_id.to_owned(),
+                            stamp: *stamp,
+                            expire_at_ms,
+                        };
+                        dedup_window::entomb(db, &mut batch, &mut state.window, hash, &tombstone)?;
+                    }
                 }
             }
         }
@@ -321,8 +370,9 @@ pub(crate) fn apply_trim(
     }
     state.retention.trimmed.events += done.events;
     state.retention.trimmed.bytes += done.bytes;
-    state.retention.record_mark(trim.at_ms, trim.clock);
+    state.retention.record_mark(trim.at_ms, trim.clock, window);
     put(db, &mut batch, &state.retention)?;
+    dedup_window::put(db, &mut batch, &state.window)?;
     state.put_meta(db, &mut batch)?;
     db.rocks.write_opt(batch, &db::state_machine_write())?;
     drop(dedup);
@@ -394,7 +444,10 @@ pub(crate) fn plan(
         }
     }
     let clock = state.meta.clock;
-    if cuts.is_empty() && !retention.mark_due(now_ms, clock) {
+    if cuts.is_empty()
+        && !retention.mark_due(now_ms, clock, state.window.active_ms())
+        && !dedup_window::expiry_due(db, view, &state.window, now_ms)?
+    {
         return Ok(None);
     }
     Ok(Some(Trim {
@@ -773,31 +826,31 @@ mod tests {
             },
             ..RetentionState::default()
         };
-        assert!(r.mark_due(0, LamportStamp(5)));
-        r.record_mark(1_000, LamportStamp(5));
-        r.record_mark(5_000, LamportStamp(9));
-        r.record_mark(4_000, LamportStamp(12)); // back in time: ignored
+        assert!(r.mark_due(0, LamportStamp(5), None));
+        r.record_mark(1_000, LamportStamp(5), None);
+        r.record_mark(5_000, LamportStamp(9), None);
+        r.record_mark(4_000, LamportStamp(12), None); // back in time: ignored
         assert_eq!(r.marks.len(), 2);
         assert_eq!(r.aged_out(10_999, 10_000), None);
         assert_eq!(r.aged_out(11_000, 10_000), Some(LamportStamp(5)));
         assert_eq!(r.aged_out(15_000, 10_000), Some(LamportStamp(9)));
         // Marks older than the longest age's horizon go, but the newest of them stays.
-        r.record_mark(30_000, LamportStamp(20));
+        r.record_mark(30_000, LamportStamp(20), None);
         assert_eq!(
             r.marks,
             vec![(5_000, LamportStamp(9)), (30_000, LamportStamp(20))]
         );
         // Closer than the spacing (1 s here) to the one before: the newest is replaced.
-        r.record_mark(30_500, LamportStamp(21));
-        r.record_mark(30_700, LamportStamp(22));
+        r.record_mark(30_500, LamportStamp(21), None);
+        r.record_mark(30_700, LamportStamp(22), None);
         assert_eq!(r.marks.last(), Some(&(30_700, LamportStamp(22))));
         assert_eq!(r.marks.len(), 3);
-        assert!(!r.mark_due(30_800, LamportStamp(22)));
+        assert!(!r.mark_due(30_800, LamportStamp(22), None));
         // Without an age, only the newest mark is kept and none is due.
         r.default = RetentionPolicy::default();
-        r.record_mark(40_000, LamportStamp(30));
+        r.record_mark(40_000, LamportStamp(30), None);
         assert_eq!(r.marks, vec![(40_000, LamportStamp(30))]);
-        assert!(!r.mark_due(99_000, LamportStamp(99)));
+        assert!(!r.mark_due(99_000, LamportStamp(99), None));
     }
 
     #[test]

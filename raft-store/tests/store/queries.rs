@@ -14,6 +14,7 @@ fn stored(l: u64) -> EventOutcome {
     EventOutcome {
         status: ApplyStatus::Stored,
         lamport: LamportStamp(l),
+        original_trimmed: false,
     }
 }
 
@@ -21,6 +22,7 @@ fn duplicate(l: u64) -> EventOutcome {
     EventOutcome {
         status: ApplyStatus::Duplicate,
         lamport: LamportStamp(l),
+        original_trimmed: false,
     }
 }
 
@@ -423,20 +425,25 @@ fn assert_install_refused(
     assert_eq!(observe(&follower.reader), before);
 }
 
-/// Splits snapshot data into its magic and its frames (`len u32 BE | bytes`), which follow
-/// the magic as one ZSTD stream.
-fn split_frames(data: &[u8]) -> (Vec<u8>, Vec<Vec<u8>>) {
+/// Splits snapshot data into its magic, its header and event frames (`len u32 BE | bytes`),
+/// which follow the magic as one ZSTD stream, and the rest of that stream (the dedup window's
+/// section, from its mark `u32::MAX`).
+fn split_frames(data: &[u8]) -> (Vec<u8>, Vec<Vec<u8>>, Vec<u8>) {
     let (magic, compressed) = data.split_at(8);
-    assert_eq!(magic, b"AGSNAP04");
+    assert_eq!(magic, b"AGSNAP05");
     let plain = zstd::decode_all(compressed).unwrap();
     let mut rest = plain.as_slice();
     let mut frames = Vec::new();
-    while !rest.is_empty() {
-        let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+    loop {
+        let len = u32::from_be_bytes(rest[..4].try_into().unwrap());
+        if len == u32::MAX {
+            break;
+        }
+        let len = len as usize;
         frames.push(rest[..4 + len].to_vec());
         rest = &rest[4 + len..];
     }
-    (magic.to_vec(), frames)
+    (magic.to_vec(), frames, rest.to_vec())
 }
 
 #[test]
@@ -453,9 +460,10 @@ fn a_snapshot_with_events_out_of_stamp_order_is_refused() {
     // Same events, same digest, but the last two frames swapped: the index runs need stamp
     // order, so the install must refuse rather than build them wrong.
     let bytes = snapshot_bytes(&rt, &mut snap.snapshot).unwrap();
-    let (magic, mut frames) = split_frames(&bytes);
+    let (magic, mut frames, window) = split_frames(&bytes);
     let n = frames.len();
     frames.swap(n - 2, n - 1);
+    frames.push(window);
     let data = [
         magic,
         zstd::encode_all(frames.concat().as_slice(), 1).unwrap(),

@@ -18,6 +18,7 @@ use crate::db::{self, CF_EVENTS};
 use crate::error::StoreError;
 use crate::keys;
 use crate::sm::bookkeeping::Bookkeeping;
+use crate::sm::dedup_window;
 use crate::sm::machine_db::StateMachineDb;
 use crate::types::{NodeId, TypeConfig};
 
@@ -93,6 +94,8 @@ pub(crate) fn build(db: &StateMachineDb) -> Result<(Meta, SnapshotFile), StoreEr
     }
     it.status()?;
     drop(it);
+    writer.window(&state.window)?;
+    dedup_window::for_each(db, &view, |tombstone| writer.tombstone(tombstone))?;
     drop(view);
     let (_, sealed) = writer.finish()?;
     sync_dir(db)?;

@@ -1,11 +1,15 @@
 //! The byte format of snapshot data, written and read as a stream so that neither side holds
 //! more than one event and a few buffers in memory.
 //!
-//! `MAGIC | zstd(frame(postcard(SnapshotHeader)) | frame(postcard(StoredEvent))*)` where
-//! `frame(b) = len(b) u32 BE | b`. Events are framed in stamp order, copied verbatim from the
-//! `events` column family; the indexes are rebuilt from them on install. Both the writer and
-//! the reader keep the length and XXH3-64 of every byte of the file (the compressed bytes),
-//! which the snapshot's record stores and the install compares.
+//! `MAGIC | zstd(frame(postcard(SnapshotHeader)) | frame(postcard(StoredEvent))* | window)`
+//! where `frame(b) = len(b) u32 BE | b` and `window = SECTION_MARK u32 BE |
+//! frame(postcard(WindowState)) | frame(postcard(Tombstone))*`: the dedup window's record and
+//! its tombstones (`sm/dedup_window.rs`), after the events because they are counted in the
+//! millions at most where events are in the hundreds of millions, and read the same way. Events
+//! are framed in stamp order, copied verbatim from the `events` column family; the indexes are
+//! rebuilt from them on install. Both the writer and the reader keep the length and XXH3-64 of
+//! every byte of the file (the compressed bytes), which the snapshot's record stores and the
+//! install compares.
 //!
 //! The frames are compressed because a snapshot file is a second copy of the store on every
 //! node, kept between two builds: uncompressed it was larger than RocksDB's own (compressed)
@@ -23,11 +27,15 @@ use crate::codec;
 use crate::error::StoreError;
 use crate::sm::bookkeeping::{Bookkeeping, StateMachineMeta};
 use crate::sm::consumers::ConsumerRecord;
+use crate::sm::dedup_window::{self, Tally, WindowState};
 use crate::sm::retention::RetentionState;
 use crate::types::{Digest, ProducerStats, StoredEvent};
 
-/// Written since the frames are compressed (ZSTD); the header is [`MAGIC_BEFORE_ZSTD`]'s.
-const MAGIC: &[u8; 8] = b"AGSNAP04";
+/// Written since the dedup window: as [`MAGIC_BEFORE_WINDOW`], with the window section.
+const MAGIC: &[u8; 8] = b"AGSNAP05";
+/// Written from compression (ZSTD) until the dedup window (no window section); still read, as
+/// "no window set, no tombstone". The header is [`MAGIC_BEFORE_ZSTD`]'s.
+const MAGIC_BEFORE_WINDOW: &[u8; 8] = b"AGSNAP04";
 /// Written from durable consumers until compression (frames as they are); still read.
 const MAGIC_BEFORE_ZSTD: &[u8; 8] = b"AGSNAP03";
 /// Written from retention until consumers (header without them); still read, as "no
@@ -48,6 +56,11 @@ const ZSTD_WINDOW_LOG_MAX: u32 = 23;
 const SYNC_EVERY_BYTES: u64 = 4 << 20;
 /// Buffer of the reader and the writer.
 const IO_BUFFER_BYTES: usize = 1 << 20;
+/// In place of a frame's length: the events end and the window section starts. No frame is
+/// that long ([`MAX_EVENT_FRAME`]).
+const SECTION_MARK: u32 = u32::MAX;
+/// Largest tombstone frame accepted: a key is at most a few hundred bytes.
+const MAX_TOMBSTONE_FRAME: u32 = 64 << 10;
 /// Largest event frame accepted. A stored event is far smaller (a request body is at most a
 /// few MiB); a length above this is damage, refused before anything is allocated for it.
 const MAX_EVENT_FRAME: u32 = 64 << 20;
@@ -103,6 +116,7 @@ impl SnapshotHeader {
             topics: self.topics.into_iter().collect(),
             topic_bytes: Default::default(),
             retention: self.retention,
+            window: WindowState::default(),
             consumers: self.consumers.into_iter().collect(),
             producers: self.producers.into_iter().collect(),
         }
@@ -147,6 +161,8 @@ impl Write for Sink {
 pub(crate) struct FormatWriter {
     /// Frames are buffered before the compressor, which works best on large writes.
     out: BufWriter<zstd::stream::write::Encoder<'static, Sink>>,
+    /// Whether the window section was started.
+    in_window: bool,
 }
 
 impl FormatWriter {
@@ -162,6 +178,7 @@ impl FormatWriter {
         let encoder = zstd::stream::write::Encoder::new(sink, ZSTD_LEVEL)?;
         let mut w = FormatWriter {
             out: BufWriter::with_capacity(IO_BUFFER_BYTES, encoder),
+            in_window: false,
         };
         w.frame(&codec::encode("snapshot header", header)?)?;
         Ok(w)
@@ -169,11 +186,42 @@ impl FormatWriter {
 
     /// Appends one event, as the `events` column family holds it.
     pub(crate) fn event(&mut self, stored_event: &[u8]) -> Result<(), StoreError> {
+        if self.in_window {
+            return Err(StoreError::corrupt(
+                "snapshot",
+                "an event after the window section",
+            ));
+        }
         self.frame(stored_event)
     }
 
-    /// Ends the compressed stream, syncs the file; returns it with what was written.
-    pub(crate) fn finish(self) -> Result<(File, Sealed), StoreError> {
+    /// Ends the events and starts the window section with its record.
+    pub(crate) fn window(&mut self, state: &WindowState) -> Result<(), StoreError> {
+        if self.in_window {
+            return Err(StoreError::corrupt("snapshot", "a second window section"));
+        }
+        self.in_window = true;
+        self.out.write_all(&SECTION_MARK.to_be_bytes())?;
+        self.frame(&codec::encode("snapshot window", state)?)
+    }
+
+    /// Appends one tombstone, as the `dedup_window` column family holds it.
+    pub(crate) fn tombstone(&mut self, tombstone: &[u8]) -> Result<(), StoreError> {
+        if !self.in_window {
+            return Err(StoreError::corrupt(
+                "snapshot",
+                "a tombstone before the window section",
+            ));
+        }
+        self.frame(tombstone)
+    }
+
+    /// Ends the compressed stream (with an empty window section if none was started), syncs the
+    /// file; returns it with what was written.
+    pub(crate) fn finish(mut self) -> Result<(File, Sealed), StoreError> {
+        if !self.in_window {
+            self.window(&WindowState::default())?;
+        }
         let encoder = self
             .out
             .into_inner()
@@ -238,10 +286,24 @@ impl Read for Input {
     }
 }
 
-/// Reads the format from a file, event by event.
+/// Reads the format from a file, event by event, then the window section.
 pub(crate) struct FormatReader {
     input: Input,
     frame: Vec<u8>,
+    /// Whether the format has a window section (older ones end after the events).
+    has_window: bool,
+    /// Where the reader is.
+    at: Part,
+}
+
+/// The parts of a stream, in order.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Events,
+    /// The section mark was read; the window's record is next.
+    WindowRecord,
+    Tombstones,
+    End,
 }
 
 impl FormatReader {
@@ -258,6 +320,7 @@ impl FormatReader {
         let mut magic = [0; MAGIC.len()];
         let known = [
             MAGIC,
+            MAGIC_BEFORE_WINDOW,
             MAGIC_BEFORE_ZSTD,
             MAGIC_BEFORE_CONSUMERS,
             MAGIC_BEFORE_RETENTION,
@@ -265,7 +328,7 @@ impl FormatReader {
         if !fill(&mut source, &mut magic)? || !known.contains(&&magic) {
             return Err(StoreError::corrupt("snapshot", "bad magic"));
         }
-        let input = if &magic == MAGIC {
+        let input = if &magic == MAGIC || &magic == MAGIC_BEFORE_WINDOW {
             let mut decoder = Decoder::with_buffer(source)?;
             decoder.window_log_max(ZSTD_WINDOW_LOG_MAX)?;
             Input::Zstd(BufReader::with_capacity(IO_BUFFER_BYTES, decoder))
@@ -275,11 +338,13 @@ impl FormatReader {
         let mut r = FormatReader {
             input,
             frame: Vec::new(),
+            has_window: &magic == MAGIC,
+            at: Part::Events,
         };
         if !r.next_frame(u32::MAX)? {
             return Err(StoreError::corrupt("snapshot", "no header"));
         }
-        let header = if &magic == MAGIC || &magic == MAGIC_BEFORE_ZSTD {
+        let header = if [MAGIC, MAGIC_BEFORE_WINDOW, MAGIC_BEFORE_ZSTD].contains(&&magic) {
             codec::decode("snapshot header", &r.frame)?
         } else if &magic == MAGIC_BEFORE_CONSUMERS {
             let old: HeaderBeforeConsumers = codec::decode("snapshot header", &r.frame)?;
@@ -303,17 +368,59 @@ impl FormatReader {
         Ok((r, header))
     }
 
-    /// The next event's bytes, or `None` at the end of the stream.
+    /// The next event's bytes, or `None` after the last one.
     pub(crate) fn next_event(&mut self) -> Result<Option<&[u8]>, StoreError> {
-        Ok(if self.next_frame(MAX_EVENT_FRAME)? {
-            Some(&self.frame)
-        } else {
-            None
-        })
+        if self.at != Part::Events {
+            return Ok(None);
+        }
+        let Some(len) = self.next_len()? else {
+            if self.has_window {
+                return Err(StoreError::corrupt("snapshot", "no window section"));
+            }
+            self.at = Part::End;
+            return Ok(None);
+        };
+        if self.has_window && len == SECTION_MARK {
+            self.at = Part::WindowRecord;
+            return Ok(None);
+        }
+        self.read_body(len, MAX_EVENT_FRAME)?;
+        Ok(Some(&self.frame))
     }
 
-    /// What was read from the file, once [`FormatReader::next_event`] returned `None` (the
-    /// stream's end is the file's end: every byte has then been read).
+    /// The dedup window's record, once [`FormatReader::next_event`] returned `None` (the
+    /// default for formats before the window).
+    pub(crate) fn window(&mut self) -> Result<WindowState, StoreError> {
+        match self.at {
+            Part::End if !self.has_window => Ok(WindowState::default()),
+            Part::WindowRecord => {
+                if !self.next_frame(MAX_TOMBSTONE_FRAME)? {
+                    return Err(truncated());
+                }
+                self.at = Part::Tombstones;
+                codec::decode("snapshot window", &self.frame)
+            }
+            _ => Err(StoreError::corrupt("snapshot", "window read out of order")),
+        }
+    }
+
+    /// The next tombstone's bytes after [`FormatReader::window`], or `None` at the end of the
+    /// stream.
+    pub(crate) fn next_tombstone(&mut self) -> Result<Option<&[u8]>, StoreError> {
+        if self.at != Part::Tombstones {
+            return Ok(None);
+        }
+        if self.next_frame(MAX_TOMBSTONE_FRAME)? {
+            Ok(Some(&self.frame))
+        } else {
+            self.at = Part::End;
+            Ok(None)
+        }
+    }
+
+    /// What was read from the file, once the stream's end was reached ([`FormatReader::next_event`]
+    /// returned `None` on a format without a window section, [`FormatReader::next_tombstone`]
+    /// on one with it): the stream's end is the file's end, so every byte has then been read.
     pub(crate) fn sealed(&self) -> Sealed {
         let source = self.input.source();
         Sealed {
@@ -324,11 +431,23 @@ impl FormatReader {
 
     /// Reads one frame into `self.frame`; false at a clean end of the stream.
     fn next_frame(&mut self, max: u32) -> Result<bool, StoreError> {
+        match self.next_len()? {
+            Some(len) => self.read_body(len, max).map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// Reads a frame's length; `None` at a clean end of the stream.
+    fn next_len(&mut self) -> Result<Option<u32>, StoreError> {
         let mut len = [0; 4];
         if !fill(&mut self.input, &mut len)? {
-            return Ok(false);
+            return Ok(None);
         }
-        let len = u32::from_be_bytes(len);
+        Ok(Some(u32::from_be_bytes(len)))
+    }
+
+    /// Reads a frame's `len` bytes into `self.frame`.
+    fn read_body(&mut self, len: u32, max: u32) -> Result<(), StoreError> {
         if len > max {
             return Err(StoreError::corrupt(
                 "snapshot",
@@ -344,7 +463,7 @@ impl FormatReader {
         if self.frame.len() != len as usize {
             return Err(truncated());
         }
-        Ok(true)
+        Ok(())
     }
 }
 
@@ -380,8 +499,10 @@ fn truncated() -> StoreError {
 }
 
 /// Reads a whole stream, checking that it is one a build could have written: events decode,
-/// come in strictly ascending stamps and add up to the header's digest (which counts them).
-/// Returns the bookkeeping it carries and what was read. Holds one event at a time.
+/// come in strictly ascending stamps and add up to the header's digest (which counts them), and
+/// tombstones decode and add up to the window record's count and digest. Returns the
+/// bookkeeping it carries (the window's included) and what was read. Holds one record at a
+/// time.
 pub(crate) fn check(file: File) -> Result<(Bookkeeping, Sealed), StoreError> {
     let (mut reader, header) = FormatReader::new(file)?;
     let mut digest = Digest::default();
@@ -395,11 +516,22 @@ pub(crate) fn check(file: File) -> Result<(Bookkeeping, Sealed), StoreError> {
         last_stamp = Some(stamp);
         digest.add(&stored.event.topic, &stored.event.event_id, stamp);
     }
-    let state = header.into_state();
+    let mut state = header.into_state();
     if digest != state.meta.digest {
         return Err(StoreError::corrupt(
             "snapshot",
             "events do not match the header's digest",
+        ));
+    }
+    state.window = reader.window()?;
+    let mut tally = Tally::default();
+    while let Some(bytes) = reader.next_tombstone()? {
+        tally.add(&dedup_window::decode(bytes)?);
+    }
+    if !tally.matches(&state.window) {
+        return Err(StoreError::corrupt(
+            "snapshot",
+            "tombstones do not match the window record",
         ));
     }
     Ok((state, reader.sealed()))
@@ -411,6 +543,22 @@ mod tests {
 
     fn header() -> SnapshotHeader {
         SnapshotHeader::of(&Bookkeeping::default())
+    }
+
+    /// Reads the events, the window record and the tombstones of a stream to its end.
+    fn read_to_end(
+        r: &mut FormatReader,
+    ) -> Result<(Vec<Vec<u8>>, WindowState, Vec<Vec<u8>>), StoreError> {
+        let mut events = Vec::new();
+        while let Some(e) = r.next_event()? {
+            events.push(e.to_vec());
+        }
+        let window = r.window()?;
+        let mut tombstones = Vec::new();
+        while let Some(t) = r.next_tombstone()? {
+            tombstones.push(t.to_vec());
+        }
+        Ok((events, window, tombstones))
     }
 
     #[test]
@@ -426,10 +574,81 @@ mod tests {
         assert_eq!(written.checksum, xxhash_rust::xxh3::xxh3_64(&bytes));
 
         let (mut r, _) = FormatReader::new(File::open(&path).unwrap()).unwrap();
-        assert_eq!(r.next_event().unwrap(), Some(b"abc".as_slice()));
-        assert_eq!(r.next_event().unwrap(), Some(b"".as_slice()));
-        assert_eq!(r.next_event().unwrap(), None);
+        let (events, window, tombstones) = read_to_end(&mut r).unwrap();
+        assert_eq!(events, [b"abc".to_vec(), Vec::new()]);
+        assert_eq!(
+            window,
+            WindowState::default(),
+            "an empty section when none was written"
+        );
+        assert!(tombstones.is_empty());
         assert_eq!(r.sealed(), written);
+    }
+
+    #[test]
+    fn the_window_section_round_trips_and_check_counts_its_tombstones() {
+        use crate::sm::dedup_window::{tombstone_hash, Tombstone};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let t = Tombstone {
+            topic: "t".into(),
+            event_id: "x".into(),
+            stamp: crate::types::LamportStamp(4),
+            expire_at_ms: 99,
+        };
+        let window = WindowState {
+            window_ms: Some(600_000),
+            tombstones: 1,
+            digest: tombstone_hash(&t),
+            duplicates_of_trimmed: 2,
+        };
+        let write = |window: &WindowState, tombstones: &[&Tombstone]| {
+            let mut w = FormatWriter::new(File::create(&path).unwrap(), &header()).unwrap();
+            w.window(window).unwrap();
+            assert!(w.event(b"late").is_err(), "no event after the section");
+            for t in tombstones {
+                w.tombstone(&codec::encode("t", t).unwrap()).unwrap();
+            }
+            w.finish().unwrap().1
+        };
+        let written = write(&window, &[&t]);
+        let (state, sealed) = check(File::open(&path).unwrap()).unwrap();
+        assert_eq!((state.window, sealed), (window, written));
+        let (mut r, _) = FormatReader::new(File::open(&path).unwrap()).unwrap();
+        let (_, _, tombstones) = read_to_end(&mut r).unwrap();
+        assert_eq!(dedup_window::decode(&tombstones[0]).unwrap(), t);
+
+        // A tombstone missing, or one more than the record counts: refused.
+        for listed in [vec![], vec![&t, &t]] {
+            write(&window, &listed);
+            let read = check(File::open(&path).unwrap());
+            assert!(matches!(read, Err(StoreError::Corrupt { .. })), "{read:?}");
+        }
+    }
+
+    /// A compressed snapshot from before the window (`AGSNAP04`) reads as one without a window
+    /// or tombstones; one of this format that ends without its section is cut short.
+    #[test]
+    fn a_snapshot_from_before_the_window_reads_and_a_missing_section_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        let head = codec::encode("h", &header()).unwrap();
+        let mut bytes = compressed(&framed(&[&head, b"abc"]), None);
+        bytes[..MAGIC.len()].copy_from_slice(MAGIC_BEFORE_WINDOW);
+        std::fs::write(&path, &bytes).unwrap();
+        let (mut r, _) = FormatReader::new(File::open(&path).unwrap()).unwrap();
+        let (events, window, tombstones) = read_to_end(&mut r).unwrap();
+        assert_eq!(events, [b"abc".to_vec()]);
+        assert_eq!(window, WindowState::default());
+        assert!(tombstones.is_empty());
+        assert_eq!(r.sealed().len, bytes.len() as u64);
+
+        std::fs::write(&path, compressed(&framed(&[&head, b"abc"]), None)).unwrap();
+        let (mut r, _) = FormatReader::new(File::open(&path).unwrap()).unwrap();
+        assert!(matches!(
+            read_to_end(&mut r),
+            Err(StoreError::Corrupt { .. })
+        ));
     }
 
     #[test]
@@ -443,7 +662,7 @@ mod tests {
         let read_all = |bytes: &[u8]| {
             std::fs::write(&path, bytes).unwrap();
             let (mut r, _) = FormatReader::new(File::open(&path).unwrap())?;
-            while r.next_event()?.is_some() {}
+            read_to_end(&mut r)?;
             Ok::<_, StoreError>(r.sealed())
         };
         let mut cases = vec![];
@@ -494,7 +713,7 @@ mod tests {
         let path = dir.path().join("s");
         let head = codec::encode("h", &header()).unwrap();
         let mut frames = framed(&[&head]);
-        frames.extend_from_slice(&u32::MAX.to_be_bytes());
+        frames.extend_from_slice(&(SECTION_MARK - 1).to_be_bytes());
         std::fs::write(&path, compressed(&frames, None)).unwrap();
         let (mut r, _) = FormatReader::new(File::open(&path).unwrap()).unwrap();
         assert!(matches!(r.next_event(), Err(StoreError::Corrupt { .. })));
