@@ -38,7 +38,7 @@ impl fmt::Display for DurationError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{:?} is not a duration: digits and a unit, ms, s or m (e.g. 250ms, 30s, 2m)",
+            "{:?} is not a duration: digits and a unit, ms, s, m, h or d (e.g. 250ms, 30s, 2m, 7d)",
             self.0
         )
     }
@@ -46,7 +46,7 @@ impl fmt::Display for DurationError {
 
 impl std::error::Error for DurationError {}
 
-/// Parses `<digits><unit>` with unit `ms`, `s` or `m` (`250ms`, `30s`, `2m`).
+/// Parses `<digits><unit>` with unit `ms`, `s`, `m`, `h` or `d` (`250ms`, `30s`, `2m`, `7d`).
 pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     let bad = || DurationError(text.to_owned());
     let digits = text.bytes().take_while(u8::is_ascii_digit).count();
@@ -59,8 +59,25 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
         "ms" => Ok(Duration::from_millis(n)),
         "s" => Ok(Duration::from_secs(n)),
         "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
+        "h" => Ok(Duration::from_secs(n.saturating_mul(3600))),
+        "d" => Ok(Duration::from_secs(n.saturating_mul(86_400))),
         _ => Err(bad()),
     }
+}
+
+/// A duration as [`parse_duration`] reads it, in its largest exact unit (`600000` ms: `10m`).
+pub fn format_duration_ms(ms: u64) -> String {
+    for (unit, size) in [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1000),
+    ] {
+        if ms >= size && ms % size == 0 {
+            return format!("{}{unit}", ms / size);
+        }
+    }
+    format!("{ms}ms")
 }
 
 /// `POST /consumers`: creates a durable consumer (or finds the same one: idempotent).
@@ -231,7 +248,9 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        for bad in ["", "30", "s", "-1s", "1.5s", "1h", "1 s", "9999999999999s"] {
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        for bad in ["", "30", "s", "-1s", "1.5s", "1y", "1 s", "9999999999999s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
     }

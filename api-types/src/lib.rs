@@ -24,8 +24,9 @@ pub use cluster::{
     ClusterMember, ClusterResponse, LearnerRequest, MembershipRequest, SnapshotResponse,
 };
 pub use consumers::{
-    consumer_name_problem, parse_duration, AckRequest, AckResponse, ConsumerInfo, ConsumerList,
-    ConsumerRequest, Delivery, DurationError, NextBatch, TrimmedTopic, MAX_CONSUMER_NAME_BYTES,
+    consumer_name_problem, format_duration_ms, parse_duration, AckRequest, AckResponse,
+    ConsumerInfo, ConsumerList, ConsumerRequest, Delivery, DurationError, NextBatch, TrimmedTopic,
+    MAX_CONSUMER_NAME_BYTES,
 };
 pub use error::{ErrorBody, FieldError};
 pub use event::{EventKey, LamportStamp, NodeId};
@@ -35,7 +36,10 @@ pub use read::{
     ConsistencyLevel, ConsistencyMarker, DedupIndexStats, DigestResponse, EventsPage,
     ProducerStats, RaftStats, StatsResponse, StoredEvent,
 };
-pub use retention::{RetentionPolicy, RetentionResponse};
+pub use retention::{
+    describe_dedup_window, DedupWindowRequest, RetentionPolicy, RetentionResponse,
+    MAX_DEDUP_WINDOW_MS,
+};
 pub use subscribe::{
     Cursor, CursorError, EndReason, PatternError, StreamEnd, TopicPattern, MAX_PATTERN_BYTES,
 };

@@ -67,6 +67,15 @@ pub struct EventResult<'a> {
     pub status: EventStatus,
     /// The stamp the event holds in the cluster (the original's, for a duplicate).
     pub lamport: LamportStamp,
+    /// Only on a duplicate whose original retention already trimmed: the key was caught by
+    /// the dedup window (docs/api.md, "The dedup window"), and the original can no longer be
+    /// read. Left out otherwise.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub original_trimmed: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The 200 answer of `POST /publish`: totals, the leader that committed, and one result per

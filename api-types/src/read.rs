@@ -182,9 +182,17 @@ pub struct StatsResponse {
     pub trimmed_events: u64,
     /// Their bytes, as stored.
     pub trimmed_bytes: u64,
-    /// How long a duplicate is detected (`--dedup-window`): `"retained"` (while the original
-    /// is held; the only window so far).
+    /// How long a duplicate is detected: `"retained"` (while the original is held), or
+    /// `"retained+W"` (and at least `W` after the original was stored, e.g. `retained+10m`;
+    /// `--dedup-window`, `PUT /retention/dedup_window`).
     pub dedup_window: String,
+    /// The window's `W` in milliseconds (0: `"retained"`).
+    pub dedup_window_ms: u64,
+    /// Keys of trimmed events held for the window (replicated: equal on every node).
+    pub dedup_tombstones: u64,
+    /// Publishes answered as duplicates of a trimmed event (`original_trimmed`), out of
+    /// `duplicate_dropped`.
+    pub duplicates_of_trimmed: u64,
     /// The answering node's dedup index: its tiers and what they did since it started.
     pub dedup: DedupIndexStats,
     /// Topic names, sorted.

@@ -51,6 +51,39 @@ pub struct RetentionResponse {
     pub trimmed_events: u64,
     /// Their bytes, as stored.
     pub trimmed_bytes: u64,
+    /// How long a duplicate is detected: `"retained"` (while the original is held), or
+    /// `"retained+W"` (and at least `W` after the original was stored, e.g. `retained+10m`).
+    pub dedup_window: String,
+    /// The window's `W` in milliseconds (0: `"retained"`).
+    pub dedup_window_ms: u64,
+    /// Keys of trimmed events held for the window.
+    pub dedup_tombstones: u64,
+    /// Publishes answered as duplicates of a trimmed event (`original_trimmed`).
+    pub duplicates_of_trimmed: u64,
+}
+
+/// Longest dedup window accepted: 366 days, in milliseconds.
+pub const MAX_DEDUP_WINDOW_MS: u64 = 366 * 86_400_000;
+
+/// `PUT /retention/dedup_window`: sets the cluster's dedup window. An unknown field is
+/// refused.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct DedupWindowRequest {
+    /// A trimmed event's key stays a duplicate until at least this many milliseconds after
+    /// the event was stored; 0: only while the event is held. At most 366 days.
+    #[cfg_attr(feature = "openapi", schema(minimum = 0, maximum = 31622400000_u64))]
+    pub window_ms: u64,
+}
+
+/// How `/stats` and `/retention` name a dedup window of `window_ms`.
+pub fn describe_dedup_window(window_ms: u64) -> String {
+    if window_ms == 0 {
+        "retained".to_owned()
+    } else {
+        format!("retained+{}", crate::format_duration_ms(window_ms))
+    }
 }
 
 #[cfg(test)]
@@ -69,5 +102,16 @@ mod tests {
             RetentionPolicy::default()
         );
         assert!(serde_json::from_str::<RetentionPolicy>(r#"{"max_age":5}"#).is_err());
+    }
+
+    #[test]
+    fn a_window_is_named_in_its_largest_exact_unit() {
+        assert_eq!(describe_dedup_window(0), "retained");
+        assert_eq!(describe_dedup_window(600_000), "retained+10m");
+        assert_eq!(describe_dedup_window(7 * 86_400_000), "retained+7d");
+        assert_eq!(describe_dedup_window(90_000), "retained+90s");
+        assert_eq!(describe_dedup_window(1_500), "retained+1500ms");
+        let back = crate::parse_duration("7d").unwrap();
+        assert_eq!(back.as_millis(), 7 * 86_400_000);
     }
 }

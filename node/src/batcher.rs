@@ -334,6 +334,7 @@ mod tests {
                 ApplyStatus::Stored
             },
             lamport: LamportStamp(l),
+            original_trimmed: false,
         }
     }
 

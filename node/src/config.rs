@@ -236,6 +236,16 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u64).range(1..=1_000_000_000))]
     pub dedup_memory_entries: u64,
 
+    /// How long a duplicate is detected once retention trimmed the original: `retained` (only
+    /// while the original is held), or a duration (`10m`, `24h`, `7d`; at most 366 days) after
+    /// which, counted from when the original was stored, its key may be stored again. The window
+    /// is replicated state: a leader proposes this value only when the cluster has no window
+    /// yet, and `PUT /retention/dedup_window` changes it at run time (docs/api.md, "The dedup
+    /// window"). Unset: the cluster's window stays what it is (`retained` if never set).
+    #[arg(long, env = "AGG_DEDUP_WINDOW", value_name = "retained|DURATION",
+          value_parser = parse_dedup_window)]
+    pub dedup_window: Option<u64>,
+
     /// MiB of the block cache that all of RocksDB's reads share (events, indexes, the dedup
     /// index's cold tier, and their index and filter blocks). It bounds what RocksDB keeps of
     /// the store in memory whatever the store's size; a larger cache serves more reads of
@@ -442,6 +452,8 @@ pub struct NodeConfig {
     pub trim_batch_events: usize,
     /// Most entries of the dedup index kept in memory.
     pub dedup_memory_entries: usize,
+    /// The dedup window a leader proposes when the cluster has none (`--dedup-window`).
+    pub dedup_window_ms: Option<u64>,
     /// Bytes of RocksDB's shared block cache.
     pub rocksdb_cache_bytes: usize,
     /// Client bearer token.
@@ -631,6 +643,7 @@ impl RunArgs {
             trim_interval: Duration::from_millis(self.trim_interval_ms),
             trim_batch_events: usize::try_from(self.trim_batch_events).unwrap_or(usize::MAX),
             dedup_memory_entries: usize::try_from(self.dedup_memory_entries).unwrap_or(usize::MAX),
+            dedup_window_ms: self.dedup_window,
             rocksdb_cache_bytes: usize::try_from(self.rocksdb_cache_mib.saturating_mul(1 << 20))
                 .unwrap_or(usize::MAX),
             api_token,
@@ -694,6 +707,20 @@ fn check_tokens_differ(
         }
     }
     Ok(())
+}
+
+/// `--dedup-window`: `retained` (0) or a duration of at most 366 days, in milliseconds.
+fn parse_dedup_window(text: &str) -> Result<u64, String> {
+    if text == "retained" {
+        return Ok(0);
+    }
+    let ms = api_types::parse_duration(text)
+        .map_err(|e| format!("{e}, or \"retained\""))?
+        .as_millis();
+    u64::try_from(ms)
+        .ok()
+        .filter(|ms| *ms <= api_types::MAX_DEDUP_WINDOW_MS)
+        .ok_or_else(|| format!("{text:?} is longer than the longest window, 366 days"))
 }
 
 /// Reads a secret file (a Docker secret, say), trimming surrounding whitespace.
@@ -849,6 +876,16 @@ mod tests {
             p.to_string(),
             "1=127.0.0.1:7001,2=node-2:7002,3=10.0.0.3:7001"
         );
+    }
+
+    #[test]
+    fn a_dedup_window_is_retained_or_a_duration_of_at_most_366_days() {
+        assert_eq!(parse_dedup_window("retained"), Ok(0));
+        assert_eq!(parse_dedup_window("10m"), Ok(600_000));
+        assert_eq!(parse_dedup_window("366d"), Ok(366 * 86_400_000));
+        for bad in ["367d", "10", "forever", "", "-1m", "1y"] {
+            assert!(parse_dedup_window(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -236,6 +236,7 @@ async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         metrics.clone(),
         cfg.trim_interval,
         cfg.trim_batch_events,
+        cfg.dedup_window_ms,
     ));
     tokio::spawn(idle_flush::flush_when_idle(
         state.reader.clone(),

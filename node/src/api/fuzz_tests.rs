@@ -216,6 +216,7 @@ pub(super) const ROUTES: &[(&str, &str)] = &[
     ("GET", "/backup"),
     ("GET", "/retention"),
     ("PUT", "/retention/default"),
+    ("PUT", "/retention/dedup_window"),
     ("PUT", "/retention/topics/orders"),
     ("DELETE", "/retention/topics/orders"),
     ("POST", "/consumers"),

@@ -107,6 +107,7 @@ pub fn router(state: AppState, surface: Surface) -> Router {
         .route("/cluster/snapshot", post(admin::build_snapshot))
         .route("/backup", get(backup::backup))
         .route("/retention/default", put(retention::put_default))
+        .route("/retention/dedup_window", put(retention::put_dedup_window))
         .route(
             "/retention/topics/{*topic}",
             put(retention::put_topic).delete(retention::delete_topic),

@@ -14,8 +14,8 @@
 
 use api_types::{
     AckRequest, AckResponse, ClusterOverview, ClusterResponse, ConsistencyLevel, ConsumerInfo,
-    ConsumerList, ConsumerRequest, DigestResponse, ErrorBody, EventsPage, LearnerRequest,
-    MembershipRequest, NextBatch, PublishEvent, PublishResponse, RetentionPolicy,
+    ConsumerList, ConsumerRequest, DedupWindowRequest, DigestResponse, ErrorBody, EventsPage,
+    LearnerRequest, MembershipRequest, NextBatch, PublishEvent, PublishResponse, RetentionPolicy,
     RetentionResponse, SnapshotResponse, StatsResponse, StreamEnd,
 };
 use serde::Serialize;
@@ -189,6 +189,18 @@ fn retention_put_default() {}
     ),
     security((), ("bearer" = [])))]
 fn retention_put_topic() {}
+
+#[utoipa::path(put, path = "/retention/dedup_window", tag = "retention",
+    request_body(content = DedupWindowRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Committed; the policies and window now in force", body = RetentionResponse),
+        (status = 400, description = "Bad window; nothing changed", body = ErrorBody),
+        (status = 401, description = "Admin token required", body = ErrorBody),
+        (status = 403, description = "Not the admin token, or admin endpoints disabled", body = ErrorBody),
+        (status = 503, description = "No leader, or not committed in time", body = ErrorBody),
+    ),
+    security((), ("bearer" = [])))]
+fn retention_put_dedup_window() {}
 
 #[utoipa::path(delete, path = "/retention/topics/{topic}", tag = "retention",
     params(("topic" = String, Path, description = "The topic (a `/` in it percent-encoded as %2F)")),
@@ -408,7 +420,7 @@ impl Modify for BearerAuth {
     paths(
         publish, events, subscribe, stats, digest, cluster, cluster_overview, cluster_learners,
         cluster_membership, cluster_snapshot, backup, retention_get, retention_put_default,
-        retention_put_topic, retention_delete_topic, consumers_create, consumers_list,
+        retention_put_topic, retention_put_dedup_window, retention_delete_topic, consumers_create, consumers_list,
         consumers_get, consumers_delete, consumers_next, consumers_ack, health, ready, metrics
     ),
     // The last message of a stream (`event: end`), which no operation's body names.

@@ -204,12 +204,17 @@ fn render(
         };
         let _ = write!(
             out,
-            r#"{{"topic":{},"event_id":{},"status":"{}","lamport":{}}}"#,
+            r#"{{"topic":{},"event_id":{},"status":"{}","lamport":{}"#,
             topic.get(),
             id.get(),
             status,
             o.lamport.0
         );
+        // Only where it matters, so the common answer stays as short as it was.
+        if o.original_trimmed {
+            out.extend_from_slice(br#","original_trimmed":true"#);
+        }
+        out.push(b'}');
     }
     out.extend_from_slice(b"]}");
     out
@@ -278,10 +283,12 @@ mod tests {
             EventOutcome {
                 status: ApplyStatus::Stored,
                 lamport: StoreStamp(17),
+                original_trimmed: false,
             },
             EventOutcome {
                 status: ApplyStatus::Duplicate,
                 lamport: StoreStamp(5),
+                original_trimmed: true,
             },
         ];
         let body = render(&keys, &outcomes, 3);
@@ -296,6 +303,7 @@ mod tests {
         assert_eq!(r.results[1].event_id, "b");
         assert_eq!(r.results[1].status, EventStatus::Duplicate);
         assert_eq!(r.results[1].lamport, LamportStamp(5));
+        assert!(r.results[1].original_trimmed && !r.results[0].original_trimmed);
         // Every field is written: defaults would hide a missing one.
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         let top: Vec<&String> = v.as_object().unwrap().keys().collect();

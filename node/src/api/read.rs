@@ -243,7 +243,10 @@ pub(crate) async fn local_stats(
         stored_bytes: s.stored_bytes,
         trimmed_events: s.trimmed.events,
         trimmed_bytes: s.trimmed.bytes,
-        dedup_window: "retained".to_owned(),
+        dedup_window: api_types::describe_dedup_window(s.dedup_window.window_ms),
+        dedup_window_ms: s.dedup_window.window_ms,
+        dedup_tombstones: s.dedup_window.tombstones,
+        duplicates_of_trimmed: s.dedup_window.duplicates_of_trimmed,
         dedup: dedup_stats(st.reader.dedup_figures()),
         digest: s.digest.hex(),
         consumers: s

@@ -1,13 +1,13 @@
 //! Retention policies over the API: `GET /retention` (client or read token), and with the admin
-//! token `PUT /retention/default`, `PUT /retention/topics/{topic}` and
-//! `DELETE /retention/topics/{topic}`. A change is checked here (any problem: 400, nothing
+//! token `PUT /retention/default`, `PUT /retention/topics/{topic}`,
+//! `DELETE /retention/topics/{topic}` and `PUT /retention/dedup_window`. A change is checked here (any problem: 400, nothing
 //! proposed), forwarded once to the leader, proposed there as a Raft entry and answered once
 //! applied on the leader, with the policies then in force. The trims that enforce the policies
 //! are the leader's (`raft/trimmer.rs`).
 
 use std::time::Duration;
 
-use api_types::{RetentionPolicy, RetentionResponse};
+use api_types::{DedupWindowRequest, RetentionPolicy, RetentionResponse, MAX_DEDUP_WINDOW_MS};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::rejection::QueryRejection;
@@ -79,6 +79,46 @@ pub async fn put_topic(
     let path = format!("/retention/topics/{topic}");
     let change_ = RetentionChange::SetTopic { topic, policy };
     change(&st, &headers, Method::PUT, &path, body, change_).await
+}
+
+/// `PUT /retention/dedup_window` with a [`DedupWindowRequest`]: how long after an event was
+/// stored its key stays a duplicate once retention trimmed it.
+pub async fn put_dedup_window(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body?;
+    let window_ms = parse_window(&body)?;
+    change(
+        &st,
+        &headers,
+        Method::PUT,
+        "/retention/dedup_window",
+        body,
+        RetentionChange::SetDedupWindow(window_ms),
+    )
+    .await
+}
+
+/// The body as a window: `{"window_ms": N}`, 0 to [`MAX_DEDUP_WINDOW_MS`].
+fn parse_window(body: &[u8]) -> Result<u64, ApiError> {
+    let bad = |e: serde_json::Error| {
+        ApiError::bad_request(format!(
+            "the body must be a dedup window like {{\"window_ms\": 600000}} (0: only while \
+             the original is held): {e}"
+        ))
+    };
+    let object: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(body).map_err(bad)?;
+    let r: DedupWindowRequest =
+        serde_json::from_value(serde_json::Value::Object(object)).map_err(bad)?;
+    if r.window_ms > MAX_DEDUP_WINDOW_MS {
+        return Err(ApiError::bad_request(format!(
+            "window_ms must be at most {MAX_DEDUP_WINDOW_MS} (366 days)"
+        )));
+    }
+    Ok(r.window_ms)
 }
 
 /// `DELETE /retention/topics/{topic}`: the default applies to the topic again.
@@ -201,6 +241,10 @@ fn render(view: RetentionView) -> Result<Vec<u8>, ApiError> {
             .collect(),
         trimmed_events: view.trimmed.events,
         trimmed_bytes: view.trimmed.bytes,
+        dedup_window: api_types::describe_dedup_window(view.dedup_window.window_ms),
+        dedup_window_ms: view.dedup_window.window_ms,
+        dedup_tombstones: view.dedup_window.tombstones,
+        duplicates_of_trimmed: view.dedup_window.duplicates_of_trimmed,
     };
     serde_json::to_vec(&body).map_err(|e| ApiError::internal(e.to_string()))
 }
@@ -229,6 +273,29 @@ mod tests {
             b"",
         ] {
             let e = parse_policy(bad).unwrap_err();
+            assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_window_is_an_object_of_milliseconds_up_to_366_days() {
+        assert_eq!(parse_window(br#"{"window_ms": 600000}"#).unwrap(), 600_000);
+        assert_eq!(parse_window(br#"{"window_ms": 0}"#).unwrap(), 0);
+        assert_eq!(
+            parse_window(br#"{"window_ms": 31622400000}"#).unwrap(),
+            MAX_DEDUP_WINDOW_MS
+        );
+        for bad in [
+            &br#"{"window_ms": 31622400001}"#[..],
+            br#"{"window_ms": -1}"#,
+            br#"{"window": 5}"#,
+            br#"{"window_ms": 5, "x": 1}"#,
+            br#"{}"#,
+            b"[600000]",
+            b"null",
+            b"",
+        ] {
+            let e = parse_window(bad).unwrap_err();
             assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST, "{bad:?}");
         }
     }

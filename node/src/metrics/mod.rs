@@ -11,10 +11,10 @@ pub mod store_timings;
 use std::sync::Arc;
 
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    exponential_buckets, Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter,
     IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use raft_store::{Counters, NodeId, StoreReader, TrimCounters};
+use raft_store::{Counters, DedupWindowView, NodeId, StoreReader, TrimCounters};
 
 use crate::raft::leadership::{leadership, Leadership};
 use crate::raft::Raft;
@@ -87,6 +87,9 @@ pub struct Inner {
     dedup_evicted: IntCounter,
     store_trimmed: IntCounter,
     trimmed_bytes: IntCounter,
+    dedup_window_seconds: Gauge,
+    dedup_tombstones: IntGauge,
+    dedup_tombstone_hits: IntCounter,
     /// Trim entries this node proposed and saw applied (as leader).
     pub trim_entries: IntCounter,
     /// Events this node delivered to durable consumers (`next`), redeliveries included.
@@ -121,6 +124,8 @@ pub struct Sampled {
     pub counters: Option<Counters>,
     /// What retention trims deleted (`None`: unreadable now).
     pub trimmed: Option<TrimCounters>,
+    /// The dedup window and its tombstones (`None`: unreadable now).
+    pub dedup_window: Option<DedupWindowView>,
     /// The data directory's filesystem space (`None`: `statvfs` failed).
     pub disk: Option<DiskSpace>,
     /// Per durable consumer: acknowledged cursor and lag in events (`None`: unreadable now).
@@ -136,6 +141,7 @@ pub fn sample(reader: &StoreReader, data_dir: &std::path::Path) -> Sampled {
     Sampled {
         counters: reader.counters().ok(),
         trimmed: reader.trimmed().ok(),
+        dedup_window: reader.dedup_window().ok(),
         disk: host::disk_space(data_dir),
         consumers: crate::api::consumers::sample(reader),
         consumer_pending: Vec::new(),
@@ -350,6 +356,21 @@ impl Metrics {
             "store_trimmed_bytes_total",
             "Bytes of events deleted by retention trims, as stored (/stats trimmed_bytes)",
         )?;
+        let dedup_window_seconds = Gauge::new(
+            "dedup_window_seconds",
+            "How long after an event was stored its key stays a duplicate once trimmed; 0: only while held (/stats dedup_window)",
+        )?;
+        let dedup_tombstones = IntGauge::new(
+            "dedup_tombstones",
+            "Keys of trimmed events held for the dedup window (/stats dedup_tombstones)",
+        )?;
+        let dedup_tombstone_hits = IntCounter::new(
+            "dedup_tombstone_hits_total",
+            "Publishes answered as duplicates of a trimmed event (/stats duplicates_of_trimmed)",
+        )?;
+        registry.register(Box::new(dedup_window_seconds.clone()))?;
+        registry.register(Box::new(dedup_tombstones.clone()))?;
+        registry.register(Box::new(dedup_tombstone_hits.clone()))?;
         let trim_entries = IntCounter::new(
             "retention_trim_entries_total",
             "Trim entries this node proposed as leader and saw applied",
@@ -478,6 +499,9 @@ impl Metrics {
             dedup_evicted,
             store_trimmed,
             trimmed_bytes,
+            dedup_window_seconds,
+            dedup_tombstones,
+            dedup_tombstone_hits,
             trim_entries,
             consumer_deliveries,
             consumer_redeliveries,
@@ -569,6 +593,11 @@ impl Metrics {
             catch_up(&self.store_received, c.received);
             catch_up(&self.store_unique, c.unique_processed);
             catch_up(&self.store_duplicates, c.duplicate_dropped);
+        }
+        if let Some(w) = &sampled.dedup_window {
+            self.dedup_window_seconds.set(w.window_ms as f64 / 1000.0);
+            self.dedup_tombstones.set(gauge(w.tombstones));
+            catch_up(&self.dedup_tombstone_hits, w.duplicates_of_trimmed);
         }
         if let Some(t) = &sampled.trimmed {
             catch_up(&self.store_trimmed, t.events);

@@ -5,10 +5,14 @@
 //! the entry names, whenever it applies it, so trims never make replicas differ; a follower
 //! never plans. A trim proposed by a leader that lost its office either commits (and is as
 //! good as any) or is dropped; the next leader plans from its own state.
+//!
+//! The leader also proposes the `--dedup-window` of its command line, once, when the cluster
+//! has no window yet (`RetentionChange::SetDedupWindowIfUnset`, which changes nothing if a
+//! window was set meanwhile): a window set through the API is never overridden by a flag.
 
 use std::time::Duration;
 
-use raft_store::{Command, Control, StoreReader};
+use raft_store::{Command, Control, RetentionChange, StoreReader};
 
 use super::start::Raft;
 use crate::metrics::Metrics;
@@ -24,6 +28,7 @@ pub async fn propose_trims(
     metrics: Metrics,
     interval: Duration,
     budget: usize,
+    dedup_window_ms: Option<u64>,
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -39,6 +44,9 @@ pub async fn propose_trims(
         };
         if !leading {
             continue;
+        }
+        if let Some(window_ms) = dedup_window_ms {
+            propose_window_if_unset(&raft, &reader, window_ms).await;
         }
         for _ in 0..MAX_ENTRIES_PER_CHECK {
             let r = reader.clone();
@@ -71,5 +79,34 @@ pub async fn propose_trims(
                 }
             }
         }
+    }
+}
+
+/// Proposes the flag's dedup window if the applied state has none.
+async fn propose_window_if_unset(raft: &Raft, reader: &StoreReader, window_ms: u64) {
+    let r = reader.clone();
+    match tokio::task::spawn_blocking(move || r.dedup_window_ms()).await {
+        Ok(Ok(None)) => {}
+        Ok(Ok(Some(_))) => return,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "could not read the dedup window");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the dedup window stopped");
+            return;
+        }
+    }
+    let change = RetentionChange::SetDedupWindowIfUnset(window_ms);
+    match raft
+        .client_write(Command::Control(Control::Retention(change)))
+        .await
+    {
+        Ok(resp) => tracing::info!(
+            window_ms,
+            log_index = resp.log_id.index,
+            "proposed --dedup-window: the cluster had no dedup window"
+        ),
+        Err(e) => tracing::debug!(error = %e, "dedup window not proposed (leadership changed?)"),
     }
 }
