@@ -36,6 +36,9 @@ pub struct PublishResult {
     pub status: String,
     /// The stamp the event holds in the cluster.
     pub lamport: u64,
+    /// A duplicate of an event retention trimmed, caught by the dedup window.
+    #[serde(default)]
+    pub original_trimmed: bool,
 }
 
 /// The consistency marker of a read answer.
