@@ -1,6 +1,7 @@
 //! Sync batching: the thread that makes appends durable and only then tells openraft so.
 //! One sync covers every append queued since the last one (the node's batcher, which merges
-//! client writes into entries, is another thing).
+//! client writes into entries, is another thing). After each round it writes the summary of
+//! a sealed segment that has none yet (`segments/summary.rs`), off the acknowledgement path.
 
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -72,6 +73,13 @@ impl Flusher {
                             Ok(_) => Ok(()),
                             Err(e) => Err(std::io::Error::other(e.to_string())),
                         });
+                    }
+                    // After the callbacks, so no acknowledgement waits for it; one segment a
+                    // round, so a store opened with many unsummarized segments does not
+                    // stall the next sync for long. A summary that fails to be written only
+                    // costs the next open a scan of that segment.
+                    if let Err(e) = synced.write_summaries(1) {
+                        tracing::warn!(error = %e, "could not write a Raft log segment summary; the next start-up scans that segment");
                     }
                 }
             })?;

@@ -33,7 +33,7 @@ use crate::failpoints;
 use crate::keys;
 use crate::log::cache::{self, LogCache, LogCacheReads};
 use crate::log::flusher::Flusher;
-use crate::log::segments::SegmentLog;
+use crate::log::segments::{Recovery, SegmentLog};
 use crate::timings::DurationHistogram;
 use crate::types::{NodeId, TypeConfig};
 
@@ -80,16 +80,18 @@ impl LogStore {
     /// Opens the log under `dir` (the node's data directory) beside `db`, recovering its
     /// intact prefix, and starts the flusher thread. A new segment starts past
     /// `segment_bytes`, in a zero-filled spare with `preallocate`. Purges wait for
-    /// `state_machine` to cover them.
+    /// `state_machine` to cover them. Returns what opening the segments found, for the
+    /// store's start-up line.
     pub(crate) fn open(
         db: Arc<Db>,
         state_machine: Arc<dyn StateMachineCoverage>,
         dir: &Path,
         segment_bytes: u64,
         preallocate: bool,
-    ) -> Result<LogStore, StoreError> {
+    ) -> Result<(LogStore, Recovery), StoreError> {
         let purged: Option<LogId<NodeId>> =
             read_meta(&db, keys::LAST_PURGED, "last purged log id")?;
+        let started = std::time::Instant::now();
         let (log, recovery) = SegmentLog::open(
             &dir.join(LOG_SUBDIR),
             purged.map(|id| id.index),
@@ -101,6 +103,10 @@ impl LogStore {
             records = recovery.records,
             cut_bytes = recovery.cut_bytes,
             deleted_segments = recovery.deleted_segments,
+            summarized_segments = recovery.summarized_segments,
+            scanned_bytes = recovery.scanned_bytes,
+            summary_bytes = recovery.summary_bytes,
+            took_ms = started.elapsed().as_millis() as u64,
             "Raft log opened"
         );
         let migrated = migrate_column_family(&db, &log, purged.map(|id| id.index))?;
@@ -114,7 +120,7 @@ impl LogStore {
         let sync_times = Arc::new(DurationHistogram::default());
         let flusher = Arc::new(Flusher::start(log.clone(), sync_times.clone())?);
         let cache = Arc::new(LogCache::new(cache::DEFAULT_BUDGET_BYTES));
-        Ok(LogStore {
+        let store = LogStore {
             db,
             state_machine,
             log,
@@ -124,7 +130,8 @@ impl LogStore {
             bytes_appended: Arc::default(),
             sync_times,
             deferred: Arc::default(),
-        })
+        };
+        Ok((store, recovery))
     }
 
     /// What the server's reader may see of this log (shared by every clone).
@@ -608,7 +615,9 @@ mod tests {
         let state_machine = Arc::new(NothingApplied(
             tokio::sync::watch::channel(Durable::default()).0,
         ));
-        LogStore::open(db, state_machine, dir, 1 << 20, true).unwrap()
+        LogStore::open(db, state_machine, dir, 1 << 20, true)
+            .unwrap()
+            .0
     }
 
     fn read_all(log: &mut LogStore) -> Vec<u64> {

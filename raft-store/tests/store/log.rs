@@ -70,3 +70,54 @@ fn purging_everything_keeps_the_last_log_id() {
         );
     });
 }
+
+/// Sealed segments get their summary from the flusher (after the round that synced them), and
+/// a reopen that loads them reads the same log.
+#[test]
+fn the_flusher_summarizes_sealed_segments() {
+    let rt = rt();
+    let dir = tempfile::tempdir().unwrap();
+    let options = raft_store::StoreOptions {
+        log_segment_bytes: 256,
+        log_preallocate: false,
+        ..Default::default()
+    };
+    {
+        let mut log = raft_store::open_with(dir.path(), &options)
+            .unwrap()
+            .log_store;
+        rt.block_on(async {
+            for i in 1..=40 {
+                log.blocking_append([blank(i)]).await.unwrap();
+            }
+        });
+    }
+    let count = |suffix: &str| {
+        std::fs::read_dir(dir.path().join("raft-log"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(suffix)
+            })
+            .count()
+    };
+    let segments = count(".seg");
+    assert!(segments >= 3, "{segments} segments");
+    assert_eq!(count(".idx"), segments - 1);
+    let mut log = raft_store::open_with(dir.path(), &options)
+        .unwrap()
+        .log_store;
+    rt.block_on(async {
+        let indexes: Vec<u64> = log
+            .try_get_log_entries(..)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect();
+        assert_eq!(indexes, (1..=40).collect::<Vec<_>>());
+    });
+}

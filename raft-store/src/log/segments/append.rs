@@ -1,6 +1,9 @@
 //! Live appends: writing records at the end of the last segment, and when to start a new
 //! segment, in a spare if one is ready.
 //!
+//! Starting a new segment seals the one before it, which is then never written again; it is
+//! queued for its summary (`summary.rs`), written once its records are synced.
+//!
 //! New segments are usually zero-filled spares prepared in the background (`spares.rs`), so
 //! a segment file can be longer than its records. A spare is asked for only while the log is written slowly, and a slow log moves to a ready
 //! spare before its segment is full (see `docs/architecture.md`, "Preallocated segments").
@@ -11,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::format::encode_record;
-use super::{segment_name, Inner, Segment, SegmentLog};
+use super::{segment_name, summary, Inner, Segment, SegmentLog};
 use crate::error::StoreError;
 use crate::log::spares::Spares;
 use crate::types::TypeConfig;
@@ -139,6 +142,14 @@ impl SegmentLog {
                 .truncate(true)
                 .open(&path)?,
         };
+        // A summary of an earlier file of this name (there should be none: truncations
+        // delete them) must not be taken for this one's once it is sealed.
+        summary::remove(&path)?;
+        // The segment before it is sealed now: never written again, so once its records are
+        // synced its summary can be written (`SegmentLog::write_summaries`).
+        if let Some(sealed) = inner.segments.last().filter(|s| !s.offsets.is_empty()) {
+            inner.unsummarized.push(sealed.file.clone());
+        }
         inner.segments.push(Segment {
             first,
             path,

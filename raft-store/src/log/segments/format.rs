@@ -1,5 +1,5 @@
 //! The record format of a segment file: encoding, decoding, and scanning a file for its
-//! intact prefix.
+//! intact prefix (what opening does for a segment without a summary, `summary.rs`).
 //!
 //! A segment (named after the index of its first record, `{index:020}.seg`) holds records
 //! `index u64 LE | len u32 LE | crc32 u32 LE | payload`: the payload is the postcard-encoded
@@ -87,19 +87,36 @@ fn parse_header(bytes: &[u8]) -> Option<Header> {
     })
 }
 
+/// The CRC field of the record at the start of `bytes`.
+pub(super) fn record_crc_field(bytes: &[u8]) -> Option<u32> {
+    parse_header(bytes).map(|h| h.crc)
+}
+
+/// What [`scan_segment`] found.
+pub(super) struct Scan {
+    /// Byte offset of each intact record.
+    pub(super) offsets: Vec<u64>,
+    /// Length of the intact prefix.
+    pub(super) len: u64,
+    /// Bytes the scan read from the file (for the start-up log: this is what opening costs).
+    pub(super) read: u64,
+}
+
 /// Scans a segment's records from the start: their offsets, and the length of the intact
 /// prefix whose indexes run from `first`.
-pub(super) fn scan_segment(file: &File, first: u64) -> Result<(Vec<u64>, u64), StoreError> {
+pub(super) fn scan_segment(file: &File, first: u64) -> Result<Scan, StoreError> {
     let file_len = file.metadata()?.len();
     let mut reader = BufReader::with_capacity(1 << 20, file);
     let mut offsets = Vec::new();
     let mut pos = 0u64;
+    let mut read = 0u64;
     let mut header = [0u8; HEADER_BYTES];
     let mut payload = Vec::new();
     loop {
         if file_len - pos < HEADER_BYTES as u64 || reader.read_exact(&mut header).is_err() {
             break;
         }
+        read += HEADER_BYTES as u64;
         let Some(parsed) = parse_header(&header) else {
             break;
         };
@@ -109,13 +126,19 @@ pub(super) fn scan_segment(file: &File, first: u64) -> Result<(Vec<u64>, u64), S
             break;
         }
         payload.resize(parsed.len as usize, 0);
-        if reader.read_exact(&mut payload).is_err()
-            || record_crc(parsed.index, parsed.len, &payload) != parsed.crc
-        {
+        if reader.read_exact(&mut payload).is_err() {
+            break;
+        }
+        read += u64::from(parsed.len);
+        if record_crc(parsed.index, parsed.len, &payload) != parsed.crc {
             break;
         }
         offsets.push(pos);
         pos += record_len;
     }
-    Ok((offsets, pos))
+    Ok(Scan {
+        offsets,
+        len: pos,
+        read,
+    })
 }

@@ -7,11 +7,20 @@
 //! purge deletes whole files.
 //!
 //! The record format is in `format.rs`, opening and recovery in `recovery.rs`, appends and
-//! the move to spare segments in `append.rs`; syncing, reading, truncating and purging here.
+//! the move to spare segments in `append.rs`, the summaries of sealed segments in
+//! `summary.rs`; syncing, reading, truncating and purging here.
+//!
+//! Start-up reads only what it must: a sealed segment (one a later segment follows, never
+//! written again) gets a small summary file once its records are synced (its record count,
+//! length and record offsets, checksummed), and opening loads a valid summary instead of
+//! scanning the segment. The last segment, and any without a valid summary (older stores, a
+//! crash before the summary was written, a torn or stale one), is scanned as before. A
+//! truncation or purge deletes the summaries of the segments it changes or deletes.
 
 mod append;
 mod format;
 mod recovery;
+mod summary;
 #[cfg(test)]
 mod tests;
 
@@ -50,6 +59,13 @@ pub(crate) struct Recovery {
     pub(crate) cut_bytes: u64,
     /// Segment files deleted: after a cut, or wholly purged.
     pub(crate) deleted_segments: usize,
+    /// Segments loaded from their summary instead of being scanned.
+    pub(crate) summarized_segments: usize,
+    /// Bytes of segment files read to find their records: the scans of the last segment and
+    /// of segments without a valid summary (with their zero tails).
+    pub(crate) scanned_bytes: u64,
+    /// Bytes read to load and check summaries (the summary files and each one's last record).
+    pub(crate) summary_bytes: u64,
 }
 
 /// Where one [`SegmentLog::sync_timed`] spent its time.
@@ -98,6 +114,12 @@ struct Inner {
     last: Option<LogId<NodeId>>,
     /// How fast appends come: whether a spare segment is worth asking for.
     rate: AppendRate,
+    /// Sealed segments still without a summary on disk, oldest first (by their file, which
+    /// identifies a segment for as long as it is in the log).
+    unsummarized: Vec<Arc<File>>,
+    /// Bumped by every truncation: a summary encoded before one may describe records that are
+    /// gone, and is not installed.
+    truncations: u64,
 }
 
 impl Inner {
@@ -120,6 +142,8 @@ impl Inner {
         let gone: Vec<Segment> = self.segments.drain(..count).collect();
         self.dirty
             .retain(|f| !gone.iter().any(|g| Arc::ptr_eq(f, &g.file)));
+        self.unsummarized
+            .retain(|f| !gone.iter().any(|g| Arc::ptr_eq(f, &g.file)));
         if self.segments.is_empty() {
             self.last = None;
         }
@@ -137,9 +161,12 @@ impl Inner {
 pub(crate) struct PurgedSegments(Vec<PathBuf>);
 
 impl PurgedSegments {
-    /// Deletes the files (one already gone is no error).
+    /// Deletes the files and their summaries (one already gone is no error).
     pub(crate) fn delete(self) -> Result<(), StoreError> {
         for path in self.0 {
+            // The summary first: one left behind by a crash is deleted on open either way,
+            // but a segment without its summary is simply scanned.
+            summary::remove(&path)?;
             match std::fs::remove_file(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
                 _ => {}
@@ -298,8 +325,18 @@ impl SegmentLog {
             let gone = inner.segments.pop().ok_or_else(|| {
                 StoreError::corrupt("log truncate", "segment vanished under the lock")
             })?;
+            summary::remove(&gone.path)?;
             std::fs::remove_file(&gone.path)?;
             deleted = true;
+        }
+        inner.truncations += 1;
+        if let Some(last) = inner.segments.last() {
+            // The segment is the last one now and will be written again (cut here, appended
+            // to later): its summary must be gone for good before the file changes, or a
+            // crash could leave a summary of records that are no longer there.
+            if summary::remove(&last.path)? {
+                sync_dir(&self.dir)?;
+            }
         }
         if let Some(last) = inner.segments.last_mut() {
             if index < last.end() {
@@ -320,6 +357,11 @@ impl SegmentLog {
         inner
             .dirty
             .retain(|f| live.iter().any(|l| Arc::ptr_eq(l, f)));
+        // Only sealed segments are summarized, and the last one no longer is.
+        let sealed = &live[..live.len().saturating_sub(1)];
+        inner
+            .unsummarized
+            .retain(|f| sealed.iter().any(|l| Arc::ptr_eq(l, f)));
         inner.last = read_last_log_id(&inner.segments)?;
         // Truncating into purged entries (openraft never does) leaves only purged ones.
         inner.drop_purged_segments()
@@ -354,6 +396,69 @@ impl SegmentLog {
     pub(crate) fn disk_bytes(&self) -> u64 {
         self.lock().segments.iter().map(|s| s.len).sum()
     }
+
+    /// Writes the summaries of up to `max` sealed segments that have none yet (oldest first);
+    /// returns how many it wrote. Each segment is synced first: a summary must never describe
+    /// records a crash could still take away. The slow parts (the syncs, the write) run
+    /// outside the log's lock; the summary is renamed into place under it, and only if its
+    /// segment is still sealed and no truncation came in between.
+    pub(crate) fn write_summaries(&self, max: usize) -> Result<usize, StoreError> {
+        let mut written = 0;
+        while written < max {
+            let file = {
+                let mut inner = self.lock();
+                if inner.unsummarized.is_empty() {
+                    break;
+                }
+                inner.unsummarized.remove(0)
+            };
+            // Usually already synced by the flusher; a clean file syncs at once.
+            file.sync_data()?;
+            let file_len = file.metadata()?.len();
+            let (path, first, offsets, len, truncations) = {
+                let inner = self.lock();
+                let Some(segment) = sealed_segment(&inner, &file) else {
+                    continue;
+                };
+                (
+                    segment.path.clone(),
+                    segment.first,
+                    segment.offsets.clone(),
+                    segment.len,
+                    inner.truncations,
+                )
+            };
+            let Some(&last) = offsets.last() else {
+                continue;
+            };
+            let mut header = [0u8; format::HEADER_BYTES];
+            file.read_exact_at(&mut header, last)?;
+            let last_crc = format::record_crc_field(&header)
+                .ok_or_else(|| StoreError::corrupt("log summary", "short record header"))?;
+            summary::write_tmp(
+                &path,
+                &summary::encode(first, &offsets, len, file_len, last_crc),
+            )?;
+            let inner = self.lock();
+            let unchanged = inner.truncations == truncations
+                && sealed_segment(&inner, &file).is_some_and(|s| s.len == len);
+            if unchanged {
+                summary::install(&path)?;
+                written += 1;
+            } else {
+                drop(inner);
+                // Stale: the segment was truncated or purged meanwhile.
+                let _ = std::fs::remove_file(summary::tmp_path(&path));
+            }
+        }
+        Ok(written)
+    }
+}
+
+/// The segment whose file is `file`, if it is in the log and sealed (not the last one).
+fn sealed_segment<'a>(inner: &'a Inner, file: &Arc<File>) -> Option<&'a Segment> {
+    let sealed = &inner.segments[..inner.segments.len().saturating_sub(1)];
+    sealed.iter().find(|s| Arc::ptr_eq(&s.file, file))
 }
 
 /// Log id of the last record of `segments`, read back from its file. The last segment may

@@ -16,15 +16,21 @@
 //! is cut. A zero tail in a segment that is not the last one hides nothing either: the next
 //! segment then does not start where this one ends, and opening cuts the log there as it does
 //! for any hole.
+//!
+//! Sealed segments with a summary (`summary.rs`) are not scanned: a summary is written only
+//! after its segment was synced, and such a segment is never written again, so it holds no torn
+//! record and no unsynced tail. The last segment is always scanned (it is the one a crash can
+//! have left torn), and so is a summarized one that becomes the last because every segment
+//! after it was torn away. [`Recovery::scanned_bytes`] says what the scans read.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::format::scan_segment;
 use super::{
-    only_purged, parse_segment_name, read_last_log_id, sync_dir, Inner, Recovery, Segment,
+    only_purged, parse_segment_name, read_last_log_id, summary, sync_dir, Inner, Recovery, Segment,
     SegmentLog, MAX_SPARE_BYTES,
 };
 use crate::error::StoreError;
@@ -48,19 +54,29 @@ impl SegmentLog {
             }
         }
         let mut found: Vec<(u64, PathBuf)> = Vec::new();
+        // Summary files and their temporary files: the ones not used below go.
+        let mut summaries: Vec<(u64, PathBuf)> = Vec::new();
         for item in std::fs::read_dir(dir)? {
             let item = item?;
-            if let Some(first) = item.file_name().to_str().and_then(parse_segment_name) {
+            let Some(name) = item.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if let Some(first) = parse_segment_name(&name) {
                 found.push((first, item.path()));
+            } else if let Some(first) = summary::parse_summary_name(&name) {
+                summaries.push((first, item.path()));
             }
         }
         found.sort_unstable_by_key(|(first, _)| *first);
 
         let mut recovery = Recovery::default();
         let mut segments: Vec<Segment> = Vec::new();
+        // Whether each kept segment was loaded from its summary rather than scanned.
+        let mut summarized: Vec<bool> = Vec::new();
         let mut cut = false;
         let mut deleted = false;
-        for (first, path) in found {
+        for (i, (first, path)) in found.iter().enumerate() {
+            let (first, path) = (*first, path.clone());
             if cut {
                 std::fs::remove_file(&path)?;
                 recovery.deleted_segments += 1;
@@ -68,7 +84,27 @@ impl SegmentLog {
                 continue;
             }
             let file = OpenOptions::new().read(true).write(true).open(&path)?;
-            let (offsets, len) = scan_segment(&file, first)?;
+            // Only a sealed segment (a later file exists) can have a summary worth trusting.
+            let loaded = match found.get(i + 1) {
+                Some((next, _)) => {
+                    let loaded = summary::load(&path, &file, first, *next)?;
+                    recovery.summary_bytes += loaded.read;
+                    if let Some(why) = loaded.rejected {
+                        tracing::warn!(segment = %path.display(), why, "Raft log segment summary not used; scanning the segment");
+                    }
+                    loaded.summary
+                }
+                None => None,
+            };
+            let from_summary = loaded.is_some();
+            let (offsets, len) = match loaded {
+                Some(loaded) => (loaded.offsets, loaded.len),
+                None => {
+                    let scan = scan_segment(&file, first)?;
+                    recovery.scanned_bytes += scan.read;
+                    (scan.offsets, scan.len)
+                }
+            };
             let end = first + offsets.len() as u64;
             // Wholly at or below the purged index: garbage (a purge's deletes are not synced).
             let purged_away = only_purged(end, purged);
@@ -90,26 +126,92 @@ impl SegmentLog {
                 cut = true;
                 continue;
             }
-            let file_len = file.metadata()?.len();
-            if len < file_len && !spares::zero_from(&file, len)? {
-                // Only a crash mid-write leaves this, and only at the end of the log.
-                tracing::warn!(segment = %path.display(), kept = len, cut = file_len - len, "Raft log ends in a torn or corrupt record; cutting it off");
-                file.set_len(len)?;
-                file.sync_all()?;
-                recovery.cut_bytes += file_len - len;
-                cut = true;
+            let segment = if from_summary {
+                // Sealed and synced before its summary was written: nothing to cut, and the
+                // bytes after its records were never written after it was sealed.
+                let allocated = file.metadata()?.len();
+                Segment {
+                    first,
+                    path,
+                    file: Arc::new(file),
+                    offsets,
+                    len,
+                    allocated,
+                }
+            } else {
+                cut_torn_tail(first, path, file, offsets, len, &mut recovery, &mut cut)?
+            };
+            segments.push(segment);
+            summarized.push(from_summary);
+        }
+
+        // The last kept segment is written again from here on. One loaded from its summary
+        // (the segments after it were torn away) is scanned like any last segment, so a torn
+        // tail is cut the same way; and its summary goes below.
+        while summarized.last() == Some(&true) {
+            summarized.pop();
+            let Some(last) = segments.pop() else {
+                break;
+            };
+            let Segment {
+                first, path, file, ..
+            } = last;
+            let file = Arc::try_unwrap(file).map_err(|_| {
+                StoreError::corrupt("Raft log", "segment file shared while opening")
+            })?;
+            let scan = scan_segment(&file, first)?;
+            recovery.scanned_bytes += scan.read;
+            if scan.offsets.is_empty() {
+                drop(file);
+                std::fs::remove_file(&path)?;
+                recovery.deleted_segments += 1;
+                deleted = true;
+                continue;
             }
-            // Past `len` only zeros are left (a torn tail was cut above).
-            let allocated = file.metadata()?.len();
-            segments.push(Segment {
+            let mut ignored = false;
+            let segment = cut_torn_tail(
                 first,
                 path,
-                file: Arc::new(file),
-                offsets,
-                len,
-                allocated,
-            });
+                file,
+                scan.offsets,
+                scan.len,
+                &mut recovery,
+                &mut ignored,
+            )?;
+            segments.push(segment);
+            summarized.push(false);
         }
+        recovery.summarized_segments = summarized.iter().filter(|&&s| s).count();
+
+        // Every summary but those just used goes: of the last segment, which is written
+        // again; of deleted segments; ones found wanting (rewritten below); temporary files of
+        // an interrupted write. All before anything is appended: the directory is synced
+        // below.
+        let sealed = &segments[..segments.len().saturating_sub(1)];
+        let used = |first: u64| {
+            sealed
+                .iter()
+                .zip(&summarized)
+                .any(|(s, &from_summary)| from_summary && s.first == first)
+        };
+        for (first, path) in summaries {
+            let is_tmp = path.extension().is_some_and(|e| e == "tmp");
+            if is_tmp || !used(first) {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => deleted = true,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        // Sealed segments that were scanned get their summary, for the next open: queued
+        // for the flusher, which syncs each segment before writing its summary.
+        let unsummarized: Vec<Arc<File>> = sealed
+            .iter()
+            .zip(&summarized)
+            .filter(|(_, &from_summary)| !from_summary)
+            .map(|(s, _)| s.file.clone())
+            .collect();
 
         // The first kept segment must start at or before the index after the purged one.
         if let (Some(head), Some(purged)) = (segments.first(), purged) {
@@ -146,6 +248,8 @@ impl SegmentLog {
                 purged,
                 last: None,
                 rate: AppendRate::new(Instant::now()),
+                unsummarized,
+                truncations: 0,
             }),
         };
         {
@@ -158,4 +262,41 @@ impl SegmentLog {
         }
         Ok((log, recovery))
     }
+}
+
+/// A scanned segment as kept: a tail after its intact records that is not a spare's zeros is
+/// what a crash left of an unsynced append, and is cut off (synced), which also ends the log
+/// here (`cut`).
+fn cut_torn_tail(
+    first: u64,
+    path: PathBuf,
+    file: File,
+    offsets: Vec<u64>,
+    len: u64,
+    recovery: &mut Recovery,
+    cut: &mut bool,
+) -> Result<Segment, StoreError> {
+    let file_len = file.metadata()?.len();
+    if len < file_len {
+        // The zero check reads the tail (at most): part of what opening costs.
+        recovery.scanned_bytes += file_len - len;
+        if !spares::zero_from(&file, len)? {
+            // Only a crash mid-write leaves this, and only at the end of the log.
+            tracing::warn!(segment = %path.display(), kept = len, cut = file_len - len, "Raft log ends in a torn or corrupt record; cutting it off");
+            file.set_len(len)?;
+            file.sync_all()?;
+            recovery.cut_bytes += file_len - len;
+            *cut = true;
+        }
+    }
+    // Past `len` only zeros are left (a torn tail was cut above).
+    let allocated = file.metadata()?.len();
+    Ok(Segment {
+        first,
+        path,
+        file: Arc::new(file),
+        offsets,
+        len,
+        allocated,
+    })
 }

@@ -426,6 +426,328 @@ fn without_preallocation_segments_are_exactly_their_records() {
     assert_eq!(len, records);
 }
 
+fn summary_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.ends_with(".idx") || name.ends_with(".idx.tmp"))
+        .collect();
+    names.sort();
+    names
+}
+
+fn summary_name(first: u64) -> String {
+    format!("{first:020}.idx")
+}
+
+/// Plain segments (no spares): a segment file holds exactly its records.
+fn open_plain(dir: &Path, purged: Option<u64>) -> (SegmentLog, super::Recovery) {
+    SegmentLog::open(dir, purged, TINY, false).unwrap()
+}
+
+/// Each segment's first index, offsets and length.
+fn layout(log: &SegmentLog) -> Vec<(u64, Vec<u64>, u64)> {
+    let inner = log.lock();
+    inner
+        .segments
+        .iter()
+        .map(|s| (s.first, s.offsets.clone(), s.len))
+        .collect()
+}
+
+/// A log of entries `0..n`, one append each, over many tiny plain segments, synced, with
+/// every sealed segment summarized.
+fn summarized_log(dir: &Path, n: u64) -> SegmentLog {
+    let (log, _) = open_plain(dir, None);
+    for i in 0..n {
+        log.append(&[entry(1, i)]).unwrap();
+    }
+    log.sync().unwrap();
+    let sealed = log.lock().segments.len() - 1;
+    assert!(sealed >= 6, "test needs many segments, has {sealed} sealed");
+    assert_eq!(log.write_summaries(usize::MAX).unwrap(), sealed);
+    log
+}
+
+#[test]
+fn sealed_segments_with_a_summary_open_without_being_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = summarized_log(dir.path(), 60);
+    let want = log.read(0, None).unwrap();
+    let before = layout(&log);
+    let sealed = before.len() - 1;
+    let last_len = before[sealed].2;
+    let total: u64 = before.iter().map(|s| s.2).sum();
+    drop(log);
+    assert_eq!(summary_files(dir.path()).len(), sealed);
+
+    let (log, recovery) = open_plain(dir.path(), None);
+    assert_eq!(recovery.summarized_segments, sealed);
+    assert_eq!(
+        recovery.scanned_bytes, last_len,
+        "only the last segment is scanned"
+    );
+    assert!(recovery.summary_bytes < total / 2, "{recovery:?}");
+    assert_eq!(recovery.records, 60);
+    assert_eq!(layout(&log), before);
+    assert_eq!(log.read(0, None).unwrap(), want);
+    assert_eq!(log.read(7, Some(23)).unwrap(), want[7..23].to_vec());
+    assert_eq!(log.last_log_id(), Some(want[59].log_id));
+    drop(log);
+
+    // The same positions as a full scan finds.
+    for name in summary_files(dir.path()) {
+        std::fs::remove_file(dir.path().join(name)).unwrap();
+    }
+    let (log, recovery) = open_plain(dir.path(), None);
+    assert_eq!(recovery.summarized_segments, 0);
+    assert_eq!(recovery.scanned_bytes, total);
+    assert_eq!(layout(&log), before);
+    assert_eq!(log.read(0, None).unwrap(), want);
+    // Scanned sealed segments are summarized again (by the flusher, in the store).
+    assert_eq!(log.write_summaries(usize::MAX).unwrap(), sealed);
+    log.append(&entries(2, 60..64)).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let (log, recovery) = open_plain(dir.path(), None);
+    assert!(recovery.summarized_segments >= sealed);
+    assert_eq!(
+        log.read(0, None).unwrap(),
+        [want, entries(2, 60..64)].concat()
+    );
+}
+
+#[test]
+fn a_missing_torn_corrupt_or_stale_summary_means_a_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = summarized_log(dir.path(), 60);
+    let want = log.read(0, None).unwrap();
+    let segments = layout(&log);
+    drop(log);
+    let summary = |k: usize| dir.path().join(summary_name(segments[k].0));
+    // 1: missing.
+    std::fs::remove_file(summary(1)).unwrap();
+    // 2: torn.
+    let bytes = std::fs::read(summary(2)).unwrap();
+    std::fs::write(summary(2), &bytes[..bytes.len() / 2]).unwrap();
+    // 3: a flipped bit.
+    let mut bytes = std::fs::read(summary(3)).unwrap();
+    let at = bytes.len() - 6;
+    bytes[at] ^= 0x10;
+    std::fs::write(summary(3), &bytes).unwrap();
+    // 4: another segment's summary under its name.
+    std::fs::copy(summary(5), summary(4)).unwrap();
+    // 5: the segment file is longer than when it was sealed (zeros: nothing torn).
+    let path5 = dir.path().join(segment_name(segments[5].0));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path5)
+        .unwrap();
+    file.set_len(segments[5].2 + 100).unwrap();
+    drop(file);
+
+    let (log, recovery) = open_plain(dir.path(), None);
+    let sealed = segments.len() - 1;
+    assert_eq!(recovery.summarized_segments, sealed - 5);
+    // Segment 5's scan also reads the 16 zeros where a next header would be, then the
+    // zero check reads its 100 zeros.
+    let scanned: u64 =
+        segments[1..6].iter().map(|s| s.2).sum::<u64>() + 16 + 100 + segments[sealed].2;
+    assert_eq!(recovery.scanned_bytes, scanned);
+    assert_eq!(recovery.cut_bytes, 0);
+    assert_eq!(log.read(0, None).unwrap(), want);
+    // They are summarized again, replacing the bad ones.
+    assert_eq!(log.write_summaries(usize::MAX).unwrap(), 5);
+    drop(log);
+    let (log, recovery) = open_plain(dir.path(), None);
+    assert_eq!(recovery.summarized_segments, sealed);
+    assert_eq!(log.read(0, None).unwrap(), want);
+}
+
+/// A summary saves the scan, never a check: a damaged last record makes opening scan the
+/// segment (and cut the log there), and a damaged record anywhere still fails its read.
+#[test]
+fn a_summary_never_hides_a_damaged_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = summarized_log(dir.path(), 60);
+    let segments = layout(&log);
+    drop(log);
+    let flip = |k: usize, record: usize| {
+        let path = dir.path().join(segment_name(segments[k].0));
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[segments[k].1[record] as usize + super::format::HEADER_BYTES + 3] ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap();
+    };
+    // The first record of segment 4: opening does not read it, a read does.
+    flip(4, 0);
+    let (log, recovery) = open_plain(dir.path(), None);
+    assert_eq!(recovery.summarized_segments, segments.len() - 1);
+    assert!(log.read(0, None).is_err());
+    assert!(log.read(segments[4].0, Some(segments[4].0 + 1)).is_err());
+    assert_eq!(
+        log.read(0, Some(segments[4].0)).unwrap().len() as u64,
+        segments[4].0
+    );
+    drop(log);
+    // The last record of segment 2: its summary is not used, the scan ends the log there.
+    let last = segments[2].1.len() - 1;
+    flip(2, last);
+    let (log, recovery) = open_plain(dir.path(), None);
+    assert_eq!(recovery.summarized_segments, 2);
+    let end = segments[2].0 + last as u64;
+    assert_eq!(indexes(&log), (0..end).collect::<Vec<_>>());
+    // Only the summaries of the sealed segments kept are left.
+    assert_eq!(
+        summary_files(dir.path()),
+        vec![summary_name(segments[0].0), summary_name(segments[1].0)]
+    );
+}
+
+/// A crash after a segment was sealed and before its summary was written leaves a scan to
+/// do, or a temporary file that opening deletes; either way the entries are all there.
+#[test]
+fn a_crash_before_the_summary_is_written_is_harmless() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open_plain(dir.path(), None);
+    for i in 0..60 {
+        log.append(&[entry(1, i)]).unwrap();
+    }
+    log.sync().unwrap();
+    let want = log.read(0, None).unwrap();
+    let segments = layout(&log);
+    drop(log);
+    assert!(summary_files(dir.path()).is_empty());
+    // A summary write cut short: its temporary file, torn.
+    let tmp = dir.path().join(format!("{:020}.idx.tmp", segments[1].0));
+    std::fs::write(&tmp, b"RLOGIDX1\0\0").unwrap();
+
+    let (log, recovery) = open_plain(dir.path(), None);
+    assert_eq!(recovery.summarized_segments, 0);
+    assert_eq!(log.read(0, None).unwrap(), want);
+    assert!(!tmp.exists());
+    // Opening queued the sealed segments for their summaries.
+    assert_eq!(log.write_summaries(2).unwrap(), 2);
+    assert_eq!(log.write_summaries(usize::MAX).unwrap(), segments.len() - 3);
+    drop(log);
+    let (log, recovery) = open_plain(dir.path(), None);
+    assert_eq!(recovery.summarized_segments, segments.len() - 1);
+    assert_eq!(log.read(0, None).unwrap(), want);
+}
+
+/// The last segment torn away entirely (a crash right after it was created): the sealed one
+/// before it is the last again, scanned, and its summary deleted, since appends go on there.
+#[test]
+fn a_summarized_segment_that_becomes_the_last_is_scanned_and_loses_its_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = summarized_log(dir.path(), 60);
+    let want = log.read(0, None).unwrap();
+    let segments = layout(&log);
+    drop(log);
+    let last = segments.len() - 1;
+    let path = dir.path().join(segment_name(segments[last].0));
+    std::fs::write(&path, vec![0u8; 64]).unwrap();
+
+    let (log, recovery) = open_plain(dir.path(), None);
+    assert_eq!(recovery.summarized_segments, last - 1);
+    assert_eq!(recovery.deleted_segments, 1);
+    let end = segments[last].0;
+    assert_eq!(log.read(0, None).unwrap(), want[..end as usize].to_vec());
+    assert!(!dir.path().join(summary_name(segments[last - 1].0)).exists());
+    log.append(&entries(2, end..end + 3)).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let (log, _) = open_plain(dir.path(), None);
+    assert_eq!(
+        log.read(0, None).unwrap(),
+        [want[..end as usize].to_vec(), entries(2, end..end + 3)].concat()
+    );
+}
+
+/// A truncation deletes the summaries of the segments it cuts or deletes, and of the one
+/// that becomes the last; summaries of records it removed are never written afterwards.
+#[test]
+fn truncation_deletes_the_summaries_it_invalidates() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = summarized_log(dir.path(), 60);
+    let segments = layout(&log);
+    let k = 3;
+    let cut_at = segments[k].0 + 1;
+    log.truncate(cut_at).unwrap();
+    let kept: Vec<String> = segments[..k].iter().map(|s| summary_name(s.0)).collect();
+    assert_eq!(summary_files(dir.path()), kept);
+    // The same indexes again, of another term, sealed and summarized anew.
+    for i in cut_at..70 {
+        log.append(&[entry(2, i)]).unwrap();
+    }
+    log.sync().unwrap();
+    assert!(log.write_summaries(usize::MAX).unwrap() >= 1);
+    let want = [entries(1, 0..cut_at), entries(2, cut_at..70)].concat();
+    drop(log);
+    let (log, recovery) = open_plain(dir.path(), None);
+    assert!(recovery.summarized_segments > k);
+    assert_eq!(log.read(0, None).unwrap(), want);
+
+    // At a segment boundary: the segment before it is the last one again.
+    let now = layout(&log);
+    let j = 2;
+    log.truncate(now[j].0 + now[j].1.len() as u64).unwrap();
+    let kept: Vec<String> = now[..j].iter().map(|s| summary_name(s.0)).collect();
+    assert_eq!(summary_files(dir.path()), kept);
+    let end = now[j].0 + now[j].1.len() as u64;
+    log.append(&entries(3, end..end + 2)).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let (log, _) = open_plain(dir.path(), None);
+    assert_eq!(
+        log.read(0, None).unwrap(),
+        [want[..end as usize].to_vec(), entries(3, end..end + 2)].concat()
+    );
+}
+
+/// Segments sealed but not yet summarized when a truncation cuts them are not summarized
+/// afterwards (nor is the one that became the last).
+#[test]
+fn a_truncation_drops_the_summaries_still_to_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = open_plain(dir.path(), None);
+    for i in 0..60 {
+        log.append(&[entry(1, i)]).unwrap();
+    }
+    log.sync().unwrap();
+    let segments = layout(&log);
+    log.truncate(segments[3].0 + 1).unwrap();
+    assert_eq!(log.write_summaries(usize::MAX).unwrap(), 3);
+    let kept: Vec<String> = segments[..3].iter().map(|s| summary_name(s.0)).collect();
+    assert_eq!(summary_files(dir.path()), kept);
+}
+
+#[test]
+fn a_purge_deletes_the_summaries_of_purged_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = summarized_log(dir.path(), 60);
+    let segments = layout(&log);
+    let saved_segment = std::fs::read(dir.path().join(segment_name(0))).unwrap();
+    let saved_summary = std::fs::read(dir.path().join(summary_name(0))).unwrap();
+    let purge_at = segments[1].0 + segments[1].1.len() as u64 - 1;
+    log.purge(purge_at).delete().unwrap();
+    let kept: Vec<String> = segments[2..segments.len() - 1]
+        .iter()
+        .map(|s| summary_name(s.0))
+        .collect();
+    assert_eq!(summary_files(dir.path()), kept);
+    let want = log.read(0, None).unwrap();
+    drop(log);
+
+    // An unsynced purge: the segment and its summary come back after a crash.
+    std::fs::write(dir.path().join(segment_name(0)), saved_segment).unwrap();
+    std::fs::write(dir.path().join(summary_name(0)), saved_summary).unwrap();
+    let (log, recovery) = open_plain(dir.path(), Some(purge_at));
+    assert_eq!(recovery.deleted_segments, 1);
+    assert_eq!(recovery.summarized_segments, segments.len() - 3);
+    assert_eq!(summary_files(dir.path()), kept);
+    assert_eq!(log.read(0, None).unwrap(), want);
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     Append(u64),
@@ -434,6 +756,8 @@ enum Op {
     Reopen,
     /// Drops the unsynced tail: cuts the last file back a number of bytes.
     Crash(u64),
+    /// Syncs, and writes the summaries of the sealed segments.
+    Summaries,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -443,6 +767,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..40u64).prop_map(Op::Purge),
         1 => Just(Op::Reopen),
         1 => (0..200u64).prop_map(Op::Crash),
+        1 => Just(Op::Summaries),
     ]
 }
 
@@ -478,6 +803,11 @@ proptest! {
                     purged = Some(purged.map_or(i, |p| p.max(i)));
                     let p = purged.unwrap_or(0);
                     model.retain(|e| e.log_id.index > p);
+                    synced = model.len();
+                }
+                Op::Summaries => {
+                    log.sync().unwrap();
+                    log.write_summaries(usize::MAX).unwrap();
                     synced = model.len();
                 }
                 Op::Reopen => {
