@@ -177,8 +177,7 @@ pub(crate) fn find(
     event_id: &str,
 ) -> Result<Option<LamportStamp>, StoreError> {
     let prefix = hash.0.to_be_bytes();
-    let mut it = db.rocks.prefix_iterator_cf(db.cf(CF_DEDUP_WINDOW)?, prefix);
-    while let Some(item) = it.next() {
+    for item in db.rocks.prefix_iterator_cf(db.cf(CF_DEDUP_WINDOW)?, prefix) {
         let (key, value) = item?;
         if !key.starts_with(&prefix) {
             break;

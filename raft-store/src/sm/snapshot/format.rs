@@ -545,10 +545,11 @@ mod tests {
         SnapshotHeader::of(&Bookkeeping::default())
     }
 
+    /// A stream's events, window record and tombstones.
+    type StreamParts = (Vec<Vec<u8>>, WindowState, Vec<Vec<u8>>);
+
     /// Reads the events, the window record and the tombstones of a stream to its end.
-    fn read_to_end(
-        r: &mut FormatReader,
-    ) -> Result<(Vec<Vec<u8>>, WindowState, Vec<Vec<u8>>), StoreError> {
+    fn read_to_end(r: &mut FormatReader) -> Result<StreamParts, StoreError> {
         let mut events = Vec::new();
         while let Some(e) = r.next_event()? {
             events.push(e.to_vec());
