@@ -47,6 +47,14 @@ pub(crate) fn apply_entries(
         let stored = stored_copies(db, &index, &events, &hashes)?;
         (hashes, stored)
     };
+    // Keys not held may still be duplicates of a trimmed event (the dedup window). Only trims
+    // write tombstones, and a trim is applied in a call of its own, so none can appear during
+    // this call: they are looked up once, for the whole call, like the stored copies.
+    let trimmed_copies = if state.window.tombstones > 0 {
+        dedup_window::find_trimmed(db, &events, &hashes, &stored_copies)?
+    } else {
+        Vec::new()
+    };
     // Keys stored earlier in this same call: the batch is not written yet, so neither RocksDB
     // nor the index knows them. Entries are (hash, position in `events`, stamp).
     let mut fresh: HashTable<(KeyHash, usize, LamportStamp)> = HashTable::new();
@@ -93,22 +101,16 @@ pub(crate) fn apply_entries(
                 });
                 continue;
             }
-            // Not held: a tombstone of the dedup window may still make it a duplicate. None
-            // can be in this call's batch (only trims write them).
-            if state.window.tombstones > 0 {
-                if let Some(original) =
-                    dedup_window::find(db, *hash, &event.topic, &event.event_id)?
-                {
-                    state.meta.counters.duplicate_dropped += 1;
-                    state.window.duplicates_of_trimmed += 1;
-                    window_changed = true;
-                    results.push(EventOutcome {
-                        status: ApplyStatus::Duplicate,
-                        lamport: original,
-                        original_trimmed: true,
-                    });
-                    continue;
-                }
+            if let Some(original) = trimmed_copies.get(i).copied().flatten() {
+                state.meta.counters.duplicate_dropped += 1;
+                state.window.duplicates_of_trimmed += 1;
+                window_changed = true;
+                results.push(EventOutcome {
+                    status: ApplyStatus::Duplicate,
+                    lamport: original,
+                    original_trimmed: true,
+                });
+                continue;
             }
 
             let producer_clock = event.lamport.unwrap_or(0).min(MAX_PRODUCER_LAMPORT);

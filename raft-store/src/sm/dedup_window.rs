@@ -47,7 +47,7 @@ use crate::error::StoreError;
 use crate::keys;
 use crate::sm::bookkeeping::digest_hash;
 use crate::sm::dedup_index::{cold_key, KeyHash};
-use crate::types::{DedupWindowView, LamportStamp};
+use crate::types::{DedupWindowView, Event, LamportStamp};
 
 /// Most tombstones one trim entry deletes: bounds how long the entry holds up apply, like the
 /// trim budget bounds its events. A backlog is deleted over the following entries.
@@ -168,26 +168,49 @@ pub(crate) fn entomb(
     Ok(())
 }
 
-/// The stamp of the trimmed event whose key `(topic, event_id)` has a tombstone, if any, as
-/// the latest writes left it (apply is the only writer).
-pub(crate) fn find(
+/// For each of `events` not held (`held[i]` is `None`), the stamp of the trimmed event whose
+/// key has a tombstone, if any, as the latest writes left them (apply is the only writer). One
+/// iterator, sought to each hash in ascending order, as the cold dedup tier's lookups
+/// (`dedup_index.rs`): the prefix filters answer most seeks without a data block.
+pub(crate) fn find_trimmed(
     db: &Db,
-    hash: KeyHash,
-    topic: &str,
-    event_id: &str,
-) -> Result<Option<LamportStamp>, StoreError> {
-    let prefix = hash.0.to_be_bytes();
-    for item in db.rocks.prefix_iterator_cf(db.cf(CF_DEDUP_WINDOW)?, prefix) {
-        let (key, value) = item?;
-        if !key.starts_with(&prefix) {
-            break;
-        }
-        let t: Tombstone = codec::decode("tombstone", &value)?;
-        if t.topic == topic && t.event_id == event_id {
-            return Ok(Some(t.stamp));
-        }
+    events: &[&Event],
+    hashes: &[KeyHash],
+    held: &[Option<LamportStamp>],
+) -> Result<Vec<Option<LamportStamp>>, StoreError> {
+    let mut found = vec![None; events.len()];
+    let mut order: Vec<(KeyHash, usize)> = hashes
+        .iter()
+        .copied()
+        .zip(0..)
+        .filter(|(_, i)| held.get(*i).is_some_and(Option::is_none))
+        .collect();
+    if order.is_empty() {
+        return Ok(found);
     }
-    Ok(None)
+    order.sort_unstable();
+    let mut opts = rocksdb::ReadOptions::default();
+    opts.set_prefix_same_as_start(true);
+    let mut it = db.rocks.raw_iterator_cf_opt(db.cf(CF_DEDUP_WINDOW)?, opts);
+    for (hash, i) in order {
+        let prefix = hash.0.to_be_bytes();
+        it.seek(prefix);
+        while let (Some(key), Some(value)) = (it.key(), it.value()) {
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let t: Tombstone = codec::decode("tombstone", value)?;
+            if let (Some(event), Some(slot)) = (events.get(i), found.get_mut(i)) {
+                if event.has_key(&t.topic, &t.event_id) {
+                    *slot = Some(t.stamp);
+                    break;
+                }
+            }
+            it.next();
+        }
+        it.status()?;
+    }
+    Ok(found)
 }
 
 /// Queues the deletion of the tombstones expired at `now_ms`, oldest first, at most
